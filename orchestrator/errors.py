@@ -1,0 +1,80 @@
+"""The one exception tree of orchestrator.
+
+Owned here: every error the product raises on purpose, and the exit code each maps to.
+Raised by every module; foreign errors (libvirt, asyncssh, sqlite, OSError, subprocess) are
+translated at the module that imports the foreign library, with ``raise ... from``.
+Caught in one place: ``cli.main``, which prints ``error: <message>`` on one line and exits
+with ``exit_code``.
+
+    OrchError                       exit 1   base; "the operation ran and failed"
+    ├── InvalidInput                exit 2   bad flags, names, specs, files; nothing was changed
+    │   └── NotFound                exit 2   a named set, instance or image does not exist
+    ├── Conflict                    exit 3   a lock is held, an operation already runs
+    ├── EnvironmentProblem          exit 4   libvirt unreachable, a tool missing; has a hint
+    ├── OperationFailed             exit 1   ran and failed (unhealthy after create, ...)
+    ├── SecurityError               exit 1   host key mismatch, unsafe file; never retried
+    ├── HypervisorError             exit 1   libvirt refused an action (Permanent)
+    │   └── HypervisorUnavailable   exit 4   connection lost/refused (Temporary)
+    └── Timeout                     exit 1   a bounded wait ran out (Temporary)
+
+``temporary`` tells retry loops whether trying again may help.
+"""
+
+from __future__ import annotations
+
+
+class OrchError(Exception):
+    """Base of every error orchestrator raises on purpose."""
+
+    exit_code: int = 1
+    temporary: bool = False
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def one_line(self) -> str:
+        """The message as the CLI prints it: one line, hint appended."""
+        text = " ".join(self.message.split())
+        if self.hint:
+            text = f"{text} (hint: {' '.join(self.hint.split())})"
+        return text
+
+
+class InvalidInput(OrchError):
+    exit_code = 2
+
+
+class NotFound(InvalidInput):
+    pass
+
+
+class Conflict(OrchError):
+    exit_code = 3
+
+
+class EnvironmentProblem(OrchError):
+    exit_code = 4
+
+
+class OperationFailed(OrchError):
+    exit_code = 1
+
+
+class SecurityError(OrchError):
+    exit_code = 1
+
+
+class HypervisorError(OrchError):
+    exit_code = 1
+
+
+class HypervisorUnavailable(HypervisorError):
+    exit_code = 4
+    temporary = True
+
+
+class Timeout(OrchError):
+    exit_code = 1
+    temporary = True

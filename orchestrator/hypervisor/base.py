@@ -1,0 +1,166 @@
+"""The narrow seam between orchestrator and a hypervisor.
+
+Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, and the plain records
+that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
+``NetworkInfo``). Implemented by ``hypervisor.libvirt`` (the real daemon) and
+``hypervisor.fake`` (in memory, with fault injection). Called by ``engine.operations`` and
+``service``; nothing above this seam imports libvirt.
+
+Every method is synchronous and quick (no method waits for a guest): waiting is the
+engine's job, done by polling ``domain_state`` against the injected clock.
+Errors: ``errors.NotFound`` for a missing object, ``errors.HypervisorError`` for a refusal,
+``errors.HypervisorUnavailable`` when the daemon cannot be reached.
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+from typing import Protocol
+
+from orchestrator.hypervisor.domainxml import Domain, Ownership
+
+__all__ = [
+    "DomainInfo",
+    "Hypervisor",
+    "NetworkInfo",
+    "Ownership",
+    "PoolInfo",
+    "PowerState",
+    "Reservation",
+    "VolumeInfo",
+]
+
+
+class PowerState(str, enum.Enum):
+    """Our view of a domain's state; each adapter maps its own states onto this one table."""
+
+    RUNNING = "running"
+    STOPPED = "stopped"
+    PAUSED = "paused"
+    SHUTTING_DOWN = "shutting-down"
+    CRASHED = "crashed"
+    MISSING = "missing"
+
+
+@dataclass(frozen=True)
+class DomainInfo:
+    name: str
+    state: PowerState
+    owner: Ownership | None  # None: not created by orchestrator, never touched
+
+
+@dataclass(frozen=True)
+class VolumeInfo:
+    name: str
+    path: str
+    format: str  # "qcow2" | "raw" | "iso"
+    capacity_bytes: int
+    allocation_bytes: int
+
+
+@dataclass(frozen=True)
+class Reservation:
+    """A static DHCP host entry in a network: the MAC always gets this IP."""
+
+    mac: str
+    ip: str
+    name: str
+
+
+@dataclass(frozen=True)
+class NetworkInfo:
+    name: str
+    bridge: str
+    gateway: str  # the host's address on the network
+    prefix: int
+    dhcp_start: str
+    dhcp_end: str
+    active: bool
+
+
+@dataclass(frozen=True)
+class PoolInfo:
+    name: str
+    path: str
+    capacity_bytes: int
+    available_bytes: int
+    active: bool
+
+
+class Hypervisor(Protocol):
+    """What the engine needs from a hypervisor, and nothing more."""
+
+    @property
+    def uri(self) -> str: ...
+
+    # --- domains -----------------------------------------------------------------------
+    def define_domain(self, domain: Domain) -> None:
+        """Define (or redefine, same name) a persistent domain from its XML object."""
+        ...
+
+    def start(self, name: str) -> None:
+        """Boot a defined domain; starting a running domain is not an error."""
+        ...
+
+    def shutdown(self, name: str) -> None:
+        """Ask the guest to power off (ACPI); returns at once. Stopped already: no error."""
+        ...
+
+    def destroy(self, name: str) -> None:
+        """Power off at once; stopped already: no error."""
+        ...
+
+    def undefine(self, name: str) -> None:
+        """Remove the definition (must be stopped); missing already: no error."""
+        ...
+
+    def domain_state(self, name: str) -> PowerState:
+        """The current state; ``PowerState.MISSING`` if no such domain."""
+        ...
+
+    def domain_owner(self, name: str) -> Ownership | None:
+        """Our metadata on the domain, or None (missing domain or not ours)."""
+        ...
+
+    def list_domains(self) -> list[DomainInfo]:
+        """All domains (ours and others'); callers filter on ``owner``."""
+        ...
+
+    # --- storage -----------------------------------------------------------------------
+    def pool_info(self, pool: str) -> PoolInfo: ...
+
+    def create_overlay(
+        self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
+    ) -> VolumeInfo:
+        """A qcow2 volume whose backing file is ``backing_path`` with its format pinned."""
+        ...
+
+    def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
+        """An empty qcow2 volume (data disks)."""
+        ...
+
+    def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
+        """A volume whose content is ``data`` (cloud-init seed ISOs); replaces one of the name."""
+        ...
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        """Delete a volume; missing already: no error."""
+        ...
+
+    def list_volumes(self, pool: str) -> list[VolumeInfo]: ...
+
+    # --- network -----------------------------------------------------------------------
+    def network_info(self, network: str) -> NetworkInfo: ...
+
+    def list_reservations(self, network: str) -> list[Reservation]: ...
+
+    def add_reservation(self, network: str, reservation: Reservation) -> None:
+        """Add a static DHCP host (live and persistent); the same entry again: no error."""
+        ...
+
+    def remove_reservation(self, network: str, reservation: Reservation) -> None:
+        """Remove a static DHCP host; missing already: no error."""
+        ...
+
+    def close(self) -> None: ...

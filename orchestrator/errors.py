@@ -15,7 +15,8 @@ with ``exit_code``.
     ├── SecurityError               exit 1   host key mismatch, unsafe file; never retried
     ├── HypervisorError             exit 1   libvirt refused an action (Permanent)
     │   └── HypervisorUnavailable   exit 4   connection lost/refused (Temporary)
-    └── Timeout                     exit 1   a bounded wait ran out (Temporary)
+    ├── Timeout                     exit 1   a bounded wait ran out (Temporary)
+    └── Unreachable                 exit 1   a guest cannot be reached over SSH (Temporary)
 
 ``temporary`` tells retry loops whether trying again may help.
 """
@@ -76,5 +77,10 @@ class HypervisorUnavailable(HypervisorError):
 
 
 class Timeout(OrchError):
+    exit_code = 1
+    temporary = True
+
+
+class Unreachable(OrchError):
     exit_code = 1
     temporary = True

@@ -1,0 +1,297 @@
+"""Per-instance steps on the hypervisor: allocate, provision, power, tear down. Each is
+idempotent: run twice, or after a crash half-way, it converges on the same result.
+
+Owned here: the ``Engine`` context (hypervisor, store, registry, clock, settings), how an
+instance's resources are named (``InstanceNames``), address and MAC allocation, the domain
+built for an instance (``build_domain``), and the steps themselves.
+Called by ``service`` (and later by the reconcile loop). Waiting for health is not here:
+see ``engine.health``.
+
+Everything an instance owns is named after its domain name ``<set>-<instanceId>``:
+volumes ``<name>-os.qcow2``, ``<name>-data<lun>.qcow2``, ``<name>-seed.iso``; the DHCP
+host entry carries ``name``; the domain carries ownership metadata.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from orchestrator import cloudinit, ssh
+from orchestrator.clock import Clock, iso
+from orchestrator.errors import HypervisorError, NotFound, OperationFailed, OrchError
+from orchestrator.hypervisor.base import Hypervisor, PowerState, Reservation
+from orchestrator.hypervisor.domainxml import (
+    BackingStore,
+    DirectKernelBoot,
+    Disk,
+    Domain,
+    Interface,
+    Ownership,
+)
+from orchestrator.images import Image, Registry
+from orchestrator.model import Model
+from orchestrator.store import InstanceRecord, Store
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Settings:
+    state_dir: Path
+    pool: str = "default"
+    domain_type: str = "qemu"
+    shutdown_timeout: float = 60.0
+    poll_interval: float = 0.5
+
+
+@dataclass
+class Engine:
+    hv: Hypervisor
+    store: Store
+    registry: Registry
+    clock: Clock
+    settings: Settings
+    log: Callable[[str], None] = field(default=lambda s: None)
+
+    def now(self) -> str:
+        return iso(self.clock.now())
+
+    @property
+    def console_dir(self) -> Path:
+        return self.settings.state_dir / "console"
+
+
+@dataclass(frozen=True)
+class InstanceNames:
+    domain: str
+
+    @property
+    def os_volume(self) -> str:
+        return f"{self.domain}-os.qcow2"
+
+    @property
+    def seed_volume(self) -> str:
+        return f"{self.domain}-seed.iso"
+
+    def data_volume(self, lun: int) -> str:
+        return f"{self.domain}-data{lun}.qcow2"
+
+    def owns_volume(self, volume: str) -> bool:
+        rest = volume.removeprefix(f"{self.domain}-")
+        return rest != volume and (
+            rest in ("os.qcow2", "seed.iso")
+            or (rest.startswith("data") and rest.endswith(".qcow2") and rest[4:-6].isdigit())
+        )
+
+
+def instance_name(set_name: str, instance_id: int) -> str:
+    return f"{set_name}-{instance_id}"
+
+
+# --- allocation --------------------------------------------------------------------------
+def allocate(engine: Engine, *, set_name: str, instance_id: int, model: Model, generation: int,
+             image: Image) -> InstanceRecord:
+    """Record a new instance (status ``creating``) with its MAC, IP and host key.
+
+    The row is written before anything is created in libvirt (intent first), so a crash
+    leaves a record that names everything to clean up or finish.
+    """
+    net = engine.hv.network_info(model.network)
+    host_key = ssh.generate_keypair(f"{instance_name(set_name, instance_id)} host key")
+    with engine.store.transaction():
+        taken_ips, taken_macs = _taken(engine, model.network)
+        rec = InstanceRecord(
+            set_name=set_name,
+            instance_id=instance_id,
+            name=instance_name(set_name, instance_id),
+            status="creating",
+            mac=_new_mac(taken_macs),
+            ip=_free_ip(net.dhcp_start, net.dhcp_end, taken_ips | {net.gateway}, model.network),
+            network=model.network,
+            model_generation=generation,
+            image=image.ref,
+            host_key_public=host_key.public_openssh,
+            host_key_private=host_key.private_openssh,
+            seed_instance_id=new_seed_id(set_name, instance_id),
+            protect_from_scale_in=False,
+            protect_from_scale_set_actions=False,
+            power_intent="running",
+            health={},
+            created_at=engine.now(),
+        )
+        engine.store.add_instance(rec)
+    return rec
+
+
+def new_seed_id(set_name: str, instance_id: int) -> str:
+    return f"{set_name}-{instance_id}-{uuid.uuid4().hex[:12]}"
+
+
+def _taken(engine: Engine, network: str) -> tuple[set[str], set[str]]:
+    reservations = engine.hv.list_reservations(network)
+    ips = {r.ip for r in reservations}
+    macs = {r.mac.lower() for r in reservations}
+    for inst in engine.store.all_instances():
+        macs.add(inst.mac.lower())
+        if inst.network == network:
+            ips.add(inst.ip)
+    return ips, macs
+
+
+def _new_mac(taken: set[str]) -> str:
+    for _ in range(1000):
+        mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
+        if mac not in taken:
+            return mac
+    raise OperationFailed("could not find a free MAC address")
+
+
+def _free_ip(start: str, end: str, taken: set[str], network: str) -> str:
+    first, last = ipaddress.IPv4Address(start), ipaddress.IPv4Address(end)
+    for value in range(int(first), int(last) + 1):
+        candidate = str(ipaddress.IPv4Address(value))
+        if candidate not in taken:
+            return candidate
+    raise OperationFailed(f"network {network} has no free address in {start}-{end}")
+
+
+# --- provisioning ------------------------------------------------------------------------
+def seed_content(inst: InstanceRecord, model: Model, *, admin_key: str) -> cloudinit.SeedContent:
+    keys = [admin_key] + ([model.ssh_public_key] if model.ssh_public_key else [])
+    return cloudinit.SeedContent(
+        instance_id=inst.seed_instance_id,
+        hostname=inst.name,
+        authorized_keys=tuple(keys),
+        host_key_private=inst.host_key_private,
+        host_key_public=inst.host_key_public,
+        custom_data=model.custom_data,
+    )
+
+
+def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Image) -> Domain:
+    pool_path = Path(engine.hv.pool_info(engine.settings.pool).path)
+    names = InstanceNames(inst.name)
+    disks = [
+        Disk(path=str(pool_path / names.os_volume), target="vda", fmt="qcow2",
+             serial="orch-os", backing=BackingStore(str(image.disk), "qcow2"))
+    ]
+    for index, dd in enumerate(model.data_disks):
+        disks.append(Disk(path=str(pool_path / names.data_volume(dd.lun)),
+                          target=f"vd{chr(ord('b') + index)}", fmt="qcow2",
+                          serial=f"orch-lun{dd.lun}"))
+    disks.append(Disk(path=str(pool_path / names.seed_volume), target="vdz", fmt="raw",
+                      readonly=True, serial="cidata"))
+    boot = None
+    if image.kernel is not None:
+        boot = DirectKernelBoot(
+            kernel=str(image.kernel),
+            initrd=str(image.initrd) if image.initrd else None,
+            cmdline=image.cmdline,
+        )
+    return Domain(
+        name=inst.name,
+        domain_type=engine.settings.domain_type,
+        memory_mib=model.memory_mib,
+        vcpus=model.vcpus,
+        disks=tuple(disks),
+        interfaces=(Interface(network=inst.network, mac=inst.mac),),
+        boot=boot,
+        console_log=str(engine.console_dir / f"{inst.name}.log"),
+        owner=Ownership(inst.set_name, inst.instance_id, inst.model_generation),
+        description=f"orchestrator scale set {inst.set_name}, instance {inst.instance_id}",
+    )
+
+
+def provision(engine: Engine, inst: InstanceRecord, model: Model, image: Image,
+              *, admin_key: str) -> None:
+    """Create what ``inst`` needs and boot it; steps already done are skipped."""
+    pool = engine.settings.pool
+    names = InstanceNames(inst.name)
+    existing = {v.name for v in engine.hv.list_volumes(pool)}
+    if names.os_volume not in existing:
+        engine.hv.create_overlay(pool, name=names.os_volume, backing_path=str(image.disk),
+                                 backing_format="qcow2",
+                                 capacity_bytes=max(image.virtual_size, 1))
+    for dd in model.data_disks:
+        if names.data_volume(dd.lun) not in existing:
+            engine.hv.create_volume(pool, name=names.data_volume(dd.lun),
+                                    capacity_bytes=dd.size_gib * GIB)
+    seed = cloudinit.build_seed_iso(seed_content(inst, model, admin_key=admin_key))
+    engine.hv.upload_volume(pool, name=names.seed_volume, data=seed)
+    engine.hv.add_reservation(inst.network, Reservation(inst.mac, inst.ip, inst.name))
+    engine.console_dir.mkdir(parents=True, exist_ok=True)
+    _check_not_foreign(engine, inst)
+    engine.hv.define_domain(build_domain(engine, inst, model, image))
+    engine.hv.start(inst.name)
+
+
+def _check_not_foreign(engine: Engine, inst: InstanceRecord) -> None:
+    """Refuse to redefine a domain of the same name that orchestrator did not create."""
+    if engine.hv.domain_state(inst.name) is PowerState.MISSING:
+        return
+    owner = engine.hv.domain_owner(inst.name)
+    if owner is None or owner.set_name != inst.set_name or owner.instance_id != inst.instance_id:
+        raise HypervisorError(
+            f"a domain named {inst.name} exists and is not owned by scale set {inst.set_name}; "
+            "it is left alone"
+        )
+
+
+# --- power -------------------------------------------------------------------------------
+async def power_off(engine: Engine, name: str, *, graceful: bool = True,
+                    timeout: float | None = None) -> bool:
+    """Stop a domain: ACPI first, destroy after ``timeout``. True if it stopped gracefully."""
+    state = engine.hv.domain_state(name)
+    if state in (PowerState.STOPPED, PowerState.MISSING):
+        return True
+    if graceful and state is PowerState.RUNNING:
+        engine.hv.shutdown(name)
+        limit = engine.settings.shutdown_timeout if timeout is None else timeout
+        deadline = engine.clock.monotonic() + limit
+        while engine.clock.monotonic() < deadline:
+            if engine.hv.domain_state(name) in (PowerState.STOPPED, PowerState.MISSING):
+                return True
+            await engine.clock.sleep(engine.settings.poll_interval)
+        engine.log(f"{name}: no ACPI shutdown after {limit:.0f}s, powering off")
+    engine.hv.destroy(name)
+    return False
+
+
+# --- teardown ----------------------------------------------------------------------------
+def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
+    """Remove everything ``inst`` owns in libvirt; returns the problems met (collected, so
+    one failure does not leave the rest behind). Domains not owned by this instance are
+    never touched."""
+    problems: list[str] = []
+    names = InstanceNames(inst.name)
+
+    def attempt(what: str, fn: Callable[[], None]) -> None:
+        try:
+            fn()
+        except NotFound:
+            pass
+        except OrchError as exc:
+            problems.append(f"{what}: {exc.message}")
+
+    owner = engine.hv.domain_owner(inst.name)
+    if owner is not None and owner.set_name == inst.set_name and owner.instance_id == inst.instance_id:
+        attempt("destroy", lambda: engine.hv.destroy(inst.name))
+        attempt("undefine", lambda: engine.hv.undefine(inst.name))
+    pool = engine.settings.pool
+    try:
+        volumes = [v.name for v in engine.hv.list_volumes(pool) if names.owns_volume(v.name)]
+    except OrchError as exc:
+        problems.append(f"list volumes: {exc.message}")
+        volumes = []
+    for vol in volumes:
+        attempt(f"delete volume {vol}", lambda vol=vol: engine.hv.delete_volume(pool, vol))  # type: ignore[misc]
+    attempt("remove DHCP reservation", lambda: engine.hv.remove_reservation(
+        inst.network, Reservation(inst.mac, inst.ip, inst.name)))
+    console = engine.console_dir / f"{inst.name}.log"
+    console.unlink(missing_ok=True)
+    return problems

@@ -1,0 +1,276 @@
+"""The image registry: immutable ``NAME:VERSION`` images, their files, sha256 and manifest.
+
+Owned here: building images from the recipes under ``images/`` (``build``), importing a
+downloaded disk (``import_image``), inspecting disk files with ``qemu-img info`` (format
+pinned, no backing file or data-file inside), verifying that a registered image has not
+changed (``verify``), and deleting. Called by ``cli`` (image commands) and ``service``
+(resolve and verify the model's image before any instance is touched).
+
+Layout: ``<state>/images/<name>/<version>/{disk.qcow2, vmlinuz?, initrd.img?, manifest.json}``,
+directories 0755 and files 0644 so that libvirt's qemu user can read them.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import (
+    Conflict,
+    EnvironmentProblem,
+    InvalidInput,
+    NotFound,
+    OperationFailed,
+    SecurityError,
+)
+from orchestrator.model import IMAGE_NAME_RE, IMAGE_VERSION_RE, parse_image_ref
+from orchestrator.store import ImageRecord, Store
+
+RECIPES = ("tiny",)
+DISK_FILE = "disk.qcow2"
+_HASHED_KEYS = ("disk", "kernel", "initrd")
+
+
+def recipes_dir() -> Path:
+    """Where the image recipes live: ``ORCH_IMAGES_DIR`` or the repository's ``images/``."""
+    env = os.environ.get("ORCH_IMAGES_DIR")
+    return Path(env) if env else Path(__file__).resolve().parent.parent / "images"
+
+
+@dataclass(frozen=True)
+class Image:
+    """A registered image, resolved to absolute paths."""
+
+    record: ImageRecord
+
+    @property
+    def ref(self) -> str:
+        return self.record.ref
+
+    @property
+    def directory(self) -> Path:
+        return Path(self.record.path)
+
+    @property
+    def disk(self) -> Path:
+        return self.directory / str(self.record.manifest.get("disk", DISK_FILE))
+
+    def _file(self, key: str) -> Path | None:
+        value = self.record.manifest.get(key)
+        return self.directory / str(value) if value else None
+
+    @property
+    def kernel(self) -> Path | None:
+        return self._file("kernel")
+
+    @property
+    def initrd(self) -> Path | None:
+        return self._file("initrd")
+
+    @property
+    def cmdline(self) -> str | None:
+        value = self.record.manifest.get("cmdline")
+        return str(value) if value else None
+
+    @property
+    def ssh_user(self) -> str:
+        return str(self.record.manifest.get("sshUser", "root"))
+
+    @property
+    def health_command(self) -> str:
+        return str(self.record.manifest.get("healthCommand") or "true")
+
+    @property
+    def virtual_size(self) -> int:
+        return int(self.record.manifest.get("virtualSize", 0))
+
+
+class Registry:
+    def __init__(self, store: Store, state_dir: Path) -> None:
+        self.store = store
+        self.root = state_dir / "images"
+
+    # --- queries -------------------------------------------------------------------------
+    def list(self) -> list[Image]:
+        return [Image(r) for r in self.store.list_images()]
+
+    def get(self, ref: str) -> Image:
+        name, version = parse_image_ref(ref)
+        rec = self.store.find_image(name, version)
+        if rec is None:
+            raise NotFound(f"image {ref} is not registered (see `orch image list`)")
+        return Image(rec)
+
+    def verify(self, ref: str) -> Image:
+        """The image, after checking its files still match the recorded sha256."""
+        image = self.get(ref)
+        hashes = image.record.manifest.get("sha256", {})
+        for key in _HASHED_KEYS:
+            path = image._file(key) if key != "disk" else image.disk
+            if path is None:
+                continue
+            if path.is_symlink() or not path.is_file():
+                raise InvalidInput(f"image {ref}: file {path} is missing or not a regular file")
+            if file_sha256(path) != hashes.get(key):
+                raise InvalidInput(
+                    f"image {ref}: {path.name} changed since it was registered; images are "
+                    "immutable (register a new version)"
+                )
+        return image
+
+    # --- build -------------------------------------------------------------------------
+    def build(self, recipe: str, version: str, *, broken: bool = False,
+              progress: Callable[[str], None] = lambda s: None, now: str) -> Image:
+        if recipe not in RECIPES:
+            raise InvalidInput(f"unknown image recipe {recipe!r} (known: {', '.join(RECIPES)})")
+        self._check_new(recipe, version)
+        script = recipes_dir() / recipe / "build.sh"
+        if not script.is_file():
+            raise EnvironmentProblem(f"image recipe {script} not found", hint="set ORCH_IMAGES_DIR")
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".build-", dir=self.root) as tmp:
+            out = Path(tmp) / "out"
+            cmd = ["bash", str(script), str(out), version] + (["--broken"] if broken else [])
+            progress(f"building {recipe}:{version}{' (broken)' if broken else ''}")
+            proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+            if proc.returncode != 0:
+                lines = (proc.stderr or proc.stdout).strip().splitlines()
+                raise OperationFailed(
+                    f"image recipe {recipe} failed: {lines[-1] if lines else proc.returncode}"
+                )
+            manifest = json.loads((out / "manifest.json").read_text())
+            return self._register(recipe, version, out, manifest, now=now)
+
+    # --- import ------------------------------------------------------------------------
+    def import_image(self, name: str, version: str, *, file: Path, kernel: Path | None = None,
+                     initrd: Path | None = None, cmdline: str | None = None,
+                     ssh_user: str = "root", health_command: str | None = None,
+                     now: str) -> Image:
+        self._check_new(name, version)
+        sources = {"disk": file, "kernel": kernel, "initrd": initrd}
+        for key, src in sources.items():
+            if src is not None and (not src.exists() or not src.is_file()):
+                raise InvalidInput(f"{key} file {src} does not exist or is not a regular file")
+        if initrd is not None and kernel is None:
+            raise InvalidInput("--initrd needs --kernel")
+        if cmdline is not None and kernel is None:
+            raise InvalidInput("--cmdline needs --kernel")
+        info = inspect_disk(file)
+        self.root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory(prefix=".import-", dir=self.root) as tmp:
+            out = Path(tmp) / "out"
+            out.mkdir()
+            _run(["qemu-img", "convert", "-q", "-f", info["format"], "-O", "qcow2",
+                  str(file), str(out / DISK_FILE)], what="qemu-img convert")
+            manifest: dict[str, Any] = {"name": name, "version": version, "format": "qcow2",
+                                        "sshUser": ssh_user}
+            if health_command:
+                manifest["healthCommand"] = health_command
+            if kernel is not None:
+                shutil.copyfile(kernel, out / "vmlinuz")
+                manifest["kernel"] = "vmlinuz"
+                manifest["cmdline"] = cmdline or "console=ttyS0 root=/dev/vda rw"
+            if initrd is not None:
+                shutil.copyfile(initrd, out / "initrd.img")
+                manifest["initrd"] = "initrd.img"
+            return self._register(name, version, out, manifest, now=now)
+
+    def delete(self, ref: str, *, in_use: bool) -> None:
+        image = self.get(ref)
+        if in_use:
+            raise Conflict(f"image {ref} is used by a scale set; delete or update the set first")
+        self.store.delete_image(image.record.name, image.record.version)
+        shutil.rmtree(image.directory, ignore_errors=True)
+
+    # --- internals -----------------------------------------------------------------------
+    def _check_new(self, name: str, version: str) -> None:
+        if not IMAGE_NAME_RE.fullmatch(name):
+            raise InvalidInput(f"invalid image name {name!r}: a-z, 0-9, '-', starting with a letter")
+        if not IMAGE_VERSION_RE.fullmatch(version):
+            raise InvalidInput(f"invalid image version {version!r}: A-Za-z0-9 . _ -, at most 40")
+        if self.store.find_image(name, version) is not None:
+            raise InvalidInput(f"image {name}:{version} is already registered; images are immutable")
+
+    def _register(self, name: str, version: str, out: Path, manifest: dict[str, Any],
+                  *, now: str) -> Image:
+        manifest = dict(manifest)
+        manifest.setdefault("disk", DISK_FILE)
+        info = inspect_disk(out / manifest["disk"])
+        if info["format"] != "qcow2":
+            raise OperationFailed(f"recipe produced a {info['format']} disk, expected qcow2")
+        manifest["virtualSize"] = int(info["virtual-size"])
+        manifest["sha256"] = {
+            key: file_sha256(out / str(manifest[key]))
+            for key in _HASHED_KEYS
+            if manifest.get(key)
+        }
+        (out / "manifest.json").write_text(json.dumps(manifest, indent=2) + "\n")
+        final = self.root / name / version
+        final.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(self.root, 0o755)
+        os.chmod(final.parent, 0o755)
+        for path in out.iterdir():
+            os.chmod(path, 0o644)
+        os.chmod(out, 0o755)
+        if final.exists():
+            shutil.rmtree(final)  # a leftover of an interrupted registration, not in the store
+        os.rename(out, final)
+        rec = ImageRecord(name, version, manifest["sha256"]["disk"], str(final), manifest, now)
+        try:
+            self.store.add_image(rec)
+        except BaseException:
+            shutil.rmtree(final, ignore_errors=True)
+            raise
+        return Image(rec)
+
+
+def inspect_disk(path: Path) -> dict[str, Any]:
+    """``qemu-img info`` of a disk file, refusing anything that points outside itself."""
+    if path.is_symlink():
+        raise SecurityError(f"{path} is a symbolic link; give the real file")
+    proc = _run(["qemu-img", "info", "--output=json", str(path)], what="qemu-img info")
+    try:
+        info: dict[str, Any] = json.loads(proc.stdout)
+    except json.JSONDecodeError as exc:
+        raise InvalidInput(f"{path}: qemu-img could not read it") from exc
+    fmt = info.get("format")
+    if fmt not in ("qcow2", "raw"):
+        raise InvalidInput(f"{path}: format {fmt!r} not supported (qcow2 or raw)")
+    if info.get("backing-filename") or info.get("full-backing-filename"):
+        raise InvalidInput(f"{path}: has a backing file; give a self-contained image")
+    data = (info.get("format-specific") or {}).get("data") or {}
+    if data.get("data-file"):
+        raise InvalidInput(f"{path}: has an external data-file; give a self-contained image")
+    if fmt == "qcow2":
+        _run(["qemu-img", "check", "-q", "-f", "qcow2", str(path)], what="qemu-img check",
+             bad_input=True)
+    return info
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _run(cmd: list[str], *, what: str, bad_input: bool = False) -> subprocess.CompletedProcess[str]:
+    if shutil.which(cmd[0]) is None:
+        raise EnvironmentProblem(f"{cmd[0]} not found", hint="run `make setup`")
+    proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        detail = lines[-1] if lines else f"exit {proc.returncode}"
+        raise (InvalidInput if bad_input or what == "qemu-img info" else OperationFailed)(
+            f"{what} {cmd[-1]}: {detail}"
+        )
+    return proc

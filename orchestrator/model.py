@@ -1,0 +1,289 @@
+"""The scale-set model: what a user declares, validated once, then immutable.
+
+Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
+``RollingUpgradePolicy``, ``HealthProbe``, ``DataDisk``), the name rules of SPEC §1, the
+declarative-file schema of SPEC §6 (``ScaleSetDocument``) and the translation of pydantic's
+errors into ``errors.InvalidInput`` (one line naming the field).
+Called by ``cli`` (flags → spec), ``service`` (stores specs as JSON) and ``store``.
+
+Field names are snake_case in Python and camelCase in JSON/YAML (SPEC's keys), via aliases.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import re
+from typing import Any, Literal, TypeVar
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+
+from orchestrator import cloudinit
+from orchestrator.errors import InvalidInput
+
+SET_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+IMAGE_NAME_RE = re.compile(r"^[a-z][a-z0-9-]{0,39}$")
+IMAGE_VERSION_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,39}$")
+NETWORK_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+SSH_PUBLIC_KEY_RE = re.compile(
+    r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
+    r"[A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$"
+)
+MAX_CAPACITY = 100
+_DURATION = TypeAdapter(_dt.timedelta)
+
+
+def check_set_name(name: str) -> str:
+    if not isinstance(name, str) or not SET_NAME_RE.fullmatch(name):
+        raise InvalidInput(
+            f"invalid scale set name {_show(name)}: use 1-40 of a-z, 0-9, '-', starting with a letter"
+        )
+    return name
+
+
+def parse_image_ref(ref: str) -> tuple[str, str]:
+    """``NAME:VERSION`` → (name, version); InvalidInput if malformed."""
+    name, sep, version = ref.partition(":") if isinstance(ref, str) else ("", "", "")
+    if not sep or not IMAGE_NAME_RE.fullmatch(name) or not IMAGE_VERSION_RE.fullmatch(version):
+        raise InvalidInput(
+            f"invalid image reference {_show(ref)}: expected NAME:VERSION "
+            "(name a-z0-9- starting with a letter, version A-Za-z0-9._-)"
+        )
+    return name, version
+
+
+def parse_duration(text: str) -> float:
+    """ISO 8601 duration (``PT0S``, ``PT1M30S``) → seconds; InvalidInput if malformed."""
+    if not isinstance(text, str) or not text.startswith("P"):
+        raise InvalidInput(f"invalid ISO 8601 duration {_show(text)} (example: PT30S)")
+    try:
+        seconds = _DURATION.validate_python(text).total_seconds()
+    except ValidationError as exc:
+        raise InvalidInput(f"invalid ISO 8601 duration {_show(text)} (example: PT30S)") from exc
+    if seconds < 0 or seconds > 86400:
+        raise InvalidInput(f"duration {text} out of range (0 to 24 hours)")
+    return seconds
+
+
+def _show(value: object) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "...'"
+
+
+class _Base(BaseModel):
+    model_config = ConfigDict(
+        extra="forbid",
+        frozen=True,
+        alias_generator=to_camel,
+        populate_by_name=True,
+        strict=False,
+    )
+
+    def to_json_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", by_alias=True)
+
+
+class DataDisk(_Base):
+    lun: int = Field(ge=0, le=15)
+    size_gib: int = Field(ge=1, le=1024, alias="sizeGiB")
+
+
+class HealthProbe(_Base):
+    command: str | None = Field(default=None, min_length=1, max_length=4096)
+    port: int = Field(default=22, ge=1, le=65535)
+    interval_seconds: int = Field(default=5, ge=1, le=3600)
+    timeout_seconds: int = Field(default=5, ge=1, le=300)
+    number_of_probes: int = Field(default=1, ge=1, le=10)
+    grace_period_seconds: int = Field(default=300, ge=0, le=7200)
+
+
+class RollingUpgradePolicy(_Base):
+    max_batch_instance_percent: int = Field(default=20, ge=5, le=100)
+    max_unhealthy_instance_percent: int = Field(default=20, ge=0, le=100)
+    max_unhealthy_upgraded_instance_percent: int = Field(default=20, ge=0, le=100)
+    pause_time_between_batches: str = "PT0S"
+    prioritize_unhealthy_instances: bool = False
+    rollback_failed_instances_on_policy_breach: bool = False
+    max_surge: bool = False
+
+    @field_validator("pause_time_between_batches")
+    @classmethod
+    def _duration(cls, value: str) -> str:
+        try:
+            parse_duration(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+    @property
+    def pause_seconds(self) -> float:
+        return parse_duration(self.pause_time_between_batches)
+
+    def warnings(self) -> list[str]:
+        if self.max_batch_instance_percent > self.max_unhealthy_instance_percent:
+            return [
+                f"maxBatchInstancePercent ({self.max_batch_instance_percent}) exceeds "
+                f"maxUnhealthyInstancePercent ({self.max_unhealthy_instance_percent}): a batch "
+                "in flight may count as a policy breach"
+            ]
+        return []
+
+
+UpgradeMode = Literal["Automatic", "Rolling", "Manual"]
+ScaleInPolicy = Literal["Default", "OldestVM", "NewestVM"]
+
+
+class UpgradePolicy(_Base):
+    mode: UpgradeMode = "Manual"
+    rolling_upgrade_policy: RollingUpgradePolicy = RollingUpgradePolicy()
+
+
+class Model(_Base):
+    image: str
+    vcpus: int = Field(default=1, ge=1, le=64)
+    memory_mib: int = Field(default=256, ge=64, le=262144, alias="memoryMiB")
+    data_disks: tuple[DataDisk, ...] = ()
+    network: str = "default"
+    custom_data: str | None = Field(default=None, max_length=65536)
+    ssh_public_key: str | None = None
+    health_probe: HealthProbe = HealthProbe()
+    tags: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, value: str) -> str:
+        try:
+            parse_image_ref(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+    @field_validator("network")
+    @classmethod
+    def _network(cls, value: str) -> str:
+        if not NETWORK_NAME_RE.fullmatch(value):
+            raise ValueError(f"invalid network name {_show(value)}")
+        return value
+
+    @field_validator("data_disks")
+    @classmethod
+    def _luns(cls, value: tuple[DataDisk, ...]) -> tuple[DataDisk, ...]:
+        luns = [d.lun for d in value]
+        if len(set(luns)) != len(luns):
+            raise ValueError("data disk luns must be unique")
+        if len(value) > 8:
+            raise ValueError("at most 8 data disks")
+        return tuple(sorted(value, key=lambda d: d.lun))
+
+    @field_validator("custom_data")
+    @classmethod
+    def _custom_data(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                cloudinit.parse_custom_data(value)
+            except InvalidInput as exc:
+                raise ValueError(exc.message) from exc
+        return value
+
+    @field_validator("ssh_public_key")
+    @classmethod
+    def _ssh_key(cls, value: str | None) -> str | None:
+        if value is not None:
+            value = value.strip()
+            if not SSH_PUBLIC_KEY_RE.fullmatch(value):
+                raise ValueError("sshPublicKey is not an OpenSSH public key line")
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _tags(cls, value: dict[str, str]) -> dict[str, str]:
+        if len(value) > 50:
+            raise ValueError("at most 50 tags")
+        for key, val in value.items():
+            if not re.fullmatch(r"[A-Za-z0-9_.:/-]{1,128}", key) or len(val) > 256 or "\n" in val:
+                raise ValueError(f"invalid tag {_show(key)}")
+        return value
+
+
+class ScaleSetSpec(_Base):
+    name: str
+    model: Model
+    capacity: int = Field(ge=0, le=MAX_CAPACITY)
+    upgrade_policy: UpgradePolicy = UpgradePolicy()
+    scale_in_policy: ScaleInPolicy = "Default"
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        try:
+            check_set_name(value)
+        except InvalidInput as exc:
+            raise ValueError(exc.message) from exc
+        return value
+
+
+class _Metadata(_Base):
+    name: str
+
+
+class _DocumentSpec(Model):
+    capacity: int = Field(ge=0, le=MAX_CAPACITY)
+    upgrade_policy: UpgradePolicy = UpgradePolicy()
+    scale_in_policy: ScaleInPolicy = "Default"
+
+
+class ScaleSetDocument(_Base):
+    """One YAML document of ``orch vmss apply -f`` (SPEC §6)."""
+
+    api_version: Literal["orchestrator/v1"]
+    kind: Literal["ScaleSet"]
+    metadata: _Metadata
+    spec: _DocumentSpec
+
+    @model_validator(mode="after")
+    def _check_name(self) -> ScaleSetDocument:
+        check_set_name(self.metadata.name)
+        return self
+
+    def to_spec(self) -> ScaleSetSpec:
+        model_fields = {k: getattr(self.spec, k) for k in Model.model_fields}
+        return ScaleSetSpec(
+            name=self.metadata.name,
+            model=Model(**model_fields),
+            capacity=self.spec.capacity,
+            upgrade_policy=self.spec.upgrade_policy,
+            scale_in_policy=self.spec.scale_in_policy,
+        )
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def validate(cls: type[_M], data: Any, *, where: str = "") -> _M:
+    """Validate ``data`` as ``cls``; pydantic's error becomes one InvalidInput line."""
+    try:
+        return cls.model_validate(data)
+    except ValidationError as exc:
+        raise InvalidInput(validation_message(exc, where=where)) from exc
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}: {exc.message}" if where else exc.message) from exc
+
+
+def validation_message(exc: ValidationError, *, where: str = "") -> str:
+    errors = exc.errors()
+    first = errors[0]
+    loc = ".".join(str(p) for p in first["loc"])
+    path = ".".join(p for p in (where, loc) if p)
+    msg = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        msg = "unknown key"
+    more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
+    return f"{path}: {msg}{more}" if path else f"{msg}{more}"

@@ -1,0 +1,373 @@
+"""Durable state in SQLite (stdlib sqlite3, WAL): images, scale sets, model generations,
+instances, operations and events.
+
+Owned here: the schema, its migrations, and typed rows (``ImageRecord``, ``SetRecord``,
+``InstanceRecord``, ``OperationRecord``). Called by ``images`` and ``service``; the engine gets
+records from the service. Each public method is one transaction; ``transaction()`` groups
+several. The database file is created 0600: it holds instances' SSH host private keys.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import sqlite3
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+from orchestrator.errors import Conflict, EnvironmentProblem, NotFound
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS images (
+    name TEXT NOT NULL, version TEXT NOT NULL, sha256 TEXT NOT NULL, path TEXT NOT NULL,
+    manifest TEXT NOT NULL, created_at TEXT NOT NULL, PRIMARY KEY (name, version));
+CREATE TABLE IF NOT EXISTS scale_sets (
+    name TEXT PRIMARY KEY, spec TEXT NOT NULL, generation INTEGER NOT NULL,
+    next_instance_id INTEGER NOT NULL, created_at TEXT NOT NULL, updated_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS generations (
+    set_name TEXT NOT NULL, generation INTEGER NOT NULL, model TEXT NOT NULL,
+    created_at TEXT NOT NULL, PRIMARY KEY (set_name, generation));
+CREATE TABLE IF NOT EXISTS instances (
+    set_name TEXT NOT NULL, instance_id INTEGER NOT NULL, name TEXT NOT NULL UNIQUE,
+    status TEXT NOT NULL, mac TEXT NOT NULL, ip TEXT NOT NULL, network TEXT NOT NULL,
+    model_generation INTEGER NOT NULL, image TEXT NOT NULL,
+    host_key_public TEXT NOT NULL, host_key_private TEXT NOT NULL, seed_instance_id TEXT NOT NULL,
+    protect_from_scale_in INTEGER NOT NULL DEFAULT 0,
+    protect_from_scale_set_actions INTEGER NOT NULL DEFAULT 0,
+    power_intent TEXT NOT NULL DEFAULT 'running',
+    health TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL,
+    PRIMARY KEY (set_name, instance_id));
+CREATE TABLE IF NOT EXISTS operations (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, kind TEXT NOT NULL,
+    status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}', pid INTEGER,
+    started_at TEXT NOT NULL, ended_at TEXT);
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, instance_id INTEGER,
+    at TEXT NOT NULL, message TEXT NOT NULL);
+"""
+
+
+@dataclass(frozen=True)
+class ImageRecord:
+    name: str
+    version: str
+    sha256: str
+    path: str  # the image's directory
+    manifest: dict[str, Any]
+    created_at: str
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+@dataclass(frozen=True)
+class SetRecord:
+    name: str
+    spec: dict[str, Any]  # ScaleSetSpec as camelCase JSON
+    generation: int
+    next_instance_id: int
+    created_at: str
+    updated_at: str
+
+
+@dataclass(frozen=True)
+class InstanceRecord:
+    set_name: str
+    instance_id: int
+    name: str
+    status: str  # creating | active | deleting
+    mac: str
+    ip: str
+    network: str
+    model_generation: int
+    image: str
+    host_key_public: str
+    host_key_private: str
+    seed_instance_id: str
+    protect_from_scale_in: bool
+    protect_from_scale_set_actions: bool
+    power_intent: str  # running | stopped | deallocated: what the user last asked for
+    health: dict[str, Any]
+    created_at: str
+
+
+@dataclass(frozen=True)
+class OperationRecord:
+    id: int
+    set_name: str
+    kind: str
+    status: str  # running | succeeded | failed
+    detail: dict[str, Any]
+    pid: int | None
+    started_at: str
+    ended_at: str | None
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            if not path.exists():
+                fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+                os.close(fd)
+            self._db = sqlite3.connect(path, timeout=30, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise EnvironmentProblem(
+                f"cannot open state database {path}: {exc}", hint="check --state-dir"
+            ) from exc
+        self._db.row_factory = sqlite3.Row
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._depth = 0
+        with self.transaction():
+            for stmt in _SCHEMA.split(";"):
+                if stmt.strip():
+                    self._db.execute(stmt)
+            self._db.execute(
+                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
+                (str(SCHEMA_VERSION),),
+            )
+
+    def close(self) -> None:
+        self._db.close()
+
+    @contextlib.contextmanager
+    def transaction(self) -> Iterator[None]:
+        """Group statements; nested uses join the outer transaction."""
+        if self._depth == 0:
+            self._db.execute("BEGIN IMMEDIATE")
+        self._depth += 1
+        try:
+            yield
+        except BaseException:
+            self._depth -= 1
+            if self._depth == 0:
+                self._db.execute("ROLLBACK")
+            raise
+        self._depth -= 1
+        if self._depth == 0:
+            self._db.execute("COMMIT")
+
+    def _one(self, sql: str, args: tuple[Any, ...]) -> sqlite3.Row | None:
+        row: sqlite3.Row | None = self._db.execute(sql, args).fetchone()
+        return row
+
+    # --- images ------------------------------------------------------------------------
+    def add_image(self, rec: ImageRecord) -> None:
+        with self.transaction():
+            if self.find_image(rec.name, rec.version) is not None:
+                raise Conflict(f"image {rec.ref} is already registered")
+            self._db.execute(
+                "INSERT INTO images VALUES (?,?,?,?,?,?)",
+                (rec.name, rec.version, rec.sha256, rec.path, json.dumps(rec.manifest),
+                 rec.created_at),
+            )
+
+    def find_image(self, name: str, version: str) -> ImageRecord | None:
+        row = self._one("SELECT * FROM images WHERE name=? AND version=?", (name, version))
+        return _image(row) if row else None
+
+    def list_images(self) -> list[ImageRecord]:
+        rows = self._db.execute("SELECT * FROM images ORDER BY name, version").fetchall()
+        return [_image(r) for r in rows]
+
+    def delete_image(self, name: str, version: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM images WHERE name=? AND version=?", (name, version))
+
+    # --- scale sets --------------------------------------------------------------------
+    def add_set(self, name: str, spec: dict[str, Any], *, now: str) -> SetRecord:
+        with self.transaction():
+            if self.find_set(name) is not None:
+                raise Conflict(f"scale set {name} already exists")
+            self._db.execute(
+                "INSERT INTO scale_sets VALUES (?,?,?,?,?,?)",
+                (name, json.dumps(spec), 1, 0, now, now),
+            )
+            self._db.execute(
+                "INSERT INTO generations VALUES (?,?,?,?)",
+                (name, 1, json.dumps(spec["model"]), now),
+            )
+        return self.get_set(name)
+
+    def find_set(self, name: str) -> SetRecord | None:
+        row = self._one("SELECT * FROM scale_sets WHERE name=?", (name,))
+        return _set(row) if row else None
+
+    def get_set(self, name: str) -> SetRecord:
+        rec = self.find_set(name)
+        if rec is None:
+            raise NotFound(f"scale set {name} not found")
+        return rec
+
+    def list_sets(self) -> list[SetRecord]:
+        return [_set(r) for r in self._db.execute("SELECT * FROM scale_sets ORDER BY name")]
+
+    def update_spec(self, name: str, spec: dict[str, Any], *, new_generation: bool, now: str) -> SetRecord:
+        """Store a changed spec; a model change gets the next generation number."""
+        with self.transaction():
+            cur = self.get_set(name)
+            gen = cur.generation + 1 if new_generation else cur.generation
+            self._db.execute(
+                "UPDATE scale_sets SET spec=?, generation=?, updated_at=? WHERE name=?",
+                (json.dumps(spec), gen, now, name),
+            )
+            if new_generation:
+                self._db.execute(
+                    "INSERT INTO generations VALUES (?,?,?,?)",
+                    (name, gen, json.dumps(spec["model"]), now),
+                )
+        return self.get_set(name)
+
+    def model_of_generation(self, name: str, generation: int) -> dict[str, Any]:
+        row = self._one(
+            "SELECT model FROM generations WHERE set_name=? AND generation=?", (name, generation)
+        )
+        if row is None:
+            raise NotFound(f"scale set {name} has no generation {generation}")
+        model: dict[str, Any] = json.loads(row["model"])
+        return model
+
+    def take_instance_ids(self, name: str, count: int) -> list[int]:
+        """Reserve ``count`` new instanceIds; ids are never reused within a set."""
+        with self.transaction():
+            cur = self.get_set(name)
+            first = cur.next_instance_id
+            self._db.execute(
+                "UPDATE scale_sets SET next_instance_id=? WHERE name=?", (first + count, name)
+            )
+        return list(range(first, first + count))
+
+    def delete_set(self, name: str) -> None:
+        with self.transaction():
+            for table, col in (("instances", "set_name"), ("generations", "set_name"),
+                               ("events", "set_name"), ("scale_sets", "name")):
+                self._db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
+
+    # --- instances ---------------------------------------------------------------------
+    def add_instance(self, rec: InstanceRecord) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (rec.set_name, rec.instance_id, rec.name, rec.status, rec.mac, rec.ip,
+                 rec.network, rec.model_generation, rec.image, rec.host_key_public,
+                 rec.host_key_private, rec.seed_instance_id, int(rec.protect_from_scale_in),
+                 int(rec.protect_from_scale_set_actions), rec.power_intent,
+                 json.dumps(rec.health), rec.created_at),
+            )
+
+    def update_instance(self, rec: InstanceRecord, **changes: Any) -> InstanceRecord:
+        new = replace(rec, **changes)
+        with self.transaction():
+            self._db.execute(
+                "UPDATE instances SET status=?, mac=?, ip=?, network=?, model_generation=?,"
+                " image=?, host_key_public=?, host_key_private=?, seed_instance_id=?,"
+                " protect_from_scale_in=?, protect_from_scale_set_actions=?, power_intent=?,"
+                " health=? WHERE set_name=? AND instance_id=?",
+                (new.status, new.mac, new.ip, new.network, new.model_generation, new.image,
+                 new.host_key_public, new.host_key_private, new.seed_instance_id,
+                 int(new.protect_from_scale_in), int(new.protect_from_scale_set_actions),
+                 new.power_intent, json.dumps(new.health), new.set_name, new.instance_id),
+            )
+        return new
+
+    def find_instance(self, set_name: str, instance_id: int) -> InstanceRecord | None:
+        row = self._one(
+            "SELECT * FROM instances WHERE set_name=? AND instance_id=?", (set_name, instance_id)
+        )
+        return _instance(row) if row else None
+
+    def list_instances(self, set_name: str) -> list[InstanceRecord]:
+        rows = self._db.execute(
+            "SELECT * FROM instances WHERE set_name=? ORDER BY instance_id", (set_name,)
+        )
+        return [_instance(r) for r in rows]
+
+    def all_instances(self) -> list[InstanceRecord]:
+        rows = self._db.execute("SELECT * FROM instances ORDER BY set_name, instance_id")
+        return [_instance(r) for r in rows]
+
+    def delete_instance(self, set_name: str, instance_id: int) -> None:
+        with self.transaction():
+            self._db.execute(
+                "DELETE FROM instances WHERE set_name=? AND instance_id=?", (set_name, instance_id)
+            )
+
+    # --- operations and events ---------------------------------------------------------
+    def start_operation(self, set_name: str, kind: str, detail: dict[str, Any], *, now: str) -> int:
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT INTO operations(set_name, kind, status, detail, pid, started_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (set_name, kind, "running", json.dumps(detail), os.getpid(), now),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def end_operation(self, op_id: int, status: str, detail: dict[str, Any], *, now: str) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE operations SET status=?, detail=?, ended_at=? WHERE id=?",
+                (status, json.dumps(detail), now, op_id),
+            )
+
+    def list_operations(self, set_name: str | None = None) -> list[OperationRecord]:
+        if set_name is None:
+            rows = self._db.execute("SELECT * FROM operations ORDER BY id")
+        else:
+            rows = self._db.execute(
+                "SELECT * FROM operations WHERE set_name=? ORDER BY id", (set_name,)
+            )
+        return [_operation(r) for r in rows]
+
+    def add_event(self, set_name: str, message: str, *, now: str, instance_id: int | None = None) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT INTO events(set_name, instance_id, at, message) VALUES (?,?,?,?)",
+                (set_name, instance_id, now, message),
+            )
+
+    def list_events(self, set_name: str) -> list[tuple[str, int | None, str]]:
+        rows = self._db.execute(
+            "SELECT at, instance_id, message FROM events WHERE set_name=? ORDER BY id", (set_name,)
+        )
+        return [(r["at"], r["instance_id"], r["message"]) for r in rows]
+
+
+def _image(row: sqlite3.Row) -> ImageRecord:
+    return ImageRecord(row["name"], row["version"], row["sha256"], row["path"],
+                       json.loads(row["manifest"]), row["created_at"])
+
+
+def _set(row: sqlite3.Row) -> SetRecord:
+    return SetRecord(row["name"], json.loads(row["spec"]), row["generation"],
+                     row["next_instance_id"], row["created_at"], row["updated_at"])
+
+
+def _instance(row: sqlite3.Row) -> InstanceRecord:
+    return InstanceRecord(
+        set_name=row["set_name"], instance_id=row["instance_id"], name=row["name"],
+        status=row["status"], mac=row["mac"], ip=row["ip"], network=row["network"],
+        model_generation=row["model_generation"], image=row["image"],
+        host_key_public=row["host_key_public"], host_key_private=row["host_key_private"],
+        seed_instance_id=row["seed_instance_id"],
+        protect_from_scale_in=bool(row["protect_from_scale_in"]),
+        protect_from_scale_set_actions=bool(row["protect_from_scale_set_actions"]),
+        power_intent=row["power_intent"], health=json.loads(row["health"]),
+        created_at=row["created_at"],
+    )
+
+
+def _operation(row: sqlite3.Row) -> OperationRecord:
+    return OperationRecord(row["id"], row["set_name"], row["kind"], row["status"],
+                           json.loads(row["detail"]), row["pid"], row["started_at"],
+                           row["ended_at"])

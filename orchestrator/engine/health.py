@@ -1,0 +1,361 @@
+"""Instance health: the state machine, the SSH prober, and the concurrent probe loops.
+
+Owned here: ``HealthState`` and its transitions (SPEC §4), how a probe result is classified,
+how often instances are probed, and when a wait for health ends. Called by
+``engine.operations`` and ``engine.policy`` drivers (wait until instances are settled after a
+create, upgrade or reimage), by ``service`` (``list-instances`` refreshes with ``probe_once``)
+and by ``engine.reconcile``.
+
+The state machine (``advance``, ``settle``, ``is_settled``) is pure: it is given the time, it
+reads no clock, so it is table- and property-tested. The loops read time only through the
+injected ``Clock``, so minutes of probing run in milliseconds against ``FakeClock``.
+
+Transitions (N = ``number_of_probes``; a streak is the run of equal results ending now):
+
+- INITIALIZING → HEALTHY after N healthy, → UNHEALTHY after N unhealthy; unreachable results
+  keep it INITIALIZING (the guest is booting) while the grace period lasts.
+- When the grace period ends, an INITIALIZING instance takes what its streak says even if
+  shorter than N: unhealthy → UNHEALTHY, unreachable (or no probe at all) → UNKNOWN; a healthy
+  streak shorter than N is not yet a verdict of health, so it becomes UNKNOWN too.
+- From a settled state, N equal results of another kind move to that kind's state.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from enum import Enum
+from typing import Literal, Protocol
+
+from orchestrator import errors, ssh
+from orchestrator.clock import Clock
+
+__all__ = [
+    "HealthRecord",
+    "HealthState",
+    "ProbeOutcome",
+    "ProbeSettings",
+    "ProbeTarget",
+    "Prober",
+    "SshProber",
+    "advance",
+    "is_settled",
+    "probe_once",
+    "settle",
+    "wait_settled",
+]
+
+OutcomeKind = Literal["healthy", "unhealthy", "unreachable"]
+_EXCERPT_CHARS = 200
+# While booting, probe at least this often so an instance is seen soon after sshd is up.
+_BOOT_INTERVAL = 1.0
+
+
+class HealthState(str, Enum):
+    INITIALIZING = "Initializing"
+    HEALTHY = "Healthy"
+    UNHEALTHY = "Unhealthy"
+    UNKNOWN = "Unknown"
+
+
+@dataclass(frozen=True)
+class ProbeSettings:
+    command: str = "true"
+    port: int = 22
+    interval_seconds: float = 5
+    timeout_seconds: float = 5
+    number_of_probes: int = 1
+    grace_period_seconds: float = 300
+
+
+@dataclass(frozen=True)
+class ProbeOutcome:
+    at: datetime
+    kind: OutcomeKind
+    exit_status: int | None
+    latency: float | None
+    output: str  # excerpt, at most 200 characters, one line
+    error: str | None
+
+
+@dataclass(frozen=True)
+class HealthRecord:
+    state: HealthState
+    booted_at: float  # monotonic time the instance was started
+    streak_kind: str | None
+    streak: int
+    last: ProbeOutcome | None
+    changed_at: float | None
+
+    @classmethod
+    def initial(cls, booted_at: float) -> HealthRecord:
+        return cls(
+            state=HealthState.INITIALIZING,
+            booted_at=booted_at,
+            streak_kind=None,
+            streak=0,
+            last=None,
+            changed_at=None,
+        )
+
+
+_STATE_OF_KIND: dict[str, HealthState] = {
+    "healthy": HealthState.HEALTHY,
+    "unhealthy": HealthState.UNHEALTHY,
+    "unreachable": HealthState.UNKNOWN,
+}
+
+
+# --- the pure state machine --------------------------------------------------------------------
+
+
+def _required(settings: ProbeSettings) -> int:
+    return max(1, settings.number_of_probes)
+
+
+def _grace_over(record: HealthRecord, *, settings: ProbeSettings, now: float) -> bool:
+    return now - record.booted_at >= settings.grace_period_seconds
+
+
+def _grace_verdict(record: HealthRecord, *, settings: ProbeSettings) -> HealthState:
+    """What an INITIALIZING instance becomes when its grace period ends."""
+    if record.streak_kind == "unhealthy":
+        return HealthState.UNHEALTHY
+    if record.streak_kind == "healthy" and record.streak >= _required(settings):
+        return HealthState.HEALTHY
+    return HealthState.UNKNOWN
+
+
+def _with_state(record: HealthRecord, state: HealthState, *, now: float) -> HealthRecord:
+    if state is record.state:
+        return record
+    return dataclasses.replace(record, state=state, changed_at=now)
+
+
+def advance(
+    record: HealthRecord, outcome: ProbeOutcome, *, settings: ProbeSettings, now: float
+) -> HealthRecord:
+    """The record after one more probe result (pure)."""
+    streak = record.streak + 1 if outcome.kind == record.streak_kind else 1
+    probed = dataclasses.replace(record, streak_kind=outcome.kind, streak=streak, last=outcome)
+    target = _STATE_OF_KIND[outcome.kind]
+    enough = streak >= _required(settings)
+    if record.state is HealthState.INITIALIZING:
+        if enough and outcome.kind != "unreachable":
+            return _with_state(probed, target, now=now)
+        if _grace_over(record, settings=settings, now=now):
+            return _with_state(probed, _grace_verdict(probed, settings=settings), now=now)
+        return probed
+    if enough and target is not record.state:
+        return _with_state(probed, target, now=now)
+    return probed
+
+
+def settle(record: HealthRecord, *, settings: ProbeSettings, now: float) -> HealthRecord:
+    """Apply the grace-period rule without a new probe (never reached → UNKNOWN at grace end)."""
+    if record.state is HealthState.INITIALIZING and _grace_over(record, settings=settings, now=now):
+        return _with_state(record, _grace_verdict(record, settings=settings), now=now)
+    return record
+
+
+def is_settled(record: HealthRecord, *, settings: ProbeSettings, now: float) -> bool:
+    """True when a wait for this instance is over: HEALTHY, or the grace period has ended."""
+    return record.state is HealthState.HEALTHY or _grace_over(record, settings=settings, now=now)
+
+
+# --- probing -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ProbeTarget:
+    name: str
+    endpoint: ssh.Endpoint | None  # None: no address yet / not running
+
+
+class Prober(Protocol):
+    async def probe(self, target: ProbeTarget, settings: ProbeSettings) -> ProbeOutcome: ...
+
+
+def _excerpt(text: str) -> str:
+    return " ".join(text.split())[:_EXCERPT_CHARS]
+
+
+def _unreachable(at: datetime, error: str, *, latency: float | None = None) -> ProbeOutcome:
+    return ProbeOutcome(
+        at=at, kind="unreachable", exit_status=None, latency=latency, output="", error=error
+    )
+
+
+class SshProber:
+    """Runs the probe command over SSH (host key pinned). ``SecurityError`` propagates."""
+
+    def __init__(self, *, clock: Clock, max_output: int = 4096) -> None:
+        self._clock = clock
+        self._max_output = max_output
+
+    async def probe(self, target: ProbeTarget, settings: ProbeSettings) -> ProbeOutcome:
+        at = self._clock.now()
+        if target.endpoint is None:
+            return _unreachable(at, "no address yet (instance not running)")
+        endpoint = dataclasses.replace(target.endpoint, port=settings.port)
+        budget = settings.timeout_seconds
+        started = self._clock.monotonic()
+        try:
+            # Each phase is bounded by the probe time-out, and so is the whole probe.
+            async with asyncio.timeout(budget):
+                result = await ssh.run_command(
+                    endpoint,
+                    settings.command,
+                    connect_timeout=budget,
+                    command_timeout=budget,
+                    max_output=self._max_output,
+                    clock=self._clock,
+                )
+        except TimeoutError:
+            return _unreachable(
+                at,
+                f"probe did not finish within {budget:g}s",
+                latency=self._clock.monotonic() - started,
+            )
+        except (errors.Unreachable, errors.Timeout, errors.OperationFailed) as exc:
+            return _unreachable(at, exc.one_line(), latency=self._clock.monotonic() - started)
+        return ProbeOutcome(
+            at=at,
+            kind="healthy" if result.exit_status == 0 else "unhealthy",
+            exit_status=result.exit_status,
+            latency=result.latency,
+            output=_excerpt(result.stdout or result.stderr),
+            error=None,
+        )
+
+
+async def _bounded_probe(
+    prober: Prober,
+    target: ProbeTarget,
+    *,
+    settings: ProbeSettings,
+    clock: Clock,
+    deadline: float | None,
+) -> ProbeOutcome | None:
+    """One probe bounded by the probe time-out (→ unreachable) and the deadline (→ None)."""
+    budget = settings.timeout_seconds
+    cut_by_deadline = False
+    if deadline is not None and deadline - clock.monotonic() < budget:
+        budget = max(0.0, deadline - clock.monotonic())
+        cut_by_deadline = True
+    at = clock.now()
+    probe = asyncio.ensure_future(prober.probe(target, settings))
+    timer = asyncio.ensure_future(clock.sleep(budget))
+    try:
+        await asyncio.wait({probe, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for task in (probe, timer):
+            if not task.done():
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+    if probe.done() and not probe.cancelled():
+        return probe.result()  # re-raises SecurityError and the like
+    if cut_by_deadline:
+        return None
+    return _unreachable(at, f"probe did not finish within {settings.timeout_seconds:g}s")
+
+
+def _initial_records(
+    targets: Sequence[ProbeTarget], records: Mapping[str, HealthRecord], *, now: float
+) -> dict[str, HealthRecord]:
+    return {t.name: records.get(t.name) or HealthRecord.initial(now) for t in targets}
+
+
+async def _run_all(coros: Sequence[asyncio.Future[None] | asyncio.Task[None]]) -> None:
+    # gather, not TaskGroup: callers want the first error itself (SecurityError), not a group.
+    try:
+        await asyncio.gather(*coros)
+    except BaseException:
+        for task in coros:
+            task.cancel()
+        await asyncio.gather(*coros, return_exceptions=True)
+        raise
+
+
+async def wait_settled(
+    targets: Sequence[ProbeTarget],
+    records: Mapping[str, HealthRecord],
+    *,
+    prober: Prober,
+    settings: ProbeSettings,
+    clock: Clock,
+    on_change: Callable[[str, HealthRecord], None] | None = None,
+    deadline: float | None = None,
+) -> dict[str, HealthRecord]:
+    """Probe every target concurrently until each is settled (or ``deadline``); the records."""
+    result = _initial_records(targets, records, now=clock.monotonic())
+
+    def store(name: str, record: HealthRecord) -> HealthRecord:
+        previous = result[name]
+        result[name] = record
+        if on_change is not None and record.state is not previous.state:
+            on_change(name, record)
+        return record
+
+    async def watch(target: ProbeTarget) -> None:
+        name = target.name
+        while True:
+            now = clock.monotonic()
+            record = store(name, settle(result[name], settings=settings, now=now))
+            if is_settled(record, settings=settings, now=now):
+                return
+            if deadline is not None and now >= deadline:
+                return
+            started = now
+            outcome = await _bounded_probe(
+                prober, target, settings=settings, clock=clock, deadline=deadline
+            )
+            if outcome is None:
+                return
+            now = clock.monotonic()
+            record = store(name, advance(result[name], outcome, settings=settings, now=now))
+            if is_settled(record, settings=settings, now=now):
+                return
+            interval = settings.interval_seconds
+            if record.state is HealthState.INITIALIZING:
+                interval = min(_BOOT_INTERVAL, interval)
+            # Wake no later than the grace end or the deadline, so both take effect on time.
+            wake = min(started + interval, record.booted_at + settings.grace_period_seconds)
+            if deadline is not None:
+                wake = min(wake, deadline)
+            await clock.sleep(max(0.0, wake - now))
+
+    loop = asyncio.get_running_loop()
+    await _run_all([loop.create_task(watch(t)) for t in targets])
+    return result
+
+
+async def probe_once(
+    targets: Sequence[ProbeTarget],
+    records: Mapping[str, HealthRecord],
+    *,
+    prober: Prober,
+    settings: ProbeSettings,
+    clock: Clock,
+) -> dict[str, HealthRecord]:
+    """One concurrent round of probes (``list-instances`` refresh); the updated records."""
+    result = _initial_records(targets, records, now=clock.monotonic())
+
+    async def once(target: ProbeTarget) -> None:
+        outcome = await _bounded_probe(
+            prober, target, settings=settings, clock=clock, deadline=None
+        )
+        if outcome is None:  # only a deadline cuts a probe without an outcome
+            return
+        now = clock.monotonic()
+        record = advance(result[target.name], outcome, settings=settings, now=now)
+        result[target.name] = settle(record, settings=settings, now=now)
+
+    loop = asyncio.get_running_loop()
+    await _run_all([loop.create_task(once(t)) for t in targets])
+    return result

@@ -1,0 +1,456 @@
+"""An in-memory hypervisor: the ``Hypervisor`` protocol simulated against an injected clock.
+
+Owned here: ``FakeHypervisor``. Used by unit tests (with ``clock.FakeClock``) and by
+``orch vmss plan`` as the product's simulator, so it models what the engine relies on:
+
+- domains boot and shut down in clock time: ``start`` records the time, ``guest_ready`` turns
+  true ``boot_seconds`` later and ``boot_id`` changes at every boot; ``shutdown`` (ACPI) reports
+  ``SHUTTING_DOWN`` until ``shutdown_seconds`` have passed, then ``STOPPED``. A guest marked
+  ``ignores_acpi`` keeps running, as a real guest without acpid does, until ``destroy``.
+- like libvirt, ``define_domain`` checks nothing about disks; ``start`` fails when a disk, a
+  backing file, a kernel or initrd is neither a volume of some pool nor a file registered with
+  ``add_external_file`` (images), or when a NIC's network is missing.
+- volumes take space from their pool (an overlay a small allocation, data disks and uploads
+  their full size); creating past the pool's capacity fails with "no space left".
+- reservations follow libvirt's matching rules: an identical entry again is a no-op, the same
+  MAC, IP or name with a different partner is a conflict.
+
+Fault injection (``fail_next``, ``crash``, ``set_ignores_acpi``, ``set_unavailable``,
+``set_pool_capacity``) and introspection (``domains``, ``calls``, ``volume_backing``,
+``volume_data``) serve the tests. Everything is synchronous; time moves only with the clock.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+from orchestrator.clock import Clock
+from orchestrator.errors import HypervisorError, HypervisorUnavailable, InvalidInput, NotFound
+from orchestrator.hypervisor.base import (
+    DomainInfo,
+    NetworkInfo,
+    PoolInfo,
+    PowerState,
+    Reservation,
+    VolumeInfo,
+)
+from orchestrator.hypervisor.domainxml import Domain, Ownership
+
+__all__ = ["DEFAULT_NETWORKS", "DEFAULT_POOLS", "OVERLAY_ALLOCATION", "FakeHypervisor"]
+
+GiB = 1024**3
+# What a fresh qcow2 overlay occupies on disk (header, L1 table, refcounts), roughly.
+OVERLAY_ALLOCATION = 196_608
+
+DEFAULT_NETWORKS: tuple[NetworkInfo, ...] = (
+    NetworkInfo("default", "virbr0", "192.168.122.1", 24, "192.168.122.2", "192.168.122.254", True),
+    NetworkInfo("orchlab", "orchbr0", "10.213.0.1", 24, "10.213.0.10", "10.213.0.250", True),
+)
+DEFAULT_POOLS: tuple[PoolInfo, ...] = (
+    PoolInfo("default", "/var/lib/libvirt/images", 100 * GiB, 100 * GiB, True),
+)
+
+# The methods ``fail_next`` may target: the protocol's verbs.
+_METHODS = frozenset({
+    "define_domain", "start", "shutdown", "destroy", "undefine", "domain_state",
+    "domain_owner", "list_domains", "pool_info", "create_overlay", "create_volume",
+    "upload_volume", "delete_volume", "list_volumes", "network_info", "list_reservations",
+    "add_reservation", "remove_reservation",
+})  # fmt: skip
+
+_UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
+
+
+@dataclass
+class _DomainRecord:
+    definition: Domain
+    state: PowerState = PowerState.STOPPED
+    started_at: float | None = None
+    shutdown_requested_at: float | None = None
+    ignores_acpi: bool = False
+    boot_id: str | None = None
+
+
+@dataclass
+class _Volume:
+    name: str
+    path: str
+    fmt: str
+    capacity: int
+    allocation: int
+    backing: tuple[str, str] | None = None
+    data: bytes | None = None
+
+    def info(self) -> VolumeInfo:
+        return VolumeInfo(self.name, self.path, self.fmt, self.capacity, self.allocation)
+
+
+@dataclass
+class _Pool:
+    name: str
+    path: str
+    capacity: int
+    active: bool
+    volumes: dict[str, _Volume] = field(default_factory=dict)
+
+    @property
+    def available(self) -> int:
+        return max(0, self.capacity - sum(v.allocation for v in self.volumes.values()))
+
+
+@dataclass
+class _Network:
+    info: NetworkInfo
+    reservations: list[Reservation] = field(default_factory=list)
+
+
+def _check_volume_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or "\x00" in name:
+        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
+
+
+def _same_mac(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+class FakeHypervisor:
+    """The ``Hypervisor`` protocol in memory; see the module docstring for its behaviour."""
+
+    def __init__(
+        self,
+        *,
+        clock: Clock,
+        boot_seconds: float = 6.5,
+        shutdown_seconds: float = 1.5,
+        networks: Iterable[NetworkInfo] | None = None,
+        pools: Iterable[PoolInfo] | None = None,
+        uri: str = "fake:///",
+    ) -> None:
+        self._clock = clock
+        self.boot_seconds = boot_seconds
+        self.shutdown_seconds = shutdown_seconds
+        self._uri = uri
+        self._records: dict[str, _DomainRecord] = {}
+        self._networks = {
+            n.name: _Network(n) for n in (DEFAULT_NETWORKS if networks is None else networks)
+        }
+        self._pools = {
+            p.name: _Pool(p.name, p.path, p.capacity_bytes, p.active)
+            for p in (DEFAULT_POOLS if pools is None else pools)
+        }
+        self._external_files: set[str] = set()
+        self._failures: dict[str, list[Exception]] = {}
+        self._unavailable = False
+        self._boot_counter = itertools.count(1)
+        self.calls: list[tuple[str, str]] = []
+        """Every protocol call in order, as (method, object name), failed ones included."""
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    # --- fault injection and introspection -------------------------------------------------
+    def fail_next(self, method_name: str, error: Exception, count: int = 1) -> None:
+        """Make the next ``count`` calls of ``method_name`` raise ``error`` (before acting)."""
+        if method_name not in _METHODS:
+            raise InvalidInput(f"fail_next: {method_name!r} is not a hypervisor method")
+        self._failures.setdefault(method_name, []).extend([error] * count)
+
+    def crash(self, name: str) -> None:
+        """The guest dies at once: CRASHED (like libvirt's shutoff-with-reason-crashed)."""
+        rec = self._record(name)
+        if rec.state in (PowerState.RUNNING, PowerState.SHUTTING_DOWN):
+            self._power_off(rec, PowerState.CRASHED)
+
+    def set_ignores_acpi(self, name: str, ignores: bool = True) -> None:
+        """A guest that ignores the ACPI power button (no acpid): only ``destroy`` stops it."""
+        self._record(name).ignores_acpi = ignores
+
+    def set_unavailable(self, unavailable: bool = True) -> None:
+        """While set, every protocol call raises ``HypervisorUnavailable`` (daemon down)."""
+        self._unavailable = unavailable
+
+    def set_pool_capacity(self, pool: str, capacity_bytes: int) -> None:
+        self._pool(pool).capacity = capacity_bytes
+
+    def add_external_file(self, path: str) -> None:
+        """Declare a file outside every pool (an image's disk, kernel, initrd) as present."""
+        self._external_files.add(path)
+
+    @property
+    def domains(self) -> dict[str, Domain]:
+        """The persistent definition of every domain, by name (a copy)."""
+        return {name: rec.definition for name, rec in self._records.items()}
+
+    def volume_backing(self, pool: str, name: str) -> tuple[str, str] | None:
+        """(backing path, backing format) of a volume, or None for a volume without one."""
+        return self._volume(pool, name).backing
+
+    def volume_data(self, pool: str, name: str) -> bytes | None:
+        """The bytes uploaded into a volume, or None for a volume created empty."""
+        return self._volume(pool, name).data
+
+    def guest_ready(self, name: str) -> bool:
+        """Whether the guest has been running for ``boot_seconds`` (what a probe would see)."""
+        rec = self._records.get(name)
+        if rec is None:
+            return False
+        self._settle(rec)
+        return (
+            rec.state is PowerState.RUNNING
+            and rec.started_at is not None
+            and self._clock.monotonic() - rec.started_at >= self.boot_seconds
+        )
+
+    def boot_id(self, name: str) -> str | None:
+        """An id that changes at every boot (``/proc/sys/kernel/random/boot_id``); None if down."""
+        rec = self._records.get(name)
+        if rec is None:
+            return None
+        self._settle(rec)
+        if rec.state not in (PowerState.RUNNING, PowerState.SHUTTING_DOWN):
+            return None
+        return rec.boot_id
+
+    # --- plumbing ---------------------------------------------------------------------------
+    def _enter(self, method: str, name: str) -> None:
+        self.calls.append((method, name))
+        if self._unavailable:
+            raise HypervisorUnavailable(f"{method} {name}: hypervisor unavailable", hint=_UNAVAILABLE_HINT)
+        pending = self._failures.get(method)
+        if pending:
+            raise pending.pop(0)
+
+    def _record(self, name: str) -> _DomainRecord:
+        rec = self._records.get(name)
+        if rec is None:
+            raise NotFound(f"domain {name}: Domain not found")
+        return rec
+
+    def _pool(self, pool: str) -> _Pool:
+        p = self._pools.get(pool)
+        if p is None:
+            raise NotFound(f"storage pool {pool}: Storage pool not found")
+        return p
+
+    def _volume(self, pool: str, name: str) -> _Volume:
+        vol = self._pool(pool).volumes.get(name)
+        if vol is None:
+            raise NotFound(f"volume {name} in pool {pool}: Storage volume not found")
+        return vol
+
+    def _network(self, network: str) -> _Network:
+        net = self._networks.get(network)
+        if net is None:
+            raise NotFound(f"network {network}: Network not found")
+        return net
+
+    def _settle(self, rec: _DomainRecord) -> None:
+        """Apply what clock time has done since the last look (a finished ACPI shutdown)."""
+        if (
+            rec.state is PowerState.SHUTTING_DOWN
+            and rec.shutdown_requested_at is not None
+            and self._clock.monotonic() - rec.shutdown_requested_at >= self.shutdown_seconds
+        ):
+            self._power_off(rec, PowerState.STOPPED)
+
+    @staticmethod
+    def _power_off(rec: _DomainRecord, state: PowerState) -> None:
+        rec.state = state
+        rec.started_at = None
+        rec.shutdown_requested_at = None
+        rec.boot_id = None
+
+    def _path_exists(self, path: str) -> bool:
+        if path in self._external_files:
+            return True
+        return any(v.path == path for p in self._pools.values() for v in p.volumes.values())
+
+    def _check_bootable(self, dom: Domain) -> None:
+        missing: list[str] = []
+        for disk in dom.disks:
+            if not self._path_exists(disk.path):
+                missing.append(disk.path)
+                continue
+            for pool in self._pools.values():
+                for vol in pool.volumes.values():
+                    if vol.path == disk.path and vol.backing and not self._path_exists(vol.backing[0]):
+                        missing.append(vol.backing[0])
+        if dom.boot is not None:
+            for path in (dom.boot.kernel, dom.boot.initrd):
+                if path and not self._path_exists(path):
+                    missing.append(path)
+        if missing:
+            raise HypervisorError(
+                f"start domain {dom.name}: Cannot access storage file {missing[0]!r}: "
+                "No such file or directory"
+            )
+        for nic in dom.interfaces:
+            net = self._networks.get(nic.network)
+            if net is None or not net.info.active:
+                raise HypervisorError(f"start domain {dom.name}: network {nic.network!r} is not active")
+
+    # --- domains ---------------------------------------------------------------------------
+    def define_domain(self, domain: Domain) -> None:
+        self._enter("define_domain", domain.name)
+        rec = self._records.get(domain.name)
+        if rec is None:
+            self._records[domain.name] = _DomainRecord(domain)
+        else:
+            rec.definition = domain  # a running guest sees it at its next boot, as in libvirt
+
+    def start(self, name: str) -> None:
+        self._enter("start", name)
+        rec = self._record(name)
+        self._settle(rec)
+        if rec.state in (PowerState.RUNNING, PowerState.SHUTTING_DOWN, PowerState.PAUSED):
+            return
+        self._check_bootable(rec.definition)
+        rec.state = PowerState.RUNNING
+        rec.started_at = self._clock.monotonic()
+        rec.shutdown_requested_at = None
+        rec.boot_id = f"{name}-boot-{next(self._boot_counter)}"
+
+    def shutdown(self, name: str) -> None:
+        self._enter("shutdown", name)
+        rec = self._record(name)
+        self._settle(rec)
+        if rec.state is not PowerState.RUNNING or rec.ignores_acpi:
+            return  # already off or going down, or a guest that never hears the button
+        rec.state = PowerState.SHUTTING_DOWN
+        rec.shutdown_requested_at = self._clock.monotonic()
+
+    def destroy(self, name: str) -> None:
+        self._enter("destroy", name)
+        rec = self._record(name)
+        if rec.state in (PowerState.RUNNING, PowerState.SHUTTING_DOWN, PowerState.PAUSED):
+            self._power_off(rec, PowerState.STOPPED)
+
+    def undefine(self, name: str) -> None:
+        self._enter("undefine", name)
+        rec = self._records.get(name)
+        if rec is None:
+            return
+        self._settle(rec)
+        if rec.state in (PowerState.RUNNING, PowerState.SHUTTING_DOWN, PowerState.PAUSED):
+            raise HypervisorError(f"undefine domain {name}: it is running; destroy it first")
+        del self._records[name]
+
+    def domain_state(self, name: str) -> PowerState:
+        self._enter("domain_state", name)
+        rec = self._records.get(name)
+        if rec is None:
+            return PowerState.MISSING
+        self._settle(rec)
+        return rec.state
+
+    def domain_owner(self, name: str) -> Ownership | None:
+        self._enter("domain_owner", name)
+        rec = self._records.get(name)
+        return rec.definition.owner if rec is not None else None
+
+    def list_domains(self) -> list[DomainInfo]:
+        self._enter("list_domains", "")
+        out = []
+        for name in sorted(self._records):
+            rec = self._records[name]
+            self._settle(rec)
+            out.append(DomainInfo(name, rec.state, rec.definition.owner))
+        return out
+
+    # --- storage ---------------------------------------------------------------------------
+    def pool_info(self, pool: str) -> PoolInfo:
+        self._enter("pool_info", pool)
+        p = self._pool(pool)
+        return PoolInfo(p.name, p.path, p.capacity, p.available, p.active)
+
+    def _add_volume(self, pool: str, vol: _Volume) -> VolumeInfo:
+        p = self._pool(pool)
+        if vol.name in p.volumes:
+            raise HypervisorError(f"create volume {vol.name} in pool {pool}: name already in use")
+        if vol.allocation > p.available:
+            raise HypervisorError(
+                f"create volume {vol.name} in pool {pool}: no space left "
+                f"({vol.allocation} bytes wanted, {p.available} available)"
+            )
+        p.volumes[vol.name] = vol
+        return vol.info()
+
+    def _path_in(self, pool: str, name: str) -> str:
+        return f"{self._pool(pool).path.rstrip('/')}/{name}"
+
+    def create_overlay(
+        self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
+    ) -> VolumeInfo:
+        self._enter("create_overlay", name)
+        _check_volume_name(name)
+        if not backing_format:
+            raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+        path = self._path_in(pool, name)
+        vol = _Volume(name, path, "qcow2", capacity_bytes, min(OVERLAY_ALLOCATION, capacity_bytes),
+                      backing=(backing_path, backing_format))
+        return self._add_volume(pool, vol)
+
+    def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
+        self._enter("create_volume", name)
+        _check_volume_name(name)
+        # Data disks count their full size, so surge planning errs on the safe side.
+        vol = _Volume(name, self._path_in(pool, name), "qcow2", capacity_bytes, capacity_bytes)
+        return self._add_volume(pool, vol)
+
+    def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
+        self._enter("upload_volume", name)
+        _check_volume_name(name)
+        if fmt not in ("raw", "iso", "qcow2"):
+            raise InvalidInput(f"upload {name}: format {fmt!r} not one of raw, iso, qcow2")
+        self._pool(pool).volumes.pop(name, None)
+        vol = _Volume(name, self._path_in(pool, name), fmt, len(data), len(data), data=bytes(data))
+        return self._add_volume(pool, vol)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        self._enter("delete_volume", name)
+        _check_volume_name(name)
+        self._pool(pool).volumes.pop(name, None)
+
+    def list_volumes(self, pool: str) -> list[VolumeInfo]:
+        self._enter("list_volumes", pool)
+        p = self._pool(pool)
+        return [p.volumes[n].info() for n in sorted(p.volumes)]
+
+    # --- network ---------------------------------------------------------------------------
+    def network_info(self, network: str) -> NetworkInfo:
+        self._enter("network_info", network)
+        return self._network(network).info
+
+    def list_reservations(self, network: str) -> list[Reservation]:
+        self._enter("list_reservations", network)
+        return list(self._network(network).reservations)
+
+    def add_reservation(self, network: str, reservation: Reservation) -> None:
+        self._enter("add_reservation", reservation.name)
+        net = self._network(network)
+        for have in net.reservations:
+            same_mac = _same_mac(have.mac, reservation.mac)
+            if same_mac and have.ip == reservation.ip and have.name == reservation.name:
+                return
+            same_name = bool(reservation.name) and have.name == reservation.name
+            if same_mac or have.ip == reservation.ip or same_name:
+                raise HypervisorError(
+                    f"network {network}: reservation {reservation.mac} {reservation.ip} "
+                    f"{reservation.name} conflicts with existing {have.mac} {have.ip} {have.name}"
+                )
+        net.reservations.append(reservation)
+
+    def remove_reservation(self, network: str, reservation: Reservation) -> None:
+        self._enter("remove_reservation", reservation.name)
+        net = self._network(network)
+        net.reservations = [
+            r for r in net.reservations
+            if not (_same_mac(r.mac, reservation.mac) and r.ip == reservation.ip)
+        ]
+
+    def close(self) -> None:
+        # Never fails, like closing a dead libvirt connection: cleanup paths call it.
+        self.calls.append(("close", ""))

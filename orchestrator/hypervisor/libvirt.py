@@ -1,0 +1,502 @@
+"""The libvirt adapter: the ``Hypervisor`` protocol on a real (or ``test:///``) libvirt connection.
+
+Owned here: ``LibvirtHypervisor``, the one table mapping libvirt domain states to
+``PowerState``, and the one function translating ``libvirt.libvirtError`` into
+``orchestrator.errors``. This is the ONLY module of the project that imports ``libvirt``.
+Called by ``service`` / ``engine`` through the ``Hypervisor`` protocol (``hypervisor.base``).
+
+Every verb is synchronous and idempotent where the protocol says so ("already off", "already
+missing" are not errors). Domain XML comes from ``domainxml.Domain.to_xml``; volume and
+DHCP-host XML is built here with ElementTree, never by string formatting.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import libvirt
+
+from orchestrator.errors import (
+    HypervisorError,
+    HypervisorUnavailable,
+    InvalidInput,
+    NotFound,
+    OrchError,
+)
+from orchestrator.hypervisor.base import (
+    DomainInfo,
+    NetworkInfo,
+    PoolInfo,
+    PowerState,
+    Reservation,
+    VolumeInfo,
+)
+from orchestrator.hypervisor.domainxml import Domain, Ownership, parse_owner
+
+__all__ = ["POWER_STATES", "LibvirtHypervisor", "translate_error"]
+
+UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
+
+# libvirt prints every error to stderr by default; we translate them instead.
+libvirt.registerErrorHandler(lambda *_args: None, None)
+
+# The one table from libvirt's domain states to ours (nova's guest.py style).
+POWER_STATES: dict[int, PowerState] = {
+    libvirt.VIR_DOMAIN_NOSTATE: PowerState.PAUSED,  # transient; neither up nor down yet
+    libvirt.VIR_DOMAIN_RUNNING: PowerState.RUNNING,
+    libvirt.VIR_DOMAIN_BLOCKED: PowerState.RUNNING,  # running, waiting on a resource
+    libvirt.VIR_DOMAIN_PAUSED: PowerState.PAUSED,
+    libvirt.VIR_DOMAIN_SHUTDOWN: PowerState.SHUTTING_DOWN,
+    libvirt.VIR_DOMAIN_SHUTOFF: PowerState.STOPPED,
+    libvirt.VIR_DOMAIN_CRASHED: PowerState.CRASHED,
+    libvirt.VIR_DOMAIN_PMSUSPENDED: PowerState.PAUSED,
+}
+
+# Error codes whose meaning does not depend on context.
+_ERROR_KINDS: dict[int, type[OrchError]] = {
+    libvirt.VIR_ERR_NO_DOMAIN: NotFound,
+    libvirt.VIR_ERR_NO_STORAGE_VOL: NotFound,
+    libvirt.VIR_ERR_NO_NETWORK: NotFound,
+    libvirt.VIR_ERR_NO_STORAGE_POOL: NotFound,
+    libvirt.VIR_ERR_NO_CONNECT: HypervisorUnavailable,
+    libvirt.VIR_ERR_INVALID_CONN: HypervisorUnavailable,
+    libvirt.VIR_ERR_RPC: HypervisorUnavailable,
+    libvirt.VIR_ERR_AUTH_FAILED: HypervisorUnavailable,
+    libvirt.VIR_ERR_AUTH_UNAVAILABLE: HypervisorUnavailable,
+}
+
+# "This driver does not take that flag": retry the call with fewer flags.
+_UNSUPPORTED_FLAGS = (libvirt.VIR_ERR_INVALID_ARG, libvirt.VIR_ERR_NO_SUPPORT)
+
+_UNDEFINE_FLAG_SETS = (
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE
+    | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_CHECKPOINTS_METADATA
+    | libvirt.VIR_DOMAIN_UNDEFINE_NVRAM,
+    libvirt.VIR_DOMAIN_UNDEFINE_MANAGED_SAVE | libvirt.VIR_DOMAIN_UNDEFINE_SNAPSHOTS_METADATA,
+    0,
+)
+
+_UPLOAD_CHUNK = 256 * 1024
+_UPLOAD_FORMATS = ("raw", "iso", "qcow2")
+
+
+def translate_error(
+    exc: libvirt.libvirtError, action: str, *, connecting: bool = False, conn_dead: bool = False
+) -> OrchError:
+    """The orchestrator error for a libvirt error raised while doing ``action``."""
+    code = exc.get_error_code()
+    message = f"{action}: {exc.get_error_message() or exc}"
+    kind = _ERROR_KINDS.get(code)
+    if kind is None:
+        if connecting or conn_dead:
+            kind = HypervisorUnavailable
+        elif code == libvirt.VIR_ERR_SYSTEM_ERROR and exc.get_error_domain() == libvirt.VIR_FROM_RPC:
+            kind = HypervisorUnavailable  # the socket went away under us
+        else:
+            kind = HypervisorError
+    if kind is HypervisorUnavailable:
+        return HypervisorUnavailable(message, hint=UNAVAILABLE_HINT)
+    return kind(message)
+
+
+def _check_volume_name(name: str) -> None:
+    if not name or "/" in name or name.startswith(".") or "\x00" in name:
+        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
+
+
+def _xml(root: ET.Element) -> str:
+    return ET.tostring(root, encoding="unicode")
+
+
+def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
+    el = ET.SubElement(parent, tag, attrs)
+    if text is not None:
+        el.text = text
+    return el
+
+
+def _volume_xml(
+    name: str, *, capacity_bytes: int, fmt: str, backing: tuple[str, str] | None = None
+) -> str:
+    vol = ET.Element("volume")
+    _sub(vol, "name", name)
+    _sub(vol, "capacity", str(capacity_bytes), unit="bytes")
+    target = _sub(vol, "target")
+    _sub(target, "format", type=fmt)
+    _sub(_sub(target, "permissions"), "mode", "0644")
+    if backing is not None:
+        store = _sub(vol, "backingStore")
+        _sub(store, "path", backing[0])
+        _sub(store, "format", type=backing[1])  # pinned: never let qemu probe the format
+    return _xml(vol)
+
+
+def _host_xml(reservation: Reservation) -> str:
+    attrs = {"mac": reservation.mac, "ip": reservation.ip}
+    if reservation.name:
+        attrs["name"] = reservation.name
+    return _xml(ET.Element("host", attrs))
+
+
+def _same_mac(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+def _prefix_from_netmask(netmask: str) -> int:
+    bits = "".join(f"{int(part):08b}" for part in netmask.split("."))
+    return bits.count("1")
+
+
+class LibvirtHypervisor:
+    """``Hypervisor`` on one libvirt connection, opened on first use and reopened if it died."""
+
+    def __init__(self, uri: str) -> None:
+        self._uri = uri
+        self._conn: Any = None
+
+    @property
+    def uri(self) -> str:
+        return self._uri
+
+    # --- connection and error plumbing -------------------------------------------------------
+    def _connection(self) -> Any:
+        if self._conn is not None and self._alive(self._conn):
+            return self._conn
+        try:
+            self._conn = libvirt.open(self._uri)
+        except libvirt.libvirtError as exc:
+            raise translate_error(exc, f"connect to {self._uri}", connecting=True) from exc
+        return self._conn
+
+    @staticmethod
+    def _alive(conn: Any) -> bool:
+        try:
+            return bool(conn.isAlive())
+        except libvirt.libvirtError:
+            return False
+
+    @contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except libvirt.libvirtError as exc:
+            dead = self._conn is not None and not self._alive(self._conn)
+            raise translate_error(exc, action, conn_dead=dead) from exc
+
+    def _domain(self, name: str) -> Any:
+        conn = self._connection()
+        with self._errors(f"domain {name}"):
+            return conn.lookupByName(name)
+
+    def _pool(self, pool: str) -> Any:
+        conn = self._connection()
+        with self._errors(f"storage pool {pool}"):
+            return conn.storagePoolLookupByName(pool)
+
+    def _network(self, network: str) -> Any:
+        conn = self._connection()
+        with self._errors(f"network {network}"):
+            return conn.networkLookupByName(network)
+
+    # --- domains ---------------------------------------------------------------------------
+    def define_domain(self, domain: Domain) -> None:
+        conn = self._connection()
+        if domain.uuid is None:
+            # libvirt gives a definition without <uuid> a new one, then refuses it as a second
+            # domain of that name: a redefinition must carry the existing domain's UUID.
+            try:
+                existing = self._domain(domain.name)
+            except NotFound:
+                pass
+            else:
+                with self._errors(f"UUID of domain {domain.name}"):
+                    domain = dataclasses.replace(domain, uuid=str(existing.UUIDString()))
+        with self._errors(f"define domain {domain.name}"):
+            conn.defineXML(domain.to_xml())
+
+    def start(self, name: str) -> None:
+        dom = self._domain(name)
+        with self._errors(f"start domain {name}"):
+            if dom.isActive():
+                return
+            try:
+                dom.create()
+            except libvirt.libvirtError:
+                # Started by someone else between our check and our call: that is success.
+                if dom.isActive():
+                    return
+                raise
+
+    def shutdown(self, name: str) -> None:
+        dom = self._domain(name)
+        with self._errors(f"shut down domain {name}"):
+            if not dom.isActive():
+                return
+            try:
+                dom.shutdownFlags(libvirt.VIR_DOMAIN_SHUTDOWN_ACPI_POWER_BTN)
+            except libvirt.libvirtError as exc:
+                if not dom.isActive():
+                    return
+                if exc.get_error_code() not in _UNSUPPORTED_FLAGS:
+                    raise
+                dom.shutdown()  # this driver picks its own method; ACPI on qemu
+
+    def destroy(self, name: str) -> None:
+        dom = self._domain(name)
+        with self._errors(f"destroy domain {name}"):
+            if not dom.isActive():
+                return
+            try:
+                dom.destroy()
+            except libvirt.libvirtError:
+                if not dom.isActive():
+                    return
+                raise
+
+    def undefine(self, name: str) -> None:
+        try:
+            dom = self._domain(name)
+        except NotFound:
+            return
+        with self._errors(f"undefine domain {name}"):
+            if dom.isActive():
+                # libvirt would keep it running as a transient domain: refuse instead.
+                raise HypervisorError(f"undefine domain {name}: it is running; destroy it first")
+            self._with_fewer_flags(dom.undefineFlags, _UNDEFINE_FLAG_SETS)
+
+    @staticmethod
+    def _with_fewer_flags(call: Callable[[int], Any], flag_sets: tuple[int, ...]) -> Any:
+        for flags in flag_sets[:-1]:
+            try:
+                return call(flags)
+            except libvirt.libvirtError as exc:
+                if exc.get_error_code() not in _UNSUPPORTED_FLAGS:
+                    raise
+        return call(flag_sets[-1])
+
+    def domain_state(self, name: str) -> PowerState:
+        try:
+            dom = self._domain(name)
+        except NotFound:
+            return PowerState.MISSING
+        try:
+            with self._errors(f"state of domain {name}"):
+                state, reason = dom.state()
+        except NotFound:
+            return PowerState.MISSING
+        return self._power_state(int(state), int(reason))
+
+    @staticmethod
+    def _power_state(state: int, reason: int) -> PowerState:
+        # on_crash=destroy turns a crash into SHUTOFF; keep the crash visible to the engine.
+        if state == libvirt.VIR_DOMAIN_SHUTOFF and reason == libvirt.VIR_DOMAIN_SHUTOFF_CRASHED:
+            return PowerState.CRASHED
+        return POWER_STATES.get(state, PowerState.PAUSED)
+
+    def domain_owner(self, name: str) -> Ownership | None:
+        try:
+            dom = self._domain(name)
+            with self._errors(f"XML of domain {name}"):
+                return parse_owner(str(dom.XMLDesc(0)))
+        except NotFound:
+            return None
+
+    def list_domains(self) -> list[DomainInfo]:
+        conn = self._connection()
+        with self._errors("list domains"):
+            doms = conn.listAllDomains(0)
+        out: list[DomainInfo] = []
+        for dom in doms:
+            try:
+                with self._errors("inspect domain"):
+                    name = str(dom.name())
+                    state, reason = dom.state()
+                    owner = parse_owner(str(dom.XMLDesc(0)))
+            except NotFound:
+                continue  # undefined while we were listing
+            out.append(DomainInfo(name, self._power_state(int(state), int(reason)), owner))
+        return sorted(out, key=lambda d: d.name)
+
+    # --- storage ---------------------------------------------------------------------------
+    def pool_info(self, pool: str) -> PoolInfo:
+        p = self._pool(pool)
+        with self._errors(f"storage pool {pool}"):
+            active = bool(p.isActive())
+            if active:
+                p.refresh(0)
+            _state, capacity, _allocation, available = p.info()
+            path = ET.fromstring(p.XMLDesc(0)).findtext("./target/path", default="")
+        return PoolInfo(pool, path, int(capacity), int(available), active)
+
+    def _volume_info(self, vol: Any) -> VolumeInfo:
+        _type, capacity, allocation = vol.info()
+        root = ET.fromstring(vol.XMLDesc(0))
+        fmt_el = root.find("./target/format")
+        fmt = fmt_el.get("type", "raw") if fmt_el is not None else "raw"
+        return VolumeInfo(str(vol.name()), str(vol.path()), fmt, int(capacity), int(allocation))
+
+    def _create(self, pool: str, name: str, xml: str) -> VolumeInfo:
+        p = self._pool(pool)
+        with self._errors(f"create volume {name} in pool {pool}"):
+            vol = p.createXML(xml, 0)
+            return self._volume_info(vol)
+
+    def create_overlay(
+        self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
+    ) -> VolumeInfo:
+        _check_volume_name(name)
+        if not backing_format:
+            raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+        xml = _volume_xml(
+            name, capacity_bytes=capacity_bytes, fmt="qcow2", backing=(backing_path, backing_format)
+        )
+        return self._create(pool, name, xml)
+
+    def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
+        _check_volume_name(name)
+        return self._create(pool, name, _volume_xml(name, capacity_bytes=capacity_bytes, fmt="qcow2"))
+
+    def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
+        _check_volume_name(name)
+        if fmt not in _UPLOAD_FORMATS:
+            raise InvalidInput(f"upload {name}: format {fmt!r} not one of {', '.join(_UPLOAD_FORMATS)}")
+        self.delete_volume(pool, name)
+        info = self._create(pool, name, _volume_xml(name, capacity_bytes=len(data), fmt=fmt))
+        try:
+            self._send(pool, name, data)
+        except OrchError:
+            # A volume without its content must not look like a finished seed.
+            self.delete_volume(pool, name)
+            raise
+        return info
+
+    def _send(self, pool: str, name: str, data: bytes) -> None:
+        p = self._pool(pool)
+        conn = self._connection()
+        with self._errors(f"upload volume {name} to pool {pool}"):
+            vol = p.storageVolLookupByName(name)
+            stream = conn.newStream(0)
+            try:
+                vol.upload(stream, 0, len(data), 0)
+                view = memoryview(data)
+                while view:
+                    sent = stream.send(bytes(view[:_UPLOAD_CHUNK]))
+                    if sent < 0:
+                        raise HypervisorError(f"upload volume {name}: stream refused data")
+                    view = view[sent:]
+                stream.finish()
+            except BaseException:
+                try:
+                    stream.abort()
+                except libvirt.libvirtError:
+                    pass  # the stream is already dead; the original error matters
+                raise
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        _check_volume_name(name)
+        p = self._pool(pool)
+        try:
+            with self._errors(f"delete volume {name} in pool {pool}"):
+                p.storageVolLookupByName(name).delete(0)
+        except NotFound:
+            return
+
+    def list_volumes(self, pool: str) -> list[VolumeInfo]:
+        p = self._pool(pool)
+        out: list[VolumeInfo] = []
+        with self._errors(f"list volumes of pool {pool}"):
+            if p.isActive():
+                p.refresh(0)
+            vols = p.listAllVolumes(0)
+        for vol in vols:
+            try:
+                with self._errors(f"inspect volume in pool {pool}"):
+                    out.append(self._volume_info(vol))
+            except NotFound:
+                continue  # deleted while we were listing
+        return sorted(out, key=lambda v: v.name)
+
+    # --- network ---------------------------------------------------------------------------
+    def _network_xml(self, net: Any, *, inactive: bool) -> ET.Element:
+        flags = (libvirt.VIR_NETWORK_XML_INACTIVE,) if inactive else ()
+        text = self._with_fewer_flags(net.XMLDesc, (*flags, 0))
+        return ET.fromstring(str(text))
+
+    @staticmethod
+    def _ipv4(root: ET.Element, network: str) -> ET.Element:
+        for ip in root.findall("./ip"):
+            if ip.get("family", "ipv4") == "ipv4":
+                return ip
+        raise HypervisorError(f"network {network} has no IPv4 address")
+
+    def network_info(self, network: str) -> NetworkInfo:
+        net = self._network(network)
+        with self._errors(f"network {network}"):
+            root = self._network_xml(net, inactive=False)
+            active = bool(net.isActive())
+        ip = self._ipv4(root, network)
+        bridge = root.find("./bridge")
+        prefix = ip.get("prefix")
+        netmask = ip.get("netmask")
+        rng = ip.find("./dhcp/range")
+        return NetworkInfo(
+            name=network,
+            bridge=bridge.get("name", "") if bridge is not None else "",
+            gateway=ip.get("address", ""),
+            prefix=int(prefix) if prefix else _prefix_from_netmask(netmask or "0.0.0.0"),
+            dhcp_start=rng.get("start", "") if rng is not None else "",
+            dhcp_end=rng.get("end", "") if rng is not None else "",
+            active=active,
+        )
+
+    def list_reservations(self, network: str) -> list[Reservation]:
+        net = self._network(network)
+        with self._errors(f"network {network}"):
+            root = self._network_xml(net, inactive=True)
+        ip = self._ipv4(root, network)
+        return [
+            Reservation(mac=h.get("mac", ""), ip=h.get("ip", ""), name=h.get("name", ""))
+            for h in ip.findall("./dhcp/host")
+        ]
+
+    def _update_hosts(self, network: str, command: int, reservation: Reservation) -> None:
+        net = self._network(network)
+        with self._errors(f"update DHCP hosts of network {network}"):
+            flags = libvirt.VIR_NETWORK_UPDATE_AFFECT_CONFIG
+            if net.isActive():
+                flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
+            net.update(
+                command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, _host_xml(reservation), flags
+            )
+
+    def add_reservation(self, network: str, reservation: Reservation) -> None:
+        for have in self.list_reservations(network):
+            same_mac = _same_mac(have.mac, reservation.mac)
+            if same_mac and have.ip == reservation.ip and have.name == reservation.name:
+                return
+            same_name = bool(reservation.name) and have.name == reservation.name
+            if same_mac or have.ip == reservation.ip or same_name:
+                raise HypervisorError(
+                    f"network {network}: reservation {reservation.mac} {reservation.ip} "
+                    f"{reservation.name} conflicts with existing {have.mac} {have.ip} {have.name}"
+                )
+        self._update_hosts(network, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, reservation)
+
+    def remove_reservation(self, network: str, reservation: Reservation) -> None:
+        for have in self.list_reservations(network):
+            if _same_mac(have.mac, reservation.mac) and have.ip == reservation.ip:
+                # Delete the entry exactly as libvirt stores it (name, MAC case).
+                self._update_hosts(network, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, have)
+
+    def close(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except libvirt.libvirtError:
+                pass  # closing a dead connection: nothing left to release

@@ -1,0 +1,350 @@
+"""One behaviour contract for every ``Hypervisor``: the libvirt adapter and the fake must agree.
+
+Each test runs twice: against ``LibvirtHypervisor("test:///default")`` (libvirt's in-process
+test driver: no daemon, no files, a fresh state per connection) and against ``FakeHypervisor``
+with a ``FakeClock``. Both sides get the same names: network ``default`` (192.168.122.0/24,
+the test driver's own) and ``orchlab`` (10.213.0.0/24), storage pool ``default``.
+Inherent differences (the fake's shutdown takes clock time, the test driver's is instant; the
+test driver cannot upload) are met by polling with a deadline or stated per implementation.
+"""
+
+from __future__ import annotations
+
+import time
+import xml.etree.ElementTree as ET
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from orchestrator.clock import FakeClock
+from orchestrator.errors import HypervisorError, HypervisorUnavailable, InvalidInput, NotFound
+from orchestrator.hypervisor.base import Hypervisor, PowerState, Reservation
+from orchestrator.hypervisor.domainxml import BackingStore, Disk, Domain, Interface, Ownership
+from orchestrator.hypervisor.fake import FakeHypervisor
+from orchestrator.hypervisor.libvirt import LibvirtHypervisor
+
+POOL = "default"
+POOL_PATH = "/var/lib/orch-contract-pool"
+BASE_IMAGE = "/var/lib/orch-contract-images/tiny-1.qcow2"
+MiB = 1024**2
+
+
+@dataclass
+class Harness:
+    kind: str  # "libvirt" | "fake"
+    hv: Hypervisor
+    tick: Callable[[], None]  # let a little (real or fake) time pass while polling
+    make_unavailable: Callable[[], Hypervisor]
+
+
+def _libvirt_harness() -> Harness:
+    hv = LibvirtHypervisor("test:///default")
+    # The test driver's state lives in this one connection: set it up through the adapter's.
+    conn: Any = hv._connection()
+    pool = ET.Element("pool", {"type": "dir"})
+    ET.SubElement(pool, "name").text = POOL
+    ET.SubElement(ET.SubElement(pool, "target"), "path").text = POOL_PATH
+    conn.storagePoolDefineXML(ET.tostring(pool, encoding="unicode"), 0).create(0)
+    net = ET.Element("network")
+    ET.SubElement(net, "name").text = "orchlab"
+    ET.SubElement(net, "bridge", {"name": "orchbr0"})
+    ip = ET.SubElement(net, "ip", {"address": "10.213.0.1", "prefix": "24"})
+    ET.SubElement(ET.SubElement(ip, "dhcp"), "range", {"start": "10.213.0.10", "end": "10.213.0.250"})
+    conn.networkDefineXML(ET.tostring(net, encoding="unicode")).create()
+    return Harness(
+        kind="libvirt",
+        hv=hv,
+        tick=lambda: time.sleep(0.01),  # one poll interval; the deadline is what bounds the wait
+        make_unavailable=lambda: LibvirtHypervisor("qemu+unix:///system?socket=/nonexistent"),
+    )
+
+
+def _fake_harness() -> Harness:
+    clock = FakeClock()
+    from orchestrator.hypervisor.base import PoolInfo
+
+    hv = FakeHypervisor(clock=clock, pools=[PoolInfo(POOL, POOL_PATH, 100 * 1024**3, 0, True)])
+    hv.add_external_file(BASE_IMAGE)
+
+    def unavailable() -> Hypervisor:
+        down = FakeHypervisor(clock=clock)
+        down.set_unavailable(True)
+        return down
+
+    return Harness(kind="fake", hv=hv, tick=lambda: clock.advance(0.25), make_unavailable=unavailable)
+
+
+@pytest.fixture(params=[pytest.param("libvirt", marks=pytest.mark.libvirt), "fake"])
+def h(request: pytest.FixtureRequest) -> Iterator[Harness]:
+    harness = _libvirt_harness() if request.param == "libvirt" else _fake_harness()
+    yield harness
+    harness.hv.close()
+
+
+def wait_for(h: Harness, predicate: Callable[[], bool], *, what: str, timeout: float = 10.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{h.kind}: timed out after {timeout}s waiting for {what}")
+        h.tick()
+
+
+def make_domain(h: Harness, name: str, *, owner: Ownership | None = None) -> Domain:
+    """A domain whose disks exist in the pool (the fake checks that at start)."""
+    os_disk = h.hv.create_overlay(
+        POOL, name=f"{name}-os.qcow2", backing_path=BASE_IMAGE, backing_format="qcow2",
+        capacity_bytes=64 * MiB,
+    )
+    return Domain(
+        name=name,
+        domain_type="qemu",
+        memory_mib=128,
+        vcpus=1,
+        disks=(Disk(path=os_disk.path, target="vda", backing=BackingStore(BASE_IMAGE)),),
+        interfaces=(Interface(network="orchlab", mac="52:54:00:00:00:01"),),
+        owner=owner,
+    )
+
+
+# --- domains --------------------------------------------------------------------------------
+def test_domain_lifecycle_verbs_are_idempotent(h: Harness) -> None:
+    hv = h.hv
+    hv.define_domain(make_domain(h, "web-1", owner=Ownership("web", 1, 1)))
+    assert hv.domain_state("web-1") is PowerState.STOPPED
+    hv.shutdown("web-1")  # already off: no error
+    hv.destroy("web-1")
+
+    hv.start("web-1")
+    assert hv.domain_state("web-1") is PowerState.RUNNING
+    hv.start("web-1")  # running already: no error
+    assert hv.domain_state("web-1") is PowerState.RUNNING
+
+    hv.shutdown("web-1")
+    hv.shutdown("web-1")  # a second request while going down: no error
+    wait_for(h, lambda: hv.domain_state("web-1") is PowerState.STOPPED, what="ACPI shutdown")
+
+    hv.start("web-1")
+    hv.destroy("web-1")
+    assert hv.domain_state("web-1") is PowerState.STOPPED
+    hv.destroy("web-1")
+
+    hv.undefine("web-1")
+    assert hv.domain_state("web-1") is PowerState.MISSING
+    hv.undefine("web-1")  # missing already: no error
+
+
+def test_undefine_of_a_running_domain_is_refused(h: Harness) -> None:
+    h.hv.define_domain(make_domain(h, "web-1"))
+    h.hv.start("web-1")
+    with pytest.raises(HypervisorError, match="running"):
+        h.hv.undefine("web-1")
+    assert h.hv.domain_state("web-1") is PowerState.RUNNING
+
+
+def test_verbs_on_a_missing_domain_raise_not_found(h: Harness) -> None:
+    assert h.hv.domain_state("nope") is PowerState.MISSING
+    assert h.hv.domain_owner("nope") is None
+    for verb in (h.hv.start, h.hv.shutdown, h.hv.destroy):
+        with pytest.raises(NotFound):
+            verb("nope")
+
+
+def test_ownership_metadata_round_trips(h: Harness) -> None:
+    h.hv.define_domain(make_domain(h, "web-1", owner=Ownership("web", 1, 3)))
+    h.hv.define_domain(make_domain(h, "stranger"))
+    assert h.hv.domain_owner("web-1") == Ownership("web", 1, 3)
+    assert h.hv.domain_owner("stranger") is None
+
+    by_name = {d.name: d for d in h.hv.list_domains()}
+    assert by_name["web-1"].owner == Ownership("web", 1, 3)
+    assert by_name["web-1"].state is PowerState.STOPPED
+    assert by_name["stranger"].owner is None
+
+
+def test_redefining_replaces_the_definition(h: Harness) -> None:
+    h.hv.define_domain(make_domain(h, "web-1", owner=Ownership("web", 1, 3)))
+    h.hv.delete_volume(POOL, "web-1-os.qcow2")
+    h.hv.define_domain(make_domain(h, "web-1", owner=Ownership("web", 1, 4)))
+    assert h.hv.domain_owner("web-1") == Ownership("web", 1, 4)
+    assert [d.name for d in h.hv.list_domains()].count("web-1") == 1
+
+
+# --- network --------------------------------------------------------------------------------
+def test_network_info(h: Harness) -> None:
+    info = h.hv.network_info("orchlab")
+    assert (info.bridge, info.gateway, info.prefix) == ("orchbr0", "10.213.0.1", 24)
+    assert (info.dhcp_start, info.dhcp_end, info.active) == ("10.213.0.10", "10.213.0.250", True)
+    default = h.hv.network_info("default")
+    assert (default.gateway, default.prefix) == ("192.168.122.1", 24)
+    assert (default.dhcp_start, default.dhcp_end) == ("192.168.122.2", "192.168.122.254")
+    with pytest.raises(NotFound):
+        h.hv.network_info("nope")
+
+
+def test_reservations_add_list_remove(h: Harness) -> None:
+    r1 = Reservation(mac="52:54:00:00:00:01", ip="10.213.0.11", name="web-1")
+    r2 = Reservation(mac="52:54:00:00:00:02", ip="10.213.0.12", name="web-2")
+    h.hv.add_reservation("orchlab", r1)
+    h.hv.add_reservation("orchlab", r1)  # identical again: no-op
+    h.hv.add_reservation("orchlab", Reservation(r1.mac.upper(), r1.ip, r1.name))  # MAC case
+    h.hv.add_reservation("orchlab", r2)
+    assert h.hv.list_reservations("orchlab") == [r1, r2]
+
+    h.hv.remove_reservation("orchlab", r1)
+    h.hv.remove_reservation("orchlab", r1)  # missing already: no error
+    assert h.hv.list_reservations("orchlab") == [r2]
+    h.hv.remove_reservation("orchlab", r2)
+    assert h.hv.list_reservations("orchlab") == []
+
+
+@pytest.mark.parametrize(
+    "other",
+    [
+        Reservation(mac="52:54:00:00:00:01", ip="10.213.0.99", name="web-9"),  # same MAC
+        Reservation(mac="52:54:00:00:00:09", ip="10.213.0.11", name="web-9"),  # same IP
+        Reservation(mac="52:54:00:00:00:09", ip="10.213.0.99", name="web-1"),  # same name
+    ],
+    ids=["mac", "ip", "name"],
+)
+def test_conflicting_reservation_is_refused_and_names_the_holder(
+    h: Harness, other: Reservation
+) -> None:
+    mine = Reservation(mac="52:54:00:00:00:01", ip="10.213.0.11", name="web-1")
+    h.hv.add_reservation("orchlab", mine)
+    with pytest.raises(HypervisorError, match="conflicts with existing 52:54:00:00:00:01 10.213.0.11"):
+        h.hv.add_reservation("orchlab", other)
+    assert h.hv.list_reservations("orchlab") == [mine]
+
+
+def test_reservations_on_a_missing_network_raise_not_found(h: Harness) -> None:
+    with pytest.raises(NotFound):
+        h.hv.list_reservations("nope")
+    with pytest.raises(NotFound):
+        h.hv.add_reservation("nope", Reservation("52:54:00:00:00:01", "10.0.0.2", "x"))
+
+
+# --- storage --------------------------------------------------------------------------------
+def test_volumes_create_list_delete(h: Harness) -> None:
+    before = h.hv.pool_info(POOL)
+    assert before.active and before.path == POOL_PATH
+    overlay = h.hv.create_overlay(
+        POOL, name="web-1-os.qcow2", backing_path=BASE_IMAGE, backing_format="qcow2",
+        capacity_bytes=64 * MiB,
+    )
+    data = h.hv.create_volume(POOL, name="web-1-data0.qcow2", capacity_bytes=8 * MiB)
+    assert overlay.path == f"{POOL_PATH}/web-1-os.qcow2"
+    assert (overlay.format, overlay.capacity_bytes) == ("qcow2", 64 * MiB)
+    assert (data.format, data.capacity_bytes) == ("qcow2", 8 * MiB)
+    assert [v.name for v in h.hv.list_volumes(POOL)] == ["web-1-data0.qcow2", "web-1-os.qcow2"]
+    assert h.hv.pool_info(POOL).available_bytes < before.available_bytes
+
+    h.hv.delete_volume(POOL, "web-1-os.qcow2")
+    h.hv.delete_volume(POOL, "web-1-os.qcow2")  # missing already: no error
+    h.hv.delete_volume(POOL, "web-1-data0.qcow2")
+    assert h.hv.list_volumes(POOL) == []
+    assert h.hv.pool_info(POOL).available_bytes == before.available_bytes
+
+
+def test_creating_a_volume_twice_is_refused(h: Harness) -> None:
+    h.hv.create_volume(POOL, name="web-1-data0.qcow2", capacity_bytes=MiB)
+    with pytest.raises(HypervisorError):
+        h.hv.create_volume(POOL, name="web-1-data0.qcow2", capacity_bytes=MiB)
+
+
+@pytest.mark.parametrize("bad", ["../etc/passwd", "a/b.qcow2", ".hidden", ""])
+def test_unsafe_volume_names_are_invalid_input(h: Harness, bad: str) -> None:
+    with pytest.raises(InvalidInput):
+        h.hv.create_volume(POOL, name=bad, capacity_bytes=MiB)
+    with pytest.raises(InvalidInput):
+        h.hv.upload_volume(POOL, name=bad, data=b"x")
+    with pytest.raises(InvalidInput):
+        h.hv.delete_volume(POOL, bad)
+
+
+def test_missing_pool_raises_not_found(h: Harness) -> None:
+    with pytest.raises(NotFound):
+        h.hv.pool_info("nope")
+    with pytest.raises(NotFound):
+        h.hv.list_volumes("nope")
+    with pytest.raises(NotFound):
+        h.hv.create_volume("nope", name="x.qcow2", capacity_bytes=MiB)
+
+
+def test_upload_volume(h: Harness) -> None:
+    payload = b"cidata" * 1000
+    if h.kind == "libvirt":
+        # The test driver has no virStorageVolUpload: the adapter must say so and leave no
+        # empty volume behind that could pass for a seed. (Real uploads: the lab smoke test.)
+        with pytest.raises(HypervisorError, match="not supported"):
+            h.hv.upload_volume(POOL, name="web-1-seed.iso", data=payload, fmt="iso")
+        assert h.hv.list_volumes(POOL) == []
+        return
+    h.hv.upload_volume(POOL, name="web-1-seed.iso", data=b"old", fmt="iso")
+    info = h.hv.upload_volume(POOL, name="web-1-seed.iso", data=payload, fmt="iso")
+    assert (info.name, info.format, info.capacity_bytes) == ("web-1-seed.iso", "iso", len(payload))
+    assert [v.capacity_bytes for v in h.hv.list_volumes(POOL)] == [len(payload)]
+
+
+# --- connection -----------------------------------------------------------------------------
+def test_unreachable_hypervisor_is_unavailable_with_a_hint(h: Harness) -> None:
+    down = h.make_unavailable()
+    with pytest.raises(HypervisorUnavailable) as info:
+        down.list_domains()
+    assert info.value.exit_code == 4 and info.value.temporary
+    assert info.value.hint is not None and "orch lab up" in info.value.hint
+    down.close()
+
+
+def test_close_is_idempotent(h: Harness) -> None:
+    h.hv.close()
+    h.hv.close()
+
+
+# --- libvirt only: what only the real adapter can show ------------------------------------
+@pytest.mark.libvirt
+def test_libvirt_overlay_pins_backing_path_and_format_in_volume_xml() -> None:
+    h = _libvirt_harness()
+    try:
+        h.hv.create_overlay(
+            POOL, name="web-1-os.qcow2", backing_path=BASE_IMAGE, backing_format="qcow2",
+            capacity_bytes=64 * MiB,
+        )
+        assert isinstance(h.hv, LibvirtHypervisor)
+        conn: Any = h.hv._connection()
+        xml = conn.storagePoolLookupByName(POOL).storageVolLookupByName("web-1-os.qcow2").XMLDesc(0)
+        root = ET.fromstring(xml)
+        assert root.findtext("./backingStore/path") == BASE_IMAGE
+        backing_format = root.find("./backingStore/format")
+        assert backing_format is not None and backing_format.get("type") == "qcow2"
+        assert root.findtext("./target/permissions/mode") == "0644"
+    finally:
+        h.hv.close()
+
+
+@pytest.mark.libvirt
+def test_libvirt_paused_domain_maps_to_paused_and_can_be_destroyed() -> None:
+    h = _libvirt_harness()
+    try:
+        h.hv.define_domain(make_domain(h, "web-1"))
+        h.hv.start("web-1")
+        conn: Any = h.hv._connection()  # type: ignore[attr-defined]
+        conn.lookupByName("web-1").suspend()
+        assert h.hv.domain_state("web-1") is PowerState.PAUSED
+        h.hv.destroy("web-1")
+        assert h.hv.domain_state("web-1") is PowerState.STOPPED
+    finally:
+        h.hv.close()
+
+
+@pytest.mark.libvirt
+def test_libvirt_lists_foreign_domains_without_owner() -> None:
+    h = _libvirt_harness()
+    try:
+        # The test driver ships a domain "test" that orchestrator never created.
+        by_name = {d.name: d for d in h.hv.list_domains()}
+        assert by_name["test"].owner is None
+        assert by_name["test"].state is PowerState.RUNNING
+    finally:
+        h.hv.close()

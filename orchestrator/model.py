@@ -129,11 +129,11 @@ class RollingUpgradePolicy(_Base):
 
     def warnings(self) -> list[str]:
         if self.max_batch_instance_percent > self.max_unhealthy_instance_percent:
-            return [
+            return [(
                 f"maxBatchInstancePercent ({self.max_batch_instance_percent}) exceeds "
                 f"maxUnhealthyInstancePercent ({self.max_unhealthy_instance_percent}): a batch "
                 "in flight may count as a policy breach"
-            ]
+            )]
         return []
 
 

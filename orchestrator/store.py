@@ -251,7 +251,7 @@ class Store:
         with self.transaction():
             for table, col in (("instances", "set_name"), ("generations", "set_name"),
                                ("events", "set_name"), ("scale_sets", "name")):
-                self._db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))  # noqa: S608
+                self._db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))
 
     # --- instances ---------------------------------------------------------------------
     def add_instance(self, rec: InstanceRecord) -> None:

@@ -1,0 +1,565 @@
+"""The ``orch`` command line (click): parse flags, call the service, render the result.
+
+Owned here: command and flag names (SPEC §5, mirroring ``az vmss``), global options and
+their environment variables, and the mapping of errors to one line on stderr plus an exit
+code (0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). No logic beyond turning
+flags into a spec: that lives in ``service``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+import yaml
+
+from orchestrator import lab as lab_mod
+from orchestrator.clock import RealClock, iso
+from orchestrator.errors import EnvironmentProblem, InvalidInput, OrchError
+from orchestrator.images import Registry
+from orchestrator.model import (
+    ScaleSetDocument,
+    ScaleSetSpec,
+    check_set_name,
+    parse_image_ref,
+    validate,
+)
+from orchestrator.output import FORMATS, ProgressPrinter, render
+from orchestrator.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+INSTANCE_COLUMNS = [
+    ("instanceId", "ID"), ("name", "NAME"), ("powerState", "POWER"),
+    ("healthState", "HEALTH"), ("latestModelApplied", "LATEST MODEL"), ("image", "IMAGE"),
+    ("modelGeneration", "GEN"), ("ipAddress", "IP"),
+]
+SET_COLUMNS = [
+    ("name", "NAME"), ("capacity", "CAPACITY"), ("generation", "GENERATION"),
+    ("instanceCount", "INSTANCES"), ("latestModelInstances", "ON LATEST"),
+]
+IMAGE_COLUMNS = [("ref", "IMAGE"), ("sha256", "SHA256"), ("sizeMiB", "SIZE MiB"),
+                 ("kernelBoot", "KERNEL BOOT"), ("createdAt", "CREATED")]
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/orchestrator")
+    return Path.home() / ".local" / "state" / "orchestrator"
+
+
+@dataclass
+class AppContext:
+    state_dir: Path
+    libvirt_uri: str
+    domain_type: str
+    output: str
+    wait: bool
+    verbose: int
+    progress: ProgressPrinter = field(default_factory=ProgressPrinter)
+    _store: Store | None = None
+
+    def ensure_state_dir(self) -> Path:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            # libvirt's qemu user must traverse it to reach images and the lab's pool
+            if self.state_dir.stat().st_uid == os.geteuid():
+                os.chmod(self.state_dir, 0o711)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create state dir {self.state_dir}: {exc.strerror}",
+                                     hint="choose another with --state-dir") from exc
+        return self.state_dir
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self.ensure_state_dir()
+            self._store = Store(self.state_dir / "orchestrator.db")
+        return self._store
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.store, self.state_dir)
+
+    def resolved_domain_type(self) -> str:
+        return lab_mod.detect_domain_type() if self.domain_type == "auto" else self.domain_type
+
+    def service(self) -> Any:
+        # imported here so that `orch image`/`orch lab` work without reaching libvirt
+        from orchestrator.engine.health import SshProber
+        from orchestrator.engine.operations import Engine, Settings
+        from orchestrator.hypervisor.libvirt import LibvirtHypervisor
+        from orchestrator.service import Service
+
+        clock = RealClock()
+        engine = Engine(
+            hv=LibvirtHypervisor(self.libvirt_uri),
+            store=self.store,
+            registry=self.registry,
+            clock=clock,
+            settings=Settings(state_dir=self.state_dir,
+                              pool=os.environ.get("ORCH_POOL", "default"),
+                              domain_type=self.resolved_domain_type()),
+            log=self.progress,
+        )
+        return Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
+
+    def show(self, data: Any, *, columns: Sequence[tuple[str, str]] | None = None) -> None:
+        render(data, self.output, columns=columns)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="ORCH_STATE_DIR", default=None,
+              help="Where state, images and keys live [env ORCH_STATE_DIR; default "
+                   "/var/lib/orchestrator as root, else ~/.local/state/orchestrator].")
+@click.option("--libvirt-uri", envvar="ORCH_LIBVIRT_URI", default="qemu:///system",
+              show_default=True, help="libvirt connection URI [env ORCH_LIBVIRT_URI].")
+@click.option("--domain-type", type=click.Choice(["auto", "kvm", "qemu"]), envvar="ORCH_DOMAIN_TYPE",
+              default="auto", show_default=True,
+              help="kvm, or qemu (TCG); auto picks kvm only when kvm_intel/kvm_amd is loaded.")
+@click.option("-o", "--output", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Output format.")
+@click.option("--no-wait", is_flag=True, help="Return once the operation is recorded and started.")
+@click.option("-v", "--verbose", count=True, help="More detail (tracebacks on internal errors).")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path | None, libvirt_uri: str, domain_type: str,
+        output: str, no_wait: bool, verbose: int) -> None:
+    """orchestrator: scale sets of QEMU/KVM virtual machines on libvirt, upgraded the way
+    Azure Virtual Machine Scale Sets are."""
+    ctx.obj = AppContext(state_dir=state_dir or default_state_dir(), libvirt_uri=libvirt_uri,
+                         domain_type=domain_type, output=output, wait=not no_wait,
+                         verbose=verbose)
+
+
+# --- images -------------------------------------------------------------------------------
+@cli.group()
+def image() -> None:
+    """Register, build and inspect base images (NAME:VERSION, immutable)."""
+
+
+def _image_view(img: Any) -> dict[str, Any]:
+    rec = img.record
+    return {
+        "ref": rec.ref, "name": rec.name, "version": rec.version, "sha256": rec.sha256,
+        "path": rec.path, "sizeMiB": round(img.disk.stat().st_size / 2**20, 1)
+        if img.disk.exists() else None,
+        "kernelBoot": img.kernel is not None, "sshUser": img.ssh_user,
+        "healthCommand": img.health_command, "createdAt": rec.created_at,
+        "manifest": rec.manifest,
+    }
+
+
+@image.command("build")
+@click.argument("recipe")
+@click.option("--version", "version", required=True, help="Version to register, e.g. 1.")
+@click.option("--broken", is_flag=True, help="Build an image whose health check fails (tests).")
+@pass_app
+def image_build(app: AppContext, recipe: str, version: str, broken: bool) -> None:
+    """Build RECIPE (images/RECIPE/) and register it as RECIPE:VERSION."""
+    img = app.registry.build(recipe, version, broken=broken, progress=app.progress,
+                             now=iso(RealClock().now()))
+    app.progress(f"registered {img.ref} ({img.record.sha256[:12]})")
+    app.show(_image_view(img))
+
+
+@image.command("import")
+@click.option("--name", required=True)
+@click.option("--version", "version", required=True)
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path),
+              help="qcow2 or raw disk; converted to qcow2 with the format pinned.")
+@click.option("--kernel", type=click.Path(path_type=Path), help="Kernel for direct boot.")
+@click.option("--initrd", type=click.Path(path_type=Path), help="Initrd for direct boot.")
+@click.option("--cmdline", help="Kernel command line for direct boot.")
+@click.option("--ssh-user", default="root", show_default=True, help="User that gets the admin key.")
+@click.option("--health-command", help="Default health probe command of this image.")
+@pass_app
+def image_import(app: AppContext, name: str, version: str, file: Path, kernel: Path | None,
+                 initrd: Path | None, cmdline: str | None, ssh_user: str,
+                 health_command: str | None) -> None:
+    """Register a downloaded disk image as NAME:VERSION."""
+    img = app.registry.import_image(name, version, file=file, kernel=kernel, initrd=initrd,
+                                    cmdline=cmdline, ssh_user=ssh_user,
+                                    health_command=health_command, now=iso(RealClock().now()))
+    app.show(_image_view(img))
+
+
+@image.command("list")
+@pass_app
+def image_list(app: AppContext) -> None:
+    """List registered images."""
+    app.show([_image_view(i) for i in app.registry.list()], columns=IMAGE_COLUMNS)
+
+
+@image.command("show")
+@click.argument("ref")
+@pass_app
+def image_show(app: AppContext, ref: str) -> None:
+    """Show one image (NAME:VERSION)."""
+    app.show(_image_view(app.registry.get(ref)))
+
+
+@image.command("delete")
+@click.argument("ref")
+@pass_app
+def image_delete(app: AppContext, ref: str) -> None:
+    """Delete an image no scale set uses."""
+    parse_image_ref(ref)
+    in_use = any(s.spec["model"]["image"] == ref for s in app.store.list_sets()) or any(
+        i.image == ref for i in app.store.all_instances())
+    app.registry.delete(ref, in_use=in_use)
+    app.progress(f"deleted {ref}")
+
+
+# --- scale sets ---------------------------------------------------------------------------
+@cli.group()
+def vmss() -> None:
+    """Scale sets: create, scale, inspect, act on instances (mirrors `az vmss`)."""
+
+
+def _parse_ids(first: str, more: Sequence[str], *, allow_all: bool = False) -> list[int] | None:
+    values = [first, *more]
+    if allow_all and values == ["*"]:
+        return None
+    ids: list[int] = []
+    for value in values:
+        for part in value.replace(",", " ").split():
+            if not part.isdigit() or len(part) > 9:
+                raise InvalidInput(f"invalid instance id {part!r}: expected a non-negative integer"
+                                   + (" or '*'" if allow_all else ""))
+            ids.append(int(part))
+    if not ids:
+        raise InvalidInput("no instance ids given")
+    return ids
+
+
+def instance_ids_option(fn: F) -> F:
+    """``--instance-ids 1 2 3`` as in az: the first value after the flag, the rest as args."""
+    fn = click.argument("more_ids", nargs=-1, metavar="[ID...]")(fn)
+    return click.option("--instance-ids", "instance_ids", required=True,
+                        help="Instance ids, space or comma separated.")(fn)
+
+
+def _read_text_file(path: Path, what: str) -> str:
+    try:
+        if path.stat().st_size > 65536:
+            raise InvalidInput(f"{what} file {path} is larger than 64 KiB")
+        return path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise InvalidInput(f"{what} file {path} not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InvalidInput(f"{what} file {path} cannot be read: {exc}") from exc
+
+
+def _disk_sizes(values: Sequence[str]) -> list[dict[str, int]]:
+    sizes: list[dict[str, int]] = []
+    for value in values:
+        for part in value.replace(",", " ").split():
+            if not part.isdigit():
+                raise InvalidInput(f"invalid data disk size {part!r}: expected GiB as an integer")
+            sizes.append({"lun": len(sizes), "sizeGiB": int(part)})
+    return sizes
+
+
+@vmss.command("create")
+@click.option("--name", required=True, help="Scale set name: a-z, 0-9, '-', up to 40.")
+@click.option("--image", required=True, help="NAME:VERSION of a registered image.")
+@click.option("--instance-count", type=int, default=2, show_default=True)
+@click.option("--upgrade-policy-mode", type=click.Choice(["Automatic", "Rolling", "Manual"]),
+              default="Manual", show_default=True)
+@click.option("--max-surge", type=click.BOOL, default=None)
+@click.option("--max-batch-instance-percent", type=int)
+@click.option("--max-unhealthy-instance-percent", type=int)
+@click.option("--max-unhealthy-upgraded-instance-percent", type=int)
+@click.option("--pause-time-between-batches", help="ISO 8601 duration, e.g. PT10S.")
+@click.option("--prioritize-unhealthy-instances", is_flag=True, default=None)
+@click.option("--rollback-on-policy-breach", is_flag=True, default=None)
+@click.option("--vcpus", type=int)
+@click.option("--memory", type=int, help="Memory in MiB.")
+@click.option("--data-disk-sizes-gb", multiple=True, help="Data disk sizes in GiB (lun 0, 1, ...).")
+@click.option("--network", envvar="ORCH_NETWORK", default="default", show_default=True,
+              help="libvirt network [env ORCH_NETWORK; the lab sets it].")
+@click.option("--health-probe-command", help="Health command run over SSH (exit 0 = healthy).")
+@click.option("--health-probe-grace-period", type=int, help="Seconds before a silent instance is Unknown.")
+@click.option("--custom-data", type=click.Path(path_type=Path), help="cloud-init user-data file.")
+@click.option("--ssh-key-value", type=click.Path(path_type=Path), help="Admin public key file.")
+@click.option("--scale-in-policy", type=click.Choice(["Default", "OldestVM", "NewestVM"]))
+@pass_app
+def vmss_create(app: AppContext, /, **opts: Any) -> None:
+    """Create a scale set and wait until every instance is Healthy."""
+    rolling = {
+        "maxSurge": opts["max_surge"],
+        "maxBatchInstancePercent": opts["max_batch_instance_percent"],
+        "maxUnhealthyInstancePercent": opts["max_unhealthy_instance_percent"],
+        "maxUnhealthyUpgradedInstancePercent": opts["max_unhealthy_upgraded_instance_percent"],
+        "pauseTimeBetweenBatches": opts["pause_time_between_batches"],
+        "prioritizeUnhealthyInstances": opts["prioritize_unhealthy_instances"],
+        "rollbackFailedInstancesOnPolicyBreach": opts["rollback_on_policy_breach"],
+    }
+    probe = {"command": opts["health_probe_command"],
+             "gracePeriodSeconds": opts["health_probe_grace_period"]}
+    model: dict[str, Any] = {
+        "image": opts["image"], "vcpus": opts["vcpus"], "memoryMiB": opts["memory"],
+        "network": opts["network"],
+        "healthProbe": {k: v for k, v in probe.items() if v is not None},
+    }
+    if opts["data_disk_sizes_gb"]:
+        model["dataDisks"] = _disk_sizes(opts["data_disk_sizes_gb"])
+    if opts["custom_data"] is not None:
+        model["customData"] = _read_text_file(opts["custom_data"], "--custom-data")
+    if opts["ssh_key_value"] is not None:
+        model["sshPublicKey"] = _read_text_file(opts["ssh_key_value"], "--ssh-key-value").strip()
+    raw: dict[str, Any] = {
+        "name": opts["name"],
+        "model": {k: v for k, v in model.items() if v is not None},
+        "capacity": opts["instance_count"],
+        "upgradePolicy": {
+            "mode": opts["upgrade_policy_mode"],
+            "rollingUpgradePolicy": {k: v for k, v in rolling.items() if v is not None},
+        },
+    }
+    if opts["scale_in_policy"]:
+        raw["scaleInPolicy"] = opts["scale_in_policy"]
+    spec = validate(ScaleSetSpec, raw)
+    app.show(app.service().create(spec, wait=app.wait))
+
+
+def load_documents(path: Path) -> list[ScaleSetSpec]:
+    text = _read_text_file(path, "-f") if str(path) != "-" else sys.stdin.read()
+    try:
+        docs = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    if not docs:
+        raise InvalidInput(f"{path}: no documents")
+    network = os.environ.get("ORCH_NETWORK")
+    for doc in docs:
+        # in the lab, a document that names no network lands on the lab's network
+        if network and isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
+            doc["spec"].setdefault("network", network)
+    specs = [validate(ScaleSetDocument, d, where=f"{path}[{n}]").to_spec()
+             for n, d in enumerate(docs)]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"{path}: a scale set is named twice")
+    return specs
+
+
+@vmss.command("apply")
+@click.option("-f", "--file", "file", required=True, type=click.Path(path_type=Path),
+              help="YAML with one or more `kind: ScaleSet` documents (- for stdin).")
+@pass_app
+def vmss_apply(app: AppContext, file: Path) -> None:
+    """Create, or scale, the scale sets a file declares."""
+    specs = load_documents(file)
+    service = app.service()
+    results = []
+    for spec in specs:
+        results.append(service.apply(spec, wait=app.wait))
+    app.show(results, columns=SET_COLUMNS)
+
+
+@vmss.command("list")
+@pass_app
+def vmss_list(app: AppContext) -> None:
+    """List scale sets."""
+    app.show(app.service().list_sets(), columns=SET_COLUMNS)
+
+
+def _name_option(fn: F) -> F:
+    return click.option("--name", required=True, help="Scale set name.",
+                        callback=lambda c, p, v: check_set_name(v))(fn)
+
+
+@vmss.command("show")
+@_name_option
+@pass_app
+def vmss_show(app: AppContext, name: str) -> None:
+    """Show a scale set: model, generation, upgrade policy."""
+    service = app.service()
+    app.show(service.set_view(service.store.get_set(name)))
+
+
+@vmss.command("delete")
+@_name_option
+@pass_app
+def vmss_delete(app: AppContext, name: str) -> None:
+    """Delete a scale set and everything it owns (domains, volumes, reservations)."""
+    app.service().delete(name)
+    app.progress(f"deleted scale set {name}")
+
+
+@vmss.command("scale")
+@_name_option
+@click.option("--new-capacity", type=int, required=True)
+@pass_app
+def vmss_scale(app: AppContext, name: str, new_capacity: int) -> None:
+    """Change the number of instances (scale-in removes the highest ids first)."""
+    app.show(app.service().scale(name, new_capacity, wait=app.wait))
+
+
+@vmss.command("list-instances")
+@_name_option
+@pass_app
+def vmss_list_instances(app: AppContext, name: str) -> None:
+    """List the instances of a scale set with power and health state."""
+    app.show(app.service().list_instances(name), columns=INSTANCE_COLUMNS)
+
+
+@vmss.command("get-instance-view")
+@_name_option
+@click.option("--instance-id", type=click.IntRange(min=0), required=True)
+@pass_app
+def vmss_get_instance_view(app: AppContext, name: str, instance_id: int) -> None:
+    """One instance in detail, with its last health probe."""
+    app.show(app.service().instance_view(name, instance_id))
+
+
+def _power_command(action: str, doc: str) -> None:
+    @vmss.command(action, help=doc)
+    @_name_option
+    @instance_ids_option
+    @pass_app
+    def command(app: AppContext, name: str, instance_ids: str, more_ids: tuple[str, ...]) -> None:
+        ids = _parse_ids(instance_ids, more_ids)
+        assert ids is not None
+        app.show(app.service().power(name, ids, action, wait=app.wait), columns=INSTANCE_COLUMNS)
+
+
+_power_command("start", "Start instances and wait until they are Healthy.")
+_power_command("stop", "Stop instances gracefully (ACPI, then power off after a timeout).")
+_power_command("restart", "Stop and start instances, then wait until they are Healthy.")
+_power_command("deallocate", "Stop instances and release their memory (kept disks and address).")
+
+
+@vmss.command("delete-instances")
+@_name_option
+@instance_ids_option
+@pass_app
+def vmss_delete_instances(app: AppContext, name: str, instance_ids: str,
+                          more_ids: tuple[str, ...]) -> None:
+    """Delete instances (the capacity shrinks accordingly)."""
+    ids = _parse_ids(instance_ids, more_ids)
+    assert ids is not None
+    app.show(app.service().delete_instances(name, ids))
+
+
+@vmss.group("run-command")
+def run_command() -> None:
+    """Run scripts inside instances over SSH."""
+
+
+@run_command.command("invoke")
+@_name_option
+@click.option("--instance-id", type=click.IntRange(min=0), required=True)
+@click.option("--scripts", required=True, help="Shell script to run in the guest.")
+@click.option("--timeout", type=click.FloatRange(min=1, max=86400), default=300, show_default=True)
+@pass_app
+def run_command_invoke(app: AppContext, name: str, instance_id: int, scripts: str,
+                       timeout: float) -> None:
+    """Run --scripts in one instance; shows exitStatus, stdout and stderr."""
+    result = app.service().run_command(name, instance_id, scripts, timeout=timeout)
+    if app.output == "table":
+        sys.stdout.write(result["stdout"])
+        sys.stderr.write(result["stderr"])
+        app.progress(f"exit status {result['exitStatus']}")
+    else:
+        app.show(result)
+
+
+@vmss.command("ssh", context_settings={"ignore_unknown_options": True})
+@_name_option
+@click.option("--instance-id", type=click.IntRange(min=0), required=True)
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@pass_app
+def vmss_ssh(app: AppContext, name: str, instance_id: int, command: tuple[str, ...]) -> None:
+    """Open a shell in an instance, or run `-- CMD` (host key pinned)."""
+    import asyncio
+
+    from orchestrator import ssh
+
+    endpoint = app.service().endpoint(name, instance_id)
+    code = asyncio.run(ssh.interactive(endpoint, " ".join(command) if command else None,
+                                       connect_timeout=15.0))
+    sys.exit(code)
+
+
+# --- lab ------------------------------------------------------------------------------------
+@cli.group()
+def lab() -> None:
+    """The sandboxed lab: libvirtd in network namespace `orchlab` (root)."""
+
+
+def _lab_show(app: AppContext, status: Any) -> None:
+    app.show(status.as_dict())
+
+
+@lab.command("up")
+@pass_app
+def lab_up(app: AppContext) -> None:
+    """Start virtlogd, libvirtd, network and pool in namespace orchlab (idempotent)."""
+    _lab_show(app, lab_mod.lab_up(app.ensure_state_dir(), progress=app.progress))
+
+
+@lab.command("down")
+@pass_app
+def lab_down(app: AppContext) -> None:
+    """Stop what `lab up` started and remove the namespace (set definitions are kept)."""
+    _lab_show(app, lab_mod.lab_down(app.ensure_state_dir(), progress=app.progress))
+
+
+@lab.command("status")
+@pass_app
+def lab_status(app: AppContext) -> None:
+    """Show whether the lab is up."""
+    _lab_show(app, lab_mod.lab_status(app.ensure_state_dir()))
+
+
+@lab.command("exec", context_settings={"ignore_unknown_options": True})
+@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
+@pass_app
+def lab_exec(app: AppContext, argv: tuple[str, ...]) -> None:
+    """Run `-- CMD ...` inside the lab namespace with the lab as default; exits with CMD's code."""
+    sys.exit(lab_mod.lab_exec(app.ensure_state_dir(), list(argv)))
+
+
+# --- entry point ----------------------------------------------------------------------------
+def fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    verbose = "-v" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="orch",
+                 standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        fail(exc.format_message(), 2)
+    except OrchError as exc:
+        fail(exc.one_line(), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug is one line too
+        if verbose:
+            traceback.print_exc()
+        fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for a traceback)", 1)
+
+
+if __name__ == "__main__":
+    main()

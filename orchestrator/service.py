@@ -1,0 +1,560 @@
+"""Use cases of the scale-set controller: create, apply, scale, delete, power actions,
+instance views, run-command and ssh.
+
+Owned here: the order of steps of each use case, the per-set lock, waiting for health after
+an action, and the JSON views (``set_view``, ``instance_view``) that the CLI renders.
+Called by ``cli`` only; calls ``engine.operations`` (per-instance steps), ``engine.health``
+(probing), ``images``, ``store`` and the ``Hypervisor`` seam.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as _dt
+import fcntl
+import os
+import shutil
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from orchestrator import ssh
+from orchestrator.clock import Clock, iso
+from orchestrator.engine import operations as ops
+from orchestrator.engine.health import (
+    HealthRecord,
+    HealthState,
+    ProbeOutcome,
+    Prober,
+    ProbeSettings,
+    ProbeTarget,
+    probe_once,
+    wait_settled,
+)
+from orchestrator.errors import (
+    Conflict,
+    InvalidInput,
+    NotFound,
+    OperationFailed,
+    OrchError,
+)
+from orchestrator.hypervisor.base import Hypervisor, PowerState
+from orchestrator.images import Image, Registry
+from orchestrator.model import Model, ScaleSetSpec, check_set_name, validate
+from orchestrator.store import InstanceRecord, SetRecord, Store
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class Service:
+    engine: ops.Engine
+    prober: Prober
+    progress: Progress = lambda line: None
+
+    @property
+    def store(self) -> Store:
+        return self.engine.store
+
+    @property
+    def hv(self) -> Hypervisor:
+        return self.engine.hv
+
+    @property
+    def registry(self) -> Registry:
+        return self.engine.registry
+
+    @property
+    def clock(self) -> Clock:
+        return self.engine.clock
+
+    @property
+    def state_dir(self) -> Path:
+        return self.engine.settings.state_dir
+
+    # --- locking and keys ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def locked(self, set_name: str) -> Iterator[None]:
+        """One writer per set: a second concurrent writer gets Conflict (exit 3)."""
+        lock_dir = self.state_dir / "locks"
+        lock_dir.mkdir(parents=True, exist_ok=True)
+        path = lock_dir / f"{set_name}.lock"
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError as exc:
+                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                raise Conflict(f"scale set {set_name} is locked by pid {holder}") from exc
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, str(os.getpid()).encode(), 0)
+            yield
+        finally:
+            os.close(fd)
+
+    def _key_path(self, set_name: str) -> Path:
+        return self.state_dir / "sets" / set_name / "id_ed25519"
+
+    def _admin_key(self, set_name: str) -> ssh.KeyPair:
+        path = self._key_path(set_name)
+        private = ssh.read_private_key(path)
+        public = path.with_name(path.name + ".pub").read_text().strip()
+        return ssh.KeyPair(private_openssh=private, public_openssh=public)
+
+    def _ensure_admin_key(self, set_name: str) -> ssh.KeyPair:
+        path = self._key_path(set_name)
+        if not path.exists():
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            os.chmod(path.parent, 0o700)
+            ssh.write_private_key(path, ssh.generate_keypair(f"orchestrator {set_name}"))
+        return self._admin_key(set_name)
+
+    # --- lookups ---------------------------------------------------------------------------
+    def spec_of(self, rec: SetRecord) -> ScaleSetSpec:
+        return validate(ScaleSetSpec, rec.spec)
+
+    def _instances(self, set_name: str, ids: Sequence[int] | None) -> list[InstanceRecord]:
+        all_instances = self.store.list_instances(set_name)
+        if ids is None:
+            return all_instances
+        by_id = {i.instance_id: i for i in all_instances}
+        missing = [str(i) for i in ids if i not in by_id]
+        if missing:
+            raise NotFound(f"scale set {set_name} has no instance {', '.join(missing)}")
+        return [by_id[i] for i in dict.fromkeys(ids)]
+
+    def probe_settings(self, model: Model, image: Image) -> ProbeSettings:
+        hp = model.health_probe
+        return ProbeSettings(
+            command=hp.command or image.health_command,
+            port=hp.port,
+            interval_seconds=hp.interval_seconds,
+            timeout_seconds=hp.timeout_seconds,
+            number_of_probes=hp.number_of_probes,
+            grace_period_seconds=hp.grace_period_seconds,
+        )
+
+    def _target(self, inst: InstanceRecord, *, port: int, user: str, key: ssh.KeyPair) -> ProbeTarget:
+        return ProbeTarget(
+            name=inst.name,
+            endpoint=ssh.Endpoint(host=inst.ip, port=port, user=user,
+                                  client_key=key.private_openssh,
+                                  host_key=inst.host_key_public),
+        )
+
+    # --- create ------------------------------------------------------------------------------
+    def create(self, spec: ScaleSetSpec, *, wait: bool = True) -> dict[str, Any]:
+        check_set_name(spec.name)
+        if self.store.find_set(spec.name) is not None:
+            raise InvalidInput(f"scale set {spec.name} already exists (use `orch vmss update` or `apply`)")
+        image = self.registry.verify(spec.model.image)
+        self._check_placement(spec.model)
+        for warning in spec.upgrade_policy.rolling_upgrade_policy.warnings():
+            self.progress(f"warning: {warning}")
+        with self.locked(spec.name):
+            self.store.add_set(spec.name, spec.to_json_dict(), now=self.engine.now())
+            try:
+                key = self._ensure_admin_key(spec.name)
+                created = self._scale_out(spec, image, spec.capacity, key=key, generation=1)
+            except BaseException:
+                self.progress(f"create of {spec.name} failed: removing what was made")
+                self._delete_everything(spec.name)
+                raise
+            self.store.add_event(spec.name, f"created with {spec.capacity} instances",
+                                 now=self.engine.now())
+            if wait and created:
+                self._wait_healthy(spec.name, created, action="create")
+        return self.set_view(self.store.get_set(spec.name))
+
+    def apply(self, spec: ScaleSetSpec, *, wait: bool = True) -> dict[str, Any]:
+        """Create the set if absent, else bring its capacity to the spec's."""
+        rec = self.store.find_set(spec.name)
+        if rec is None:
+            return self.create(spec, wait=wait)
+        current = self.spec_of(rec)
+        if (current.model, current.upgrade_policy, current.scale_in_policy) != (
+                spec.model, spec.upgrade_policy, spec.scale_in_policy):
+            raise InvalidInput(
+                f"scale set {spec.name}: apply can create a set or change its capacity; "
+                "model and policy changes are not supported yet"
+            )
+        return self.scale(spec.name, spec.capacity, wait=wait)
+
+    def _check_placement(self, model: Model) -> None:
+        """Fail before anything is made if the network or pool does not exist."""
+        try:
+            self.hv.network_info(model.network)
+        except NotFound as exc:
+            raise InvalidInput(f"network {model.network} does not exist in libvirt") from exc
+        try:
+            self.hv.pool_info(self.engine.settings.pool)
+        except NotFound as exc:
+            raise InvalidInput(
+                f"storage pool {self.engine.settings.pool} does not exist in libvirt"
+            ) from exc
+
+    def _scale_out(self, spec: ScaleSetSpec, image: Image, count: int, *, key: ssh.KeyPair,
+                   generation: int) -> list[InstanceRecord]:
+        """Allocate and boot ``count`` new instances; on failure they are torn down."""
+        made: list[InstanceRecord] = []
+        try:
+            for instance_id in self.store.take_instance_ids(spec.name, count):
+                inst = ops.allocate(self.engine, set_name=spec.name, instance_id=instance_id,
+                                    model=spec.model, generation=generation, image=image)
+                made.append(inst)
+                self.progress(f"{inst.name}: creating ({inst.ip}, {image.ref})")
+                ops.provision(self.engine, inst, spec.model, image, admin_key=key.public_openssh)
+                booted = self._record_boot(inst)
+                made[-1] = booted
+        except BaseException:
+            for inst in made:
+                self._teardown_and_forget(inst)
+            raise
+        return [self.store.update_instance(i, status="active") for i in made]
+
+    def _record_boot(self, inst: InstanceRecord) -> InstanceRecord:
+        health = _health_to_json(HealthRecord.initial(self.clock.monotonic()), self.clock)
+        return self.store.update_instance(inst, health=health)
+
+    # --- health ------------------------------------------------------------------------------
+    def _wait_healthy(self, set_name: str, instances: Sequence[InstanceRecord], *, action: str) -> None:
+        spec = self.spec_of(self.store.get_set(set_name))
+        image = self.registry.get(spec.model.image)
+        settings = self.probe_settings(spec.model, image)
+        key = self._admin_key(set_name)
+        by_name = {i.name: i for i in instances}
+        targets = [self._target(i, port=settings.port, user=self._user_of(i), key=key)
+                   for i in instances]
+        records = {i.name: _health_from_json(i.health, self.clock) for i in instances}
+        started = self.clock.monotonic()
+
+        def on_change(name: str, rec: HealthRecord) -> None:
+            inst = self.store.find_instance(set_name, by_name[name].instance_id)
+            if inst is not None:
+                self.store.update_instance(inst, health=_health_to_json(rec, self.clock))
+            self.progress(f"{name}: {rec.state.value}"
+                          f" after {self.clock.monotonic() - started:.1f}s")
+
+        final = asyncio.run(wait_settled(targets, records, prober=self.prober,
+                                         settings=settings, clock=self.clock,
+                                         on_change=on_change))
+        for name, rec in final.items():
+            on_change_quiet = self.store.find_instance(set_name, by_name[name].instance_id)
+            if on_change_quiet is not None:
+                self.store.update_instance(on_change_quiet, health=_health_to_json(rec, self.clock))
+        bad = sorted((n for n, r in final.items() if r.state is not HealthState.HEALTHY),
+                     key=lambda n: by_name[n].instance_id)
+        if bad:
+            detail = "; ".join(f"{n} {final[n].state.value}{_why(final[n])}" for n in bad)
+            raise OperationFailed(f"{action}: {len(bad)} of {len(final)} instances not healthy: {detail}")
+
+    def _user_of(self, inst: InstanceRecord) -> str:
+        try:
+            return self.registry.get(inst.image).ssh_user
+        except NotFound:
+            return "root"
+
+    def refresh_health(self, set_name: str) -> None:
+        """One concurrent probe round over running instances (for views)."""
+        rec = self.store.get_set(set_name)
+        spec = self.spec_of(rec)
+        try:
+            image = self.registry.get(spec.model.image)
+        except NotFound:
+            return
+        settings = self.probe_settings(spec.model, image)
+        key = self._admin_key(set_name)
+        instances = [i for i in self.store.list_instances(set_name) if i.status == "active"
+                     and self.hv.domain_state(i.name) is PowerState.RUNNING]
+        if not instances:
+            return
+        targets = [self._target(i, port=settings.port, user=self._user_of(i), key=key)
+                   for i in instances]
+        records = {i.name: _health_from_json(i.health, self.clock) for i in instances}
+        final = asyncio.run(probe_once(targets, records, prober=self.prober, settings=settings,
+                                       clock=self.clock))
+        for inst in instances:
+            if inst.name in final:
+                self.store.update_instance(inst, health=_health_to_json(final[inst.name], self.clock))
+
+    # --- scale, delete ---------------------------------------------------------------------
+    def scale(self, set_name: str, capacity: int, *, wait: bool = True) -> dict[str, Any]:
+        rec = self.store.get_set(set_name)
+        spec = self.spec_of(rec)
+        new_spec = validate(ScaleSetSpec, {**spec.to_json_dict(), "capacity": capacity},
+                            where="capacity")
+        with self.locked(set_name):
+            instances = self.store.list_instances(set_name)
+            current = len(instances)
+            if capacity > current:
+                image = self.registry.verify(spec.model.image)
+                self._check_placement(spec.model)
+                key = self._ensure_admin_key(set_name)
+                created = self._scale_out(spec, image, capacity - current, key=key,
+                                          generation=rec.generation)
+                self.store.update_spec(set_name, new_spec.to_json_dict(), new_generation=False,
+                                       now=self.engine.now())
+                self.store.add_event(set_name, f"scaled out {current} -> {capacity}",
+                                     now=self.engine.now())
+                if wait:
+                    self._wait_healthy(set_name, created, action="scale")
+            elif capacity < current:
+                victims = self._scale_in_victims(spec, instances, current - capacity)
+                self._delete_instances(set_name, victims)
+                self.store.update_spec(set_name, new_spec.to_json_dict(), new_generation=False,
+                                       now=self.engine.now())
+                self.store.add_event(set_name, f"scaled in {current} -> {capacity}",
+                                     now=self.engine.now())
+            else:
+                self.store.update_spec(set_name, new_spec.to_json_dict(), new_generation=False,
+                                       now=self.engine.now())
+        return self.set_view(self.store.get_set(set_name))
+
+    def _scale_in_victims(self, spec: ScaleSetSpec, instances: list[InstanceRecord],
+                          count: int) -> list[InstanceRecord]:
+        candidates = [i for i in instances
+                      if not i.protect_from_scale_in and not i.protect_from_scale_set_actions]
+        if spec.scale_in_policy == "OldestVM":
+            candidates.sort(key=lambda i: (i.created_at, i.instance_id))
+        else:  # Default and NewestVM: highest instanceIds first
+            candidates.sort(key=lambda i: i.instance_id, reverse=True)
+        if len(candidates) < count:
+            raise InvalidInput(
+                f"cannot remove {count} instances: only {len(candidates)} are not protected from scale-in"
+            )
+        return candidates[:count]
+
+    def _teardown_and_forget(self, inst: InstanceRecord) -> None:
+        problems = ops.teardown(self.engine, inst)
+        if problems:
+            raise OperationFailed(f"{inst.name}: could not remove everything: {'; '.join(problems)}")
+        self.store.delete_instance(inst.set_name, inst.instance_id)
+
+    def _delete_instances(self, set_name: str, victims: Sequence[InstanceRecord]) -> None:
+        marked = [self.store.update_instance(v, status="deleting") for v in victims]
+        failures: list[str] = []
+        for inst in marked:
+            self.progress(f"{inst.name}: deleting")
+            try:
+                self._teardown_and_forget(inst)
+            except OrchError as exc:
+                failures.append(exc.message)
+        if failures:
+            raise OperationFailed("; ".join(failures))
+
+    def _delete_everything(self, set_name: str) -> None:
+        self._delete_instances(set_name, self.store.list_instances(set_name))
+        self.store.delete_set(set_name)
+        shutil.rmtree(self._key_path(set_name).parent, ignore_errors=True)
+        (self.state_dir / "locks" / f"{set_name}.lock").unlink(missing_ok=True)
+
+    def delete(self, set_name: str) -> None:
+        self.store.get_set(set_name)
+        with self.locked(set_name):
+            self._delete_everything(set_name)
+
+    def delete_instances(self, set_name: str, ids: Sequence[int]) -> dict[str, Any]:
+        rec = self.store.get_set(set_name)
+        spec = self.spec_of(rec)
+        with self.locked(set_name):
+            victims = self._instances(set_name, ids)
+            protected = [str(v.instance_id) for v in victims if v.protect_from_scale_set_actions]
+            if protected:
+                raise InvalidInput(f"instances {', '.join(protected)} are protected from scale set actions")
+            self._delete_instances(set_name, victims)
+            remaining = len(self.store.list_instances(set_name))
+            new_spec = validate(ScaleSetSpec, {**spec.to_json_dict(), "capacity": remaining})
+            self.store.update_spec(set_name, new_spec.to_json_dict(), new_generation=False,
+                                   now=self.engine.now())
+        return self.set_view(self.store.get_set(set_name))
+
+    # --- power -------------------------------------------------------------------------------
+    def power(self, set_name: str, ids: Sequence[int], action: str, *, wait: bool = True) -> list[dict[str, Any]]:
+        """``start``, ``stop``, ``deallocate`` or ``restart`` the instances named."""
+        self.store.get_set(set_name)
+        with self.locked(set_name):
+            instances = self._instances(set_name, ids)
+            protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
+            if protected and action != "start":
+                raise InvalidInput(f"instances {', '.join(protected)} are protected from scale set actions")
+            booted: list[InstanceRecord] = []
+
+            async def stop_all() -> None:
+                await asyncio.gather(*(ops.power_off(self.engine, i.name) for i in instances))
+
+            if action in ("stop", "deallocate", "restart"):
+                for inst in instances:
+                    self.progress(f"{inst.name}: stopping")
+                asyncio.run(stop_all())
+            for inst in instances:
+                intent = {"stop": "stopped", "deallocate": "deallocated"}.get(action, "running")
+                inst = self.store.update_instance(inst, power_intent=intent)
+                if action in ("start", "restart"):
+                    if self.hv.domain_state(inst.name) is not PowerState.RUNNING:
+                        self.progress(f"{inst.name}: starting")
+                        self.hv.start(inst.name)
+                        inst = self._record_boot(inst)
+                    booted.append(inst)
+                else:
+                    inst = self.store.update_instance(inst, health={})
+            if wait and booted:
+                self._wait_healthy(set_name, booted, action=action)
+        return [self.instance_view(set_name, i.instance_id, refresh=False) for i in instances]
+
+    # --- commands in the guest ---------------------------------------------------------------
+    def endpoint(self, set_name: str, instance_id: int) -> ssh.Endpoint:
+        rec = self.store.get_set(set_name)
+        spec = self.spec_of(rec)
+        inst = self._instances(set_name, [instance_id])[0]
+        state = self.hv.domain_state(inst.name)
+        if state is not PowerState.RUNNING:
+            raise OperationFailed(f"{inst.name} is {state.value}; start it first")
+        key = self._admin_key(set_name)
+        return ssh.Endpoint(host=inst.ip, port=spec.model.health_probe.port,
+                            user=self._user_of(inst), client_key=key.private_openssh,
+                            host_key=inst.host_key_public)
+
+    def run_command(self, set_name: str, instance_id: int, script: str, *,
+                    timeout: float = 300.0) -> dict[str, Any]:
+        endpoint = self.endpoint(set_name, instance_id)
+        result = asyncio.run(ssh.run_command(endpoint, script, connect_timeout=15.0,
+                                             command_timeout=timeout))
+        return {"exitStatus": result.exit_status, "stdout": result.stdout,
+                "stderr": result.stderr}
+
+    # --- views -------------------------------------------------------------------------------
+    def set_view(self, rec: SetRecord) -> dict[str, Any]:
+        spec = self.spec_of(rec)
+        instances = self.store.list_instances(rec.name)
+        data = spec.to_json_dict()
+        return {
+            "name": rec.name,
+            "generation": rec.generation,
+            "capacity": spec.capacity,
+            "model": data["model"],
+            "upgradePolicy": data["upgradePolicy"],
+            "scaleInPolicy": data["scaleInPolicy"],
+            "instanceCount": len(instances),
+            "latestModelInstances": sum(1 for i in instances if i.model_generation == rec.generation),
+            "createdAt": rec.created_at,
+            "updatedAt": rec.updated_at,
+        }
+
+    def list_sets(self) -> list[dict[str, Any]]:
+        return [self.set_view(r) for r in self.store.list_sets()]
+
+    def list_instances(self, set_name: str, *, refresh: bool = True) -> list[dict[str, Any]]:
+        rec = self.store.get_set(set_name)
+        if refresh:
+            self.refresh_health(set_name)
+        return [self._instance_dict(rec, i) for i in self.store.list_instances(set_name)]
+
+    def instance_view(self, set_name: str, instance_id: int, *, refresh: bool = True) -> dict[str, Any]:
+        rec = self.store.get_set(set_name)
+        self._instances(set_name, [instance_id])
+        if refresh:
+            self.refresh_health(set_name)
+        inst = self._instances(set_name, [instance_id])[0]
+        view = self._instance_dict(rec, inst)
+        view["lastProbe"] = inst.health.get("last")
+        view["healthChangedAt"] = inst.health.get("changedAt")
+        view["macAddress"] = inst.mac
+        view["network"] = inst.network
+        view["seedInstanceId"] = inst.seed_instance_id
+        view["hostKey"] = inst.host_key_public
+        view["createdAt"] = inst.created_at
+        return view
+
+    def _instance_dict(self, rec: SetRecord, inst: InstanceRecord) -> dict[str, Any]:
+        state = self.hv.domain_state(inst.name)
+        if inst.status in ("creating", "deleting"):
+            power = inst.status
+        elif state is PowerState.STOPPED and inst.power_intent == "deallocated":
+            power = "deallocated"
+        else:
+            power = state.value
+        health = inst.health.get("state") or HealthState.UNKNOWN.value
+        if state is not PowerState.RUNNING:
+            health = HealthState.UNKNOWN.value
+        return {
+            "instanceId": inst.instance_id,
+            "name": inst.name,
+            "powerState": power,
+            "healthState": health,
+            "latestModelApplied": inst.model_generation == rec.generation,
+            "image": inst.image,
+            "modelGeneration": inst.model_generation,
+            "ipAddress": inst.ip,
+            "protectFromScaleIn": inst.protect_from_scale_in,
+            "protectFromScaleSetActions": inst.protect_from_scale_set_actions,
+        }
+
+
+# --- health records in the store -----------------------------------------------------------
+def _health_to_json(rec: HealthRecord, clock: Clock) -> dict[str, Any]:
+    """Monotonic times become wall-clock ISO strings so that any process can read them."""
+    offset = clock.now().timestamp() - clock.monotonic()
+    last = rec.last
+    return {
+        "state": rec.state.value,
+        "bootedAt": _wall(rec.booted_at + offset),
+        "changedAt": _wall(rec.changed_at + offset) if rec.changed_at is not None else None,
+        "streakKind": rec.streak_kind,
+        "streak": rec.streak,
+        "last": None if last is None else {
+            "time": iso(last.at),
+            "kind": last.kind,
+            "exitStatus": last.exit_status,
+            "latencyMs": None if last.latency is None else round(last.latency * 1000),
+            "output": last.output,
+            "error": last.error,
+        },
+    }
+
+
+def _health_from_json(data: dict[str, Any], clock: Clock) -> HealthRecord:
+    offset = clock.now().timestamp() - clock.monotonic()
+    if not data:
+        return HealthRecord.initial(clock.monotonic())
+    booted = _parse_wall(data.get("bootedAt")) - offset
+    changed = data.get("changedAt")
+    last = data.get("last")
+    outcome = None
+    if last:
+        outcome = ProbeOutcome(
+            at=_dt.datetime.fromtimestamp(_parse_wall(last["time"]), tz=_dt.UTC),
+            kind=last["kind"], exit_status=last["exitStatus"],
+            latency=None if last["latencyMs"] is None else last["latencyMs"] / 1000,
+            output=last["output"], error=last["error"],
+        )
+    return HealthRecord(
+        state=HealthState(data.get("state", HealthState.INITIALIZING.value)),
+        booted_at=booted,
+        streak_kind=data.get("streakKind"),
+        streak=int(data.get("streak", 0)),
+        last=outcome,
+        changed_at=None if changed is None else _parse_wall(changed) - offset,
+    )
+
+
+def _wall(ts: float) -> str:
+    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_wall(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return _dt.datetime.fromisoformat(text).timestamp()
+
+
+def _why(rec: HealthRecord) -> str:
+    last = rec.last
+    if last is None:
+        return " (never answered)"
+    if last.error:
+        return f" ({last.error})"
+    if last.exit_status is not None:
+        return f" (health command exit {last.exit_status}: {last.output[:80]})"
+    return ""

@@ -185,9 +185,12 @@ def parse_owner(domain_xml: str) -> Ownership | None:
     inst = root.find("./metadata/o:instance", ns)
     if inst is None:
         return None
+    set_name = inst.findtext("o:set", default="", namespaces=ns).strip()
+    if not set_name:
+        return None  # an owner without a set name would match no set: treat as not ours
     try:
         return Ownership(
-            set_name=(inst.findtext("o:set", default="", namespaces=ns)).strip(),
+            set_name=set_name,
             instance_id=int(inst.findtext("o:instanceId", default="", namespaces=ns)),
             generation=int(inst.findtext("o:generation", default="", namespaces=ns)),
         )

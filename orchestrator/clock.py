@@ -28,7 +28,7 @@ class Clock(Protocol):
 
 class RealClock:
     def now(self) -> _dt.datetime:
-        return _dt.datetime.now(_dt.timezone.utc)
+        return _dt.datetime.now(_dt.UTC)
 
     def monotonic(self) -> float:
         return time.monotonic()
@@ -54,7 +54,7 @@ class FakeClock:
         self._advancer: asyncio.Task[None] | None = None
 
     def now(self) -> _dt.datetime:
-        return _dt.datetime.fromtimestamp(self._t, tz=_dt.timezone.utc)
+        return _dt.datetime.fromtimestamp(self._t, tz=_dt.UTC)
 
     def monotonic(self) -> float:
         return self._t
@@ -85,4 +85,4 @@ class FakeClock:
 
 def iso(ts: _dt.datetime) -> str:
     """ISO 8601 in UTC with a ``Z``, second precision: how times appear in output."""
-    return ts.astimezone(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return ts.astimezone(_dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

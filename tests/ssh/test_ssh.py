@@ -388,3 +388,31 @@ def test_prober_treats_auth_failure_as_unreachable() -> None:
             return outcome.error
 
     assert "authentication failed" in (run(scenario) or "")
+
+
+def test_interactive_shell_uses_a_pty_and_restores_the_terminal() -> None:
+    import termios
+
+    master, slave = os.openpty()
+    try:
+        before = termios.tcgetattr(slave)
+
+        async def scenario() -> tuple[int, list[str]]:
+            async with ssh_server() as server:
+                status = await ssh.interactive(
+                    server.endpoint(),
+                    None,
+                    connect_timeout=CONNECT,
+                    stdin=slave,
+                    stdout=slave,
+                    stderr=slave,
+                )
+                return status, server.ran
+
+        status, ran = run(scenario)
+        assert (status, ran) == (127, [""])  # the canned server has no shell: "not found"
+        assert termios.tcgetattr(slave) == before
+        assert b"not found" in os.read(master, 4096)
+    finally:
+        os.close(master)
+        os.close(slave)

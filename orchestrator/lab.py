@@ -553,7 +553,8 @@ def _ensure_pool(state_dir: Path, progress: Progress) -> None:
             raise EnvironmentProblem(
                 f"storage pool {LAB_POOL} already exists with path {have}, not {want}",
                 hint=f"use --state-dir {Path(have).parent.parent if have else '...'} or "
-                f"`virsh pool-undefine {LAB_POOL}` if nothing uses it",
+                f"`virsh pool-destroy {LAB_POOL}; virsh pool-undefine {LAB_POOL}` "
+                "if nothing uses it",
             )
     if info.get("state") != "running":
         progress(f"starting storage pool {LAB_POOL}")

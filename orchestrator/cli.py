@@ -532,6 +532,40 @@ def lab_exec(app: AppContext, argv: tuple[str, ...]) -> None:
     sys.exit(lab_mod.lab_exec(app.ensure_state_dir(), list(argv)))
 
 
+# --- global options on every command -------------------------------------------------------
+def _set_on_app(attr: str, convert: Callable[[Any], Any]) -> Callable[..., None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        app = ctx.find_object(AppContext)
+        if app is not None and value not in (None, 0, False):
+            setattr(app, attr, convert(value))
+    return callback
+
+
+def _leaf_commands(group: click.Group) -> list[click.Command]:
+    leaves: list[click.Command] = []
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            leaves.extend(_leaf_commands(command))
+        else:
+            leaves.append(command)
+    return leaves
+
+
+# `orch vmss list -o json` as well as `orch -o json vmss list`: the output, wait and
+# verbosity options are accepted after any command too (as az does).
+for _command in _leaf_commands(cli):
+    _command.params.extend([
+        click.Option(["-o", "--output"], type=click.Choice(FORMATS), default=None,
+                     expose_value=False, callback=_set_on_app("output", str),
+                     help="Output format: table, json or yaml."),
+        click.Option(["--no-wait"], is_flag=True, default=False, expose_value=False,
+                     callback=_set_on_app("wait", lambda v: False),
+                     help="Return once the operation is recorded and started."),
+        click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                     callback=_set_on_app("verbose", int), help="More detail."),
+    ])
+
+
 # --- entry point ----------------------------------------------------------------------------
 def fail(message: str, code: int) -> NoReturn:
     sys.stderr.write(f"error: {' '.join(message.split())}\n")

@@ -20,10 +20,10 @@
 # b64|base64|text|gz+b64, permissions, append), runcmd. Everything else is ignored.
 
 set -u
+# Byte semantics in awk (\uXXXX → UTF-8 bytes). PATH comes from the caller: rcS in the image,
+# a directory of busybox links in the unit test.
 LC_ALL=C
 export LC_ALL
-PATH=/usr/sbin:/usr/bin:/sbin:/bin
-export PATH
 
 LIB=$(dirname "$0")
 STATE=/var/lib/cloud

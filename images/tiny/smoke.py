@@ -183,6 +183,9 @@ async def reboot_and_check(guest: Guest, *, boot_id: str) -> float:
         str(result.stdout) == f"runcmd ran\n{HOSTNAME}\nx\n",
         "after reboot: runcmd not run again, hostname kept, OS disk data kept",
     )
+    # dmesg, not the console: `quiet` hides ext4's messages there.
+    result = await run(guest, "dmesg | grep -c 'recovery complete'")
+    check(str(result.stdout).strip() == "0", "the reboot left the root filesystem clean")
     return elapsed
 
 
@@ -205,13 +208,14 @@ def qemu_command(image: Path, work: Path, *, port: int) -> list[str]:
     ]  # fmt: skip
 
 
-def prepare(image: Path, work: Path) -> Guest:
+def write_seed(work: Path, *, port: int, hostname: str) -> Guest:
+    """A seed with a fresh instance-id, client key and host key; the guest that pins it."""
     client = asyncssh.generate_private_key("ssh-ed25519")
     host = asyncssh.generate_private_key("ssh-ed25519")
     host_public = host.export_public_key("openssh").decode("ascii").strip()
     seed = SeedContent(
         instance_id=f"i-smoke-{uuid.uuid4().hex[:12]}",
-        hostname=HOSTNAME,
+        hostname=hostname,
         authorized_keys=(client.export_public_key("openssh").decode("ascii").strip(),),
         host_key_private=host.export_private_key("openssh").decode("ascii"),
         host_key_public=host_public,
@@ -219,6 +223,10 @@ def prepare(image: Path, work: Path) -> Guest:
         runcmd=("echo 'runcmd ran' >> /root/runcmd.out",),
     )
     (work / "seed.iso").write_bytes(build_seed_iso(seed))
+    return Guest(port=port, client_key=client, host_public=host_public)
+
+
+def prepare(image: Path, work: Path) -> Guest:
     subprocess.run(
         ["qemu-img", "create", "-q", "-f", "qcow2", "-b", str(image / "disk.qcow2"),
          "-F", "qcow2", str(work / "overlay.qcow2")],
@@ -226,7 +234,7 @@ def prepare(image: Path, work: Path) -> Guest:
     )  # fmt: skip
     with open(work / "data.raw", "wb") as data:
         data.truncate(32 * 1024 * 1024)
-    return Guest(port=free_port(), client_key=client, host_public=host_public)
+    return write_seed(work, port=free_port(), hostname=HOSTNAME)
 
 
 def power_button(work: Path) -> None:
@@ -249,6 +257,47 @@ def _read_until_prompt(sock: socket.socket) -> None:
         seen += chunk
 
 
+async def power_off(qemu: asyncio.subprocess.Process, work: Path) -> None:
+    pressed = time.monotonic()
+    power_button(work)
+    try:
+        await asyncio.wait_for(qemu.wait(), timeout=20)
+    except TimeoutError as exc:
+        raise Timeout("the guest ignored the ACPI power button for 20 s") from exc
+    check(True, f"ACPI power button: qemu exited {time.monotonic() - pressed:.1f} s later")
+
+
+async def new_seed_on_same_disk(image: Path, work: Path, old: Guest) -> None:
+    """What a changed seed does to a kept OS disk: the new host key replaces the old one
+    (which must now be refused), and write_files/runcmd run again for the new instance-id."""
+    guest = write_seed(work, port=old.port, hostname="smoke-vm-2")
+    started = time.monotonic()
+    qemu = await asyncio.create_subprocess_exec(
+        *qemu_command(image, work, port=guest.port), stdin=subprocess.DEVNULL
+    )
+    try:
+        await wait_for_ssh(guest, deadline=started + 120)
+        log(f"new seed: first SSH command {time.monotonic() - started:.1f} s after qemu started")
+        try:
+            await run(old, "true")
+        except asyncssh.HostKeyNotVerifiable:
+            check(True, "new seed: the old pinned host key is refused")
+        else:
+            check(False, "new seed: the old pinned host key is refused")
+        result = await run(guest, "hostname; cat /root/runcmd.out")
+        check(
+            str(result.stdout) == "smoke-vm-2\nruncmd ran\nruncmd ran\n",
+            "new seed: new hostname, runcmd ran again for the new instance-id",
+        )
+        result = await run(guest, "dmesg | grep -c 'recovery complete'")
+        check(str(result.stdout).strip() == "0", "the ACPI power-off left the filesystem clean")
+        await power_off(qemu, work)
+    finally:
+        if qemu.returncode is None:
+            qemu.kill()
+            await qemu.wait()
+
+
 async def smoke(image: Path, work: Path, guest: Guest) -> None:
     manifest = json.loads((image / "manifest.json").read_text(encoding="utf-8"))
     started = time.monotonic()
@@ -260,17 +309,12 @@ async def smoke(image: Path, work: Path, guest: Guest) -> None:
         log(f"first SSH command succeeded {time.monotonic() - started:.1f} s after qemu started")
         await checks_after_first_boot(guest, manifest=manifest)
         await reboot_and_check(guest, boot_id=str(first.stdout).strip())
-        pressed = time.monotonic()
-        power_button(work)
-        try:
-            await asyncio.wait_for(qemu.wait(), timeout=20)
-        except TimeoutError as exc:
-            raise Timeout("the guest ignored the ACPI power button for 20 s") from exc
-        check(True, f"ACPI power button: qemu exited {time.monotonic() - pressed:.1f} s later")
+        await power_off(qemu, work)
     finally:
         if qemu.returncode is None:
             qemu.kill()
             await qemu.wait()
+    await new_seed_on_same_disk(image, work, guest)
 
 
 def main() -> int:

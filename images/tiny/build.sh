@@ -15,7 +15,8 @@
 # initramfs/ next to this script.
 set -Eeuo pipefail
 
-readonly HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly HERE
 readonly CACHE=${ORCH_CACHE_DIR:-/var/cache/orchestrator}/tiny
 readonly META_PACKAGE=linux-image-cloud-amd64
 readonly DISK_MIB=64
@@ -56,7 +57,7 @@ cleanup() {
 quiet() { "$@" >>"$LOG" 2>&1; }
 
 usage() {
-    echo "usage: $0 OUT_DIR VERSION [--broken]" >&2
+    echo "build.sh: error: ${1:-wrong arguments} (usage: $0 OUT_DIR VERSION [--broken])" >&2
     exit 2
 }
 
@@ -66,12 +67,12 @@ parse_args() {
     for arg in "$@"; do
         case $arg in
             --broken) BROKEN=true ;;
-            -h|--help) usage ;;
-            -*) echo "build.sh: error: unknown option $arg" >&2; usage ;;
+            -h|--help) usage "help requested" ;;
+            -*) usage "unknown option $arg" ;;
             *) positional+=("$arg") ;;
         esac
     done
-    [[ ${#positional[@]} -eq 2 ]] || usage
+    [[ ${#positional[@]} -eq 2 ]] || usage "expected OUT_DIR and VERSION"
     OUT=${positional[0]}
     VERSION=${positional[1]}
     # The version lands in JSON and os-release unquoted-safe: keep it to a plain token.
@@ -125,7 +126,8 @@ download_kernel_deb() {
 
 # Sets KDIR to the cached extraction (vmlinuz, modules/, release) of the kernel package.
 prepare_kernel() {
-    mkdir -p "$CACHE"
+    STEP="creating the cache directory $CACHE"
+    quiet mkdir -p "$CACHE"
     exec 9>"$CACHE/.lock"
     STEP="locking $CACHE"
     flock 9

@@ -209,6 +209,9 @@ build_rootfs() {
     local root=$TMP/rootfs applet bin
     mkdir -p "$root"
     cp -a -- "$HERE/rootfs/." "$root/"
+    # Modes from the checkout depend on the umask of whoever cloned; httpd (nobody) must read
+    # /srv/www, everyone /etc/passwd. Private files are tightened again below.
+    chmod -R u+rwX,go+rX,go-w -- "$root"
     mkdir -p "$root"/{bin,sbin,usr/bin,usr/sbin,lib,lib64,dev,proc,sys,run,tmp,mnt,root,home} \
         "$root"/{etc/dropbear,var/lib/cloud,var/log,var/tmp}
     ln -sfn /run "$root/var/run"

@@ -150,7 +150,9 @@ def _normalise_write_file(item: Any) -> dict[str, Any]:
         raise InvalidInput(
             f"customData write_files {item['path']}: encoding {encoding!r} not supported (text, b64)"
         )
-    permissions = str(item.get("permissions", "0644"))
+    raw_perms = item.get("permissions", "0644")
+    # YAML reads an unquoted 0644 as the octal integer 420, as cloud-init does
+    permissions = f"{raw_perms:04o}" if isinstance(raw_perms, int) else str(raw_perms)
     if not re.fullmatch(r"0?[0-7]{3,4}", permissions):
         raise InvalidInput(f"customData write_files {item['path']}: bad permissions {permissions!r}")
     out = dict(item)

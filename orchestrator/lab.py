@@ -16,9 +16,11 @@ libvirt is driven through the ``virsh`` CLI here, never the Python binding: the 
 from __future__ import annotations
 
 import errno
+import grp
 import os
 import shutil
 import signal
+import stat
 import socket
 import struct
 import subprocess
@@ -575,6 +577,7 @@ def lab_up(state_dir: Path, *, progress: Progress = _no_progress) -> LabStatus:
     _check_tools()
     _ensure_netns(progress)
     _ensure_dirs(state_dir)
+    _ensure_kvm_device_mode(progress)
     # virtlogd first: without its socket libvirtd cannot start domains (DESIGN §3).
     _ensure_daemon(_VIRTLOGD, state_dir, progress)
     _ensure_daemon(_LIBVIRTD, state_dir, progress)
@@ -582,6 +585,27 @@ def lab_up(state_dir: Path, *, progress: Progress = _no_progress) -> LabStatus:
     _ensure_network(state_dir, progress)
     _ensure_pool(state_dir, progress)
     return lab_status(state_dir)
+
+
+def _ensure_kvm_device_mode(progress: Progress, dev: Path = Path("/dev/kvm")) -> None:
+    """Give /dev/kvm the owner and mode udev gives it on Debian (root:kvm 0660).
+
+    Without udev it stays root:root 0600. libvirt probes QEMU's capabilities as root (KVM
+    present) but then checks /dev/kvm as the qemu user (KVM unusable), judges its cache
+    stale and probes again, forever: every define then waits minutes. Domains still run
+    under TCG here (``detect_domain_type``); this only makes libvirt's view consistent.
+    """
+    try:
+        st = dev.stat()
+        kvm_gid = grp.getgrnam("kvm").gr_gid
+    except (FileNotFoundError, KeyError):
+        return
+    if not stat.S_ISCHR(st.st_mode):
+        return
+    if st.st_gid != kvm_gid or stat.S_IMODE(st.st_mode) & 0o060 != 0o060:
+        progress(f"setting {dev} to root:kvm 0660 (what udev does on Debian)")
+        os.chown(dev, 0, kvm_gid)
+        os.chmod(dev, stat.S_IMODE(st.st_mode) | 0o660)
 
 
 def lab_down(state_dir: Path, *, progress: Progress = _no_progress) -> LabStatus:

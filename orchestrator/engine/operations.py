@@ -105,13 +105,14 @@ def allocate(engine: Engine, *, set_name: str, instance_id: int, model: Model, g
     host_key = ssh.generate_keypair(f"{instance_name(set_name, instance_id)} host key")
     with engine.store.transaction():
         taken_ips, taken_macs = _taken(engine, model.network)
+        ip = _free_ip(net.dhcp_start, net.dhcp_end, taken_ips | {net.gateway}, model.network)
         rec = InstanceRecord(
             set_name=set_name,
             instance_id=instance_id,
             name=instance_name(set_name, instance_id),
             status="creating",
-            mac=_new_mac(taken_macs),
-            ip=_free_ip(net.dhcp_start, net.dhcp_end, taken_ips | {net.gateway}, model.network),
+            mac=_mac_for(ip, taken_macs),
+            ip=ip,
             network=model.network,
             model_generation=generation,
             image=image.ref,
@@ -135,6 +136,9 @@ def new_seed_id(set_name: str, instance_id: int) -> str:
 def _taken(engine: Engine, network: str) -> tuple[set[str], set[str]]:
     reservations = engine.hv.list_reservations(network)
     ips = {r.ip for r in reservations}
+    # a lease held by a MAC other than the one this address would get blocks the address
+    ips |= {ip for ip, mac in engine.hv.leased_addresses(network).items()
+            if mac != _mac_for(ip, set())}
     macs = {r.mac.lower() for r in reservations}
     for inst in engine.store.all_instances():
         macs.add(inst.mac.lower())
@@ -143,7 +147,19 @@ def _taken(engine: Engine, network: str) -> tuple[set[str], set[str]]:
     return ips, macs
 
 
-def _new_mac(taken: set[str]) -> str:
+def _mac_for(ip: str, taken: set[str]) -> str:
+    """The MAC of an address: 52:54:00 and the address's last three bytes.
+
+    An address freed by a deleted instance stays leased in dnsmasq until the lease expires,
+    and dnsmasq will not hand a leased address to another MAC (the new instance then gets
+    no address at all). Tying the MAC to the address makes a reused address come back with
+    the same MAC, which the old lease matches.
+    """
+    mac = "52:54:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed[1:])
+    return mac if mac not in taken else _random_mac(taken)
+
+
+def _random_mac(taken: set[str]) -> str:
     for _ in range(1000):
         mac = "52:54:00:" + ":".join(f"{b:02x}" for b in secrets.token_bytes(3))
         if mac not in taken:

@@ -155,6 +155,11 @@ class Hypervisor(Protocol):
 
     def list_reservations(self, network: str) -> list[Reservation]: ...
 
+    def leased_addresses(self, network: str) -> dict[str, str]:
+        """Addresses the network's DHCP server has leased now: IP → MAC. A lease outlives
+        the instance that held it, and blocks its address for any other MAC."""
+        ...
+
     def add_reservation(self, network: str, reservation: Reservation) -> None:
         """Add a static DHCP host (live and persistent); the same entry again: no error."""
         ...

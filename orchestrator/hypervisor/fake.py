@@ -57,7 +57,7 @@ _METHODS = frozenset({
     "define_domain", "start", "shutdown", "destroy", "undefine", "domain_state",
     "domain_owner", "list_domains", "pool_info", "create_overlay", "create_volume",
     "upload_volume", "delete_volume", "list_volumes", "network_info", "list_reservations",
-    "add_reservation", "remove_reservation",
+    "add_reservation", "remove_reservation", "leased_addresses",
 })  # fmt: skip
 
 _UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
@@ -104,6 +104,7 @@ class _Pool:
 class _Network:
     info: NetworkInfo
     reservations: list[Reservation] = field(default_factory=list)
+    leases: dict[str, str] = field(default_factory=dict)
 
 
 def _check_volume_name(name: str) -> None:
@@ -427,6 +428,14 @@ class FakeHypervisor:
     def list_reservations(self, network: str) -> list[Reservation]:
         self._enter("list_reservations", network)
         return list(self._network(network).reservations)
+
+    def leased_addresses(self, network: str) -> dict[str, str]:
+        self._enter("leased_addresses", network)
+        return dict(self._network(network).leases)
+
+    def add_lease(self, network: str, ip: str, mac: str) -> None:
+        """A DHCP lease the server still holds (e.g. of a deleted guest), for tests."""
+        self._network(network).leases[ip] = mac.lower()
 
     def add_reservation(self, network: str, reservation: Reservation) -> None:
         self._enter("add_reservation", reservation.name)

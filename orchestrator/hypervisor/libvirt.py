@@ -464,6 +464,22 @@ class LibvirtHypervisor:
             for h in ip.findall("./dhcp/host")
         ]
 
+    def leased_addresses(self, network: str) -> dict[str, str]:
+        net = self._network(network)
+        if not net.isActive():
+            return {}
+        try:
+            leases = net.DHCPLeases()
+        except libvirt.libvirtError as exc:
+            if exc.get_error_code() == libvirt.VIR_ERR_NO_SUPPORT:
+                return {}  # drivers without a DHCP server (test:///default) lease nothing
+            raise translate_error(exc, f"DHCP leases of network {network}") from exc
+        return {
+            str(lease["ipaddr"]): str(lease["mac"]).lower()
+            for lease in leases
+            if lease.get("type") == libvirt.VIR_IP_ADDR_TYPE_IPV4 and lease.get("ipaddr")
+        }
+
     def _update_hosts(self, network: str, command: int, reservation: Reservation) -> None:
         net = self._network(network)
         with self._errors(f"update DHCP hosts of network {network}"):

@@ -171,10 +171,19 @@ class TestScale:
 
     def test_addresses_are_released_and_reused(self, world: World) -> None:
         world.service.create(spec(capacity=2))
-        ips = {i.ip for i in world.store.list_instances("web")}
+        pairs = {(i.ip, i.mac) for i in world.store.list_instances("web")}
         world.service.scale("web", 0)
         world.service.scale("web", 2)
-        assert {i.ip for i in world.store.list_instances("web")} == ips
+        # a reused address comes back with its MAC: dnsmasq's old lease still matches it
+        assert {(i.ip, i.mac) for i in world.store.list_instances("web")} == pairs
+
+    def test_address_leased_to_another_mac_is_skipped(self, world: World) -> None:
+        # a deleted guest's lease outlives it; dnsmasq refuses that address to a new MAC
+        world.hv.add_lease("default", "192.168.122.2", "52:54:00:12:34:56")
+        world.service.create(spec(capacity=1))
+        inst = world.store.find_instance("web", 0)
+        assert inst is not None and inst.ip == "192.168.122.3"
+        assert inst.mac == "52:54:00:a8:7a:03"
 
     def test_bad_capacity_changes_nothing(self, world: World) -> None:
         world.service.create(spec(capacity=1))

@@ -64,7 +64,9 @@ def test_network_is_isolated_and_on_the_bridge_in_the_namespace() -> None:
     locals_ = [a["local"] for link in json.loads(addrs) for a in link["addr_info"]]
     assert lab.LAB_GATEWAY in locals_
     # The root namespace must not carry the lab bridge.
-    root = subprocess.run(["ip", "link", "show", lab.LAB_BRIDGE], check=False, capture_output=True)
+    # (the tests themselves run inside the lab namespace: look at PID 1's)
+    root = subprocess.run(["nsenter", "--net=/proc/1/ns/net", "ip", "link", "show", lab.LAB_BRIDGE],
+                          check=False, capture_output=True)
     assert root.returncode != 0
 
 

@@ -29,12 +29,12 @@ def test_lifecycle_on_real_vms(orch: Orch) -> None:
     for inst in instances:
         out = orch.sh(name, inst["instanceId"],
                       ". /etc/os-release; echo $VERSION_ID; hostname; "
-                      "ls /dev/disk/by-id/ 2>/dev/null | grep -c orch-lun0 || ls /sys/block; "
-                      "ip -4 -o addr show eth0")
+                      "cat /sys/block/vd*/serial; echo; ip -4 -o addr show eth0")
         assert out["exitStatus"] == 0, out
         lines = out["stdout"].splitlines()
         assert lines[0] == "1"
         assert lines[1] == inst["name"]
+        assert "orch-lun0" in out["stdout"]  # the 1 GiB data disk, by its serial
         assert f"inet {inst['ipAddress']}/" in out["stdout"]
 
     view = orch.json("vmss", "get-instance-view", "--name", name, "--instance-id", "0")

@@ -20,8 +20,8 @@ import grp
 import os
 import shutil
 import signal
-import stat
 import socket
+import stat
 import struct
 import subprocess
 import tempfile

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import re
+from collections.abc import Callable
 from typing import Any, Literal, TypeVar
 
 from pydantic import (
@@ -39,6 +40,7 @@ SSH_PUBLIC_KEY_RE = re.compile(
 )
 MAX_CAPACITY = 100
 _DURATION = TypeAdapter(_dt.timedelta)
+_V = TypeVar("_V")
 
 
 def check_set_name(name: str) -> str:
@@ -71,6 +73,15 @@ def parse_duration(text: str) -> float:
     if seconds < 0 or seconds > 86400:
         raise InvalidInput(f"duration {text} out of range (0 to 24 hours)")
     return seconds
+
+
+def _checked(check: Callable[[Any], object], value: _V) -> _V:
+    """Run a check that raises InvalidInput as a pydantic validator (which wants ValueError)."""
+    try:
+        check(value)
+    except InvalidInput as exc:
+        raise ValueError(exc.message) from exc
+    return value
 
 
 def _show(value: object) -> str:
@@ -117,11 +128,7 @@ class RollingUpgradePolicy(_Base):
     @field_validator("pause_time_between_batches")
     @classmethod
     def _duration(cls, value: str) -> str:
-        try:
-            parse_duration(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.message) from exc
-        return value
+        return _checked(parse_duration, value)
 
     @property
     def pause_seconds(self) -> float:
@@ -160,11 +167,7 @@ class Model(_Base):
     @field_validator("image")
     @classmethod
     def _image(cls, value: str) -> str:
-        try:
-            parse_image_ref(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.message) from exc
-        return value
+        return _checked(parse_image_ref, value)
 
     @field_validator("network")
     @classmethod
@@ -186,12 +189,7 @@ class Model(_Base):
     @field_validator("custom_data")
     @classmethod
     def _custom_data(cls, value: str | None) -> str | None:
-        if value is not None:
-            try:
-                cloudinit.parse_custom_data(value)
-            except InvalidInput as exc:
-                raise ValueError(exc.message) from exc
-        return value
+        return value if value is None else _checked(cloudinit.parse_custom_data, value)
 
     @field_validator("ssh_public_key")
     @classmethod
@@ -223,11 +221,7 @@ class ScaleSetSpec(_Base):
     @field_validator("name")
     @classmethod
     def _name(cls, value: str) -> str:
-        try:
-            check_set_name(value)
-        except InvalidInput as exc:
-            raise ValueError(exc.message) from exc
-        return value
+        return _checked(check_set_name, value)
 
 
 class _Metadata(_Base):

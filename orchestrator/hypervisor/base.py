@@ -18,6 +18,7 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
+from orchestrator.errors import HypervisorError
 from orchestrator.hypervisor.domainxml import Domain, Ownership
 
 __all__ = [
@@ -29,6 +30,8 @@ __all__ = [
     "PowerState",
     "Reservation",
     "VolumeInfo",
+    "reservation_present",
+    "same_mac",
 ]
 
 
@@ -66,6 +69,25 @@ class Reservation:
     mac: str
     ip: str
     name: str
+
+
+def same_mac(a: str, b: str) -> bool:
+    return a.strip().lower() == b.strip().lower()
+
+
+def reservation_present(have: list[Reservation], wanted: Reservation, *, network: str) -> bool:
+    """True if ``wanted`` is already among ``have``; HypervisorError if it conflicts with an
+    entry (same MAC, IP or name with another partner). Both adapters follow this rule."""
+    for entry in have:
+        mac = same_mac(entry.mac, wanted.mac)
+        if mac and entry.ip == wanted.ip and entry.name == wanted.name:
+            return True
+        if mac or entry.ip == wanted.ip or (bool(wanted.name) and entry.name == wanted.name):
+            raise HypervisorError(
+                f"network {network}: reservation {wanted.mac} {wanted.ip} {wanted.name} "
+                f"conflicts with existing {entry.mac} {entry.ip} {entry.name}"
+            )
+    return False
 
 
 @dataclass(frozen=True)

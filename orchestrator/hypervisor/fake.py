@@ -35,6 +35,8 @@ from orchestrator.hypervisor.base import (
     PowerState,
     Reservation,
     VolumeInfo,
+    reservation_present,
+    same_mac,
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership
 
@@ -111,9 +113,6 @@ def _check_volume_name(name: str) -> None:
     if not name or "/" in name or name.startswith(".") or "\x00" in name:
         raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
 
-
-def _same_mac(a: str, b: str) -> bool:
-    return a.strip().lower() == b.strip().lower()
 
 
 class FakeHypervisor:
@@ -440,24 +439,15 @@ class FakeHypervisor:
     def add_reservation(self, network: str, reservation: Reservation) -> None:
         self._enter("add_reservation", reservation.name)
         net = self._network(network)
-        for have in net.reservations:
-            same_mac = _same_mac(have.mac, reservation.mac)
-            if same_mac and have.ip == reservation.ip and have.name == reservation.name:
-                return
-            same_name = bool(reservation.name) and have.name == reservation.name
-            if same_mac or have.ip == reservation.ip or same_name:
-                raise HypervisorError(
-                    f"network {network}: reservation {reservation.mac} {reservation.ip} "
-                    f"{reservation.name} conflicts with existing {have.mac} {have.ip} {have.name}"
-                )
-        net.reservations.append(reservation)
+        if not reservation_present(net.reservations, reservation, network=network):
+            net.reservations.append(reservation)
 
     def remove_reservation(self, network: str, reservation: Reservation) -> None:
         self._enter("remove_reservation", reservation.name)
         net = self._network(network)
         net.reservations = [
             r for r in net.reservations
-            if not (_same_mac(r.mac, reservation.mac) and r.ip == reservation.ip)
+            if not (same_mac(r.mac, reservation.mac) and r.ip == reservation.ip)
         ]
 
     def close(self) -> None:

@@ -34,6 +34,8 @@ from orchestrator.hypervisor.base import (
     PowerState,
     Reservation,
     VolumeInfo,
+    reservation_present,
+    same_mac,
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership, parse_owner
 
@@ -142,9 +144,6 @@ def _host_xml(reservation: Reservation) -> str:
         attrs["name"] = reservation.name
     return _xml(ET.Element("host", attrs))
 
-
-def _same_mac(a: str, b: str) -> bool:
-    return a.strip().lower() == b.strip().lower()
 
 
 def _prefix_from_netmask(netmask: str) -> int:
@@ -491,21 +490,13 @@ class LibvirtHypervisor:
             )
 
     def add_reservation(self, network: str, reservation: Reservation) -> None:
-        for have in self.list_reservations(network):
-            same_mac = _same_mac(have.mac, reservation.mac)
-            if same_mac and have.ip == reservation.ip and have.name == reservation.name:
-                return
-            same_name = bool(reservation.name) and have.name == reservation.name
-            if same_mac or have.ip == reservation.ip or same_name:
-                raise HypervisorError(
-                    f"network {network}: reservation {reservation.mac} {reservation.ip} "
-                    f"{reservation.name} conflicts with existing {have.mac} {have.ip} {have.name}"
-                )
+        if reservation_present(self.list_reservations(network), reservation, network=network):
+            return
         self._update_hosts(network, libvirt.VIR_NETWORK_UPDATE_COMMAND_ADD_LAST, reservation)
 
     def remove_reservation(self, network: str, reservation: Reservation) -> None:
         for have in self.list_reservations(network):
-            if _same_mac(have.mac, reservation.mac) and have.ip == reservation.ip:
+            if same_mac(have.mac, reservation.mac) and have.ip == reservation.ip:
                 # Delete the entry exactly as libvirt stores it (name, MAC case).
                 self._update_hosts(network, libvirt.VIR_NETWORK_UPDATE_COMMAND_DELETE, have)
 

@@ -324,6 +324,18 @@ def _raw_terminal(fd: int) -> Iterator[None]:
         termios.tcsetattr(fd, termios.TCSADRAIN, saved)
 
 
+def _pollable_or_devnull(fd: int) -> int:
+    """A duplicate of ``fd`` for asyncssh to read, or DEVNULL for /dev/null-like input.
+
+    asyncssh reads a descriptor through the event loop, and epoll refuses character devices
+    such as /dev/null (EPERM): CI and cron run us with such a stdin.
+    """
+    mode = os.fstat(fd).st_mode
+    if stat.S_ISCHR(mode) and not os.isatty(fd):
+        return asyncssh.DEVNULL
+    return os.dup(fd)
+
+
 async def interactive(
     endpoint: Endpoint,
     command: str | None,
@@ -344,7 +356,7 @@ async def interactive(
             process = await conn.create_process(
                 command,
                 encoding=None,
-                stdin=os.dup(stdin),
+                stdin=_pollable_or_devnull(stdin),
                 stdout=os.dup(stdout),
                 stderr=os.dup(stderr),
             )

@@ -71,3 +71,19 @@ def test_lifecycle_on_real_vms(orch: Orch) -> None:
     orch.run("vmss", "delete", "--name", name)
     assert libvirt_objects(f"{name}-") == {"domains": [], "volumes": [], "hosts": []}
     assert orch.run("vmss", "show", "--name", name, check=False).returncode == 2
+
+
+def test_broken_image_is_unhealthy_while_ssh_works(orch: Orch) -> None:
+    orch.run("image", "build", "tiny", "--version", "3", "--broken")
+    name = orch.new_set_name()
+    proc = orch.run("vmss", "create", "--name", name, "--image", "tiny:3", "--instance-count", "1",
+                    "--health-probe-grace-period", "20", check=False)
+    assert proc.returncode == 1, proc.stderr
+    assert f"{name}-0 Unhealthy" in proc.stderr and "health command exit 1" in proc.stderr
+    # SSH itself works: the instance answers, only its health endpoint fails
+    out = orch.sh(name, 0, ". /etc/os-release; echo $VERSION_ID")
+    assert out["exitStatus"] == 0 and out["stdout"].strip() == "3"
+    view = orch.json("vmss", "get-instance-view", "--name", name, "--instance-id", "0")
+    assert view["healthState"] == "Unhealthy" and view["lastProbe"]["exitStatus"] == 1
+    orch.run("vmss", "delete", "--name", name)
+    assert libvirt_objects(f"{name}-") == {"domains": [], "volumes": [], "hosts": []}

@@ -83,14 +83,14 @@ def test_bad_create_input_exits_2_and_changes_nothing(
 
 
 @pytest.mark.parametrize("doc,problem", [
-    ("apiVersion: orchestrator/v1\nkind: ScaleSet\nmetadata: {name: web}\n"
-     "spec: {image: tiny:1, capacity: 1, colour: red}\n", "unknown key"),
-    ("apiVersion: orchestrator/v2\nkind: ScaleSet\nmetadata: {name: web}\n"
-     "spec: {image: tiny:1, capacity: 1}\n", "apiVersion"),
-    ("apiVersion: orchestrator/v1\nkind: ScaleSet\nmetadata: {name: ../web}\n"
-     "spec: {image: tiny:1, capacity: 1}\n", "name"),
-    ("apiVersion: orchestrator/v1\nkind: ScaleSet\nmetadata: {name: web}\n"
-     "spec: {image: tiny:1, capacity: 99999999999999999999}\n", "capacity"),
+    (("apiVersion: orchestrator/v1\nkind: ScaleSet\nmetadata: {name: web}\n"
+     "spec: {image: tiny:1, capacity: 1, colour: red}\n"), "unknown key"),
+    (("apiVersion: orchestrator/v2\nkind: ScaleSet\nmetadata: {name: web}\n"
+     "spec: {image: tiny:1, capacity: 1}\n"), "apiVersion"),
+    (("apiVersion: orchestrator/v1\nkind: ScaleSet\nmetadata: {name: ../web}\n"
+     "spec: {image: tiny:1, capacity: 1}\n"), "name"),
+    (("apiVersion: orchestrator/v1\nkind: ScaleSet\nmetadata: {name: web}\n"
+     "spec: {image: tiny:1, capacity: 99999999999999999999}\n"), "capacity"),
     ("{unclosed", "YAML"),
     ("", "no documents"),
     ("- just\n- a list\n", None),

@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import Conflict, EnvironmentProblem, NotFound
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -42,15 +42,30 @@ CREATE TABLE IF NOT EXISTS instances (
     protect_from_scale_set_actions INTEGER NOT NULL DEFAULT 0,
     power_intent TEXT NOT NULL DEFAULT 'running',
     health TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL,
+    os_volume TEXT NOT NULL DEFAULT '', prev_os_volume TEXT NOT NULL DEFAULT '',
+    prev_generation INTEGER NOT NULL DEFAULT 0, prev_image TEXT NOT NULL DEFAULT '',
     PRIMARY KEY (set_name, instance_id));
 CREATE TABLE IF NOT EXISTS operations (
     id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, kind TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}', pid INTEGER,
     started_at TEXT NOT NULL, ended_at TEXT);
+CREATE TABLE IF NOT EXISTS rolling_upgrades (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, status TEXT NOT NULL,
+    last_action TEXT NOT NULL, target_generation INTEGER NOT NULL, policy TEXT NOT NULL,
+    progress TEXT NOT NULL, error TEXT, detail TEXT NOT NULL DEFAULT '{}',
+    start_time TEXT NOT NULL, end_time TEXT);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, instance_id INTEGER,
     at TEXT NOT NULL, message TEXT NOT NULL);
 """
+
+
+_ADDED_INSTANCE_COLUMNS = (
+    ("os_volume", "TEXT NOT NULL DEFAULT ''"),
+    ("prev_os_volume", "TEXT NOT NULL DEFAULT ''"),
+    ("prev_generation", "INTEGER NOT NULL DEFAULT 0"),
+    ("prev_image", "TEXT NOT NULL DEFAULT ''"),
+)
 
 
 @dataclass(frozen=True)
@@ -96,6 +111,45 @@ class InstanceRecord:
     power_intent: str  # running | stopped | deallocated: what the user last asked for
     health: dict[str, Any]
     created_at: str
+    os_volume: str = ""  # the OS disk in use
+    prev_os_volume: str = ""  # the previous OS disk, kept until the new one proves healthy
+    prev_generation: int = 0  # the model generation to return to on rollback (0: none)
+    prev_image: str = ""
+
+
+_INSTANCE_COLUMNS = (
+    "set_name", "instance_id", "name", "status", "mac", "ip", "network", "model_generation",
+    "image", "host_key_public", "host_key_private", "seed_instance_id", "protect_from_scale_in",
+    "protect_from_scale_set_actions", "power_intent", "health", "created_at", "os_volume",
+    "prev_os_volume", "prev_generation", "prev_image",
+)  # fmt: skip
+
+
+def _instance_values(rec: InstanceRecord) -> tuple[Any, ...]:
+    values = []
+    for column in _INSTANCE_COLUMNS:
+        value = getattr(rec, column)
+        if isinstance(value, bool):
+            value = int(value)
+        elif isinstance(value, dict):
+            value = json.dumps(value)
+        values.append(value)
+    return tuple(values)
+
+
+@dataclass(frozen=True)
+class RollingUpgradeRecord:
+    id: int
+    set_name: str
+    status: str  # RollingForward | Cancelled | Completed | Faulted
+    last_action: str  # Start | Cancel
+    target_generation: int
+    policy: dict[str, Any]
+    progress: dict[str, int]
+    error: str | None
+    detail: dict[str, Any]
+    start_time: str
+    end_time: str | None
 
 
 @dataclass(frozen=True)
@@ -132,10 +186,20 @@ class Store:
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     self._db.execute(stmt)
-            self._db.execute(
-                "INSERT OR IGNORE INTO meta(key, value) VALUES ('schema_version', ?)",
-                (str(SCHEMA_VERSION),),
-            )
+            self._migrate()
+
+    def _migrate(self) -> None:
+        """Bring a database made by an older version up to ``SCHEMA_VERSION``."""
+        columns = {r["name"] for r in self._db.execute("PRAGMA table_info(instances)")}
+        for column, decl in _ADDED_INSTANCE_COLUMNS:
+            if column not in columns:
+                self._db.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
+        # version 1 named every OS disk <name>-os.qcow2
+        self._db.execute("UPDATE instances SET os_volume = name || '-os.qcow2' WHERE os_volume = ''")
+        self._db.execute(
+            "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
+            (str(SCHEMA_VERSION),),
+        )
 
     def close(self) -> None:
         self._db.close()
@@ -250,6 +314,7 @@ class Store:
     def delete_set(self, name: str) -> None:
         with self.transaction():
             for table, col in (("instances", "set_name"), ("generations", "set_name"),
+                               ("rolling_upgrades", "set_name"),
                                ("events", "set_name"), ("scale_sets", "name")):
                 self._db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))
 
@@ -257,26 +322,18 @@ class Store:
     def add_instance(self, rec: InstanceRecord) -> None:
         with self.transaction():
             self._db.execute(
-                "INSERT INTO instances VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
-                (rec.set_name, rec.instance_id, rec.name, rec.status, rec.mac, rec.ip,
-                 rec.network, rec.model_generation, rec.image, rec.host_key_public,
-                 rec.host_key_private, rec.seed_instance_id, int(rec.protect_from_scale_in),
-                 int(rec.protect_from_scale_set_actions), rec.power_intent,
-                 json.dumps(rec.health), rec.created_at),
+                f"INSERT INTO instances ({', '.join(_INSTANCE_COLUMNS)})"
+                f" VALUES ({', '.join('?' * len(_INSTANCE_COLUMNS))})",
+                _instance_values(rec),
             )
 
     def update_instance(self, rec: InstanceRecord, **changes: Any) -> InstanceRecord:
         new = replace(rec, **changes)
         with self.transaction():
             self._db.execute(
-                "UPDATE instances SET status=?, mac=?, ip=?, network=?, model_generation=?,"
-                " image=?, host_key_public=?, host_key_private=?, seed_instance_id=?,"
-                " protect_from_scale_in=?, protect_from_scale_set_actions=?, power_intent=?,"
-                " health=? WHERE set_name=? AND instance_id=?",
-                (new.status, new.mac, new.ip, new.network, new.model_generation, new.image,
-                 new.host_key_public, new.host_key_private, new.seed_instance_id,
-                 int(new.protect_from_scale_in), int(new.protect_from_scale_set_actions),
-                 new.power_intent, json.dumps(new.health), new.set_name, new.instance_id),
+                f"UPDATE instances SET {', '.join(c + '=?' for c in _INSTANCE_COLUMNS[2:])}"
+                " WHERE set_name=? AND instance_id=?",
+                _instance_values(new)[2:] + (new.set_name, new.instance_id),
             )
         return new
 
@@ -300,6 +357,50 @@ class Store:
         with self.transaction():
             self._db.execute(
                 "DELETE FROM instances WHERE set_name=? AND instance_id=?", (set_name, instance_id)
+            )
+
+    # --- rolling upgrades ------------------------------------------------------------------
+    def add_rolling_upgrade(self, set_name: str, *, target_generation: int,
+                            policy: dict[str, Any], progress: dict[str, int],
+                            now: str) -> RollingUpgradeRecord:
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT INTO rolling_upgrades(set_name, status, last_action, target_generation,"
+                " policy, progress, detail, start_time) VALUES (?,?,?,?,?,?,?,?)",
+                (set_name, "RollingForward", "Start", target_generation, json.dumps(policy),
+                 json.dumps(progress), "{}", now),
+            )
+        assert cur.lastrowid is not None
+        return self.get_rolling_upgrade(cur.lastrowid)
+
+    def get_rolling_upgrade(self, upgrade_id: int) -> RollingUpgradeRecord:
+        row = self._one("SELECT * FROM rolling_upgrades WHERE id=?", (upgrade_id,))
+        if row is None:
+            raise NotFound(f"rolling upgrade {upgrade_id} not found")
+        return _rolling(row)
+
+    def latest_rolling_upgrade(self, set_name: str) -> RollingUpgradeRecord | None:
+        row = self._one(
+            "SELECT * FROM rolling_upgrades WHERE set_name=? ORDER BY id DESC LIMIT 1", (set_name,)
+        )
+        return _rolling(row) if row else None
+
+    def update_rolling_upgrade(self, rec: RollingUpgradeRecord, **changes: Any) -> RollingUpgradeRecord:
+        new = replace(rec, **changes)
+        with self.transaction():
+            self._db.execute(
+                "UPDATE rolling_upgrades SET status=?, last_action=?, progress=?, error=?,"
+                " detail=?, end_time=? WHERE id=?",
+                (new.status, new.last_action, json.dumps(new.progress), new.error,
+                 json.dumps(new.detail), new.end_time, new.id),
+            )
+        return new
+
+    def request_cancel(self, upgrade_id: int) -> None:
+        """Only the flag: the process running the upgrade acts on it between batches."""
+        with self.transaction():
+            self._db.execute(
+                "UPDATE rolling_upgrades SET last_action='Cancel' WHERE id=?", (upgrade_id,)
             )
 
     # --- operations and events ---------------------------------------------------------
@@ -363,7 +464,19 @@ def _instance(row: sqlite3.Row) -> InstanceRecord:
         protect_from_scale_in=bool(row["protect_from_scale_in"]),
         protect_from_scale_set_actions=bool(row["protect_from_scale_set_actions"]),
         power_intent=row["power_intent"], health=json.loads(row["health"]),
-        created_at=row["created_at"],
+        created_at=row["created_at"], os_volume=row["os_volume"],
+        prev_os_volume=row["prev_os_volume"], prev_generation=row["prev_generation"],
+        prev_image=row["prev_image"],
+    )
+
+
+def _rolling(row: sqlite3.Row) -> RollingUpgradeRecord:
+    return RollingUpgradeRecord(
+        id=row["id"], set_name=row["set_name"], status=row["status"],
+        last_action=row["last_action"], target_generation=row["target_generation"],
+        policy=json.loads(row["policy"]), progress=json.loads(row["progress"]),
+        error=row["error"], detail=json.loads(row["detail"]), start_time=row["start_time"],
+        end_time=row["end_time"],
     )
 
 

@@ -15,6 +15,7 @@ host entry carries ``name``; the domain carries ownership metadata.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 import uuid
 from collections.abc import Callable
@@ -70,9 +71,14 @@ class Engine:
 class InstanceNames:
     domain: str
 
-    @property
-    def os_volume(self) -> str:
-        return f"{self.domain}-os.qcow2"
+    def os_volume(self, serial: int) -> str:
+        """OS disks are numbered: a new image or a reimage makes the next one, and the one
+        before is kept until the new one proves healthy (rollback is then a swap)."""
+        return f"{self.domain}-os{serial}.qcow2"
+
+    def next_os_volume(self, current: str) -> str:
+        digits = current.removeprefix(f"{self.domain}-os").removesuffix(".qcow2")
+        return self.os_volume(int(digits) + 1 if digits.isdigit() else 1)
 
     @property
     def seed_volume(self) -> str:
@@ -83,10 +89,7 @@ class InstanceNames:
 
     def owns_volume(self, volume: str) -> bool:
         rest = volume.removeprefix(f"{self.domain}-")
-        return rest != volume and (
-            rest in ("os.qcow2", "seed.iso")
-            or (rest.startswith("data") and rest.endswith(".qcow2") and rest[4:-6].isdigit())
-        )
+        return rest != volume and re.fullmatch(r"os\d*\.qcow2|seed\.iso|data\d+\.qcow2", rest) is not None
 
 
 def instance_name(set_name: str, instance_id: int) -> str:
@@ -124,6 +127,7 @@ def allocate(engine: Engine, *, set_name: str, instance_id: int, model: Model, g
             power_intent="running",
             health={},
             created_at=engine.now(),
+            os_volume=InstanceNames(instance_name(set_name, instance_id)).os_volume(0),
         )
         engine.store.add_instance(rec)
     return rec
@@ -193,7 +197,7 @@ def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Imag
     pool_path = Path(engine.hv.pool_info(engine.settings.pool).path)
     names = InstanceNames(inst.name)
     disks = [
-        Disk(path=str(pool_path / names.os_volume), target="vda", fmt="qcow2",
+        Disk(path=str(pool_path / inst.os_volume), target="vda", fmt="qcow2",
              serial="orch-os", backing=BackingStore(str(image.disk), "qcow2"))
     ]
     for index, dd in enumerate(model.data_disks):
@@ -229,8 +233,8 @@ def provision(engine: Engine, inst: InstanceRecord, model: Model, image: Image,
     pool = engine.settings.pool
     names = InstanceNames(inst.name)
     existing = {v.name for v in engine.hv.list_volumes(pool)}
-    if names.os_volume not in existing:
-        engine.hv.create_overlay(pool, name=names.os_volume, backing_path=str(image.disk),
+    if inst.os_volume not in existing:
+        engine.hv.create_overlay(pool, name=inst.os_volume, backing_path=str(image.disk),
                                  backing_format="qcow2",
                                  capacity_bytes=max(image.virtual_size, 1))
     for dd in model.data_disks:
@@ -311,3 +315,113 @@ def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
     console = engine.console_dir / f"{inst.name}.log"
     console.unlink(missing_ok=True)
     return problems
+
+
+# --- model changes, rollback, reimage --------------------------------------------------------
+def _fresh_overlay(engine: Engine, name: str, image: Image) -> None:
+    """A new overlay on ``image``; one left by an interrupted attempt is replaced."""
+    pool = engine.settings.pool
+    if any(v.name == name for v in engine.hv.list_volumes(pool)):
+        engine.hv.delete_volume(pool, name)
+    engine.hv.create_overlay(pool, name=name, backing_path=str(image.disk), backing_format="qcow2",
+                             capacity_bytes=max(image.virtual_size, 1))
+
+
+def _ensure_data_disks(engine: Engine, inst: InstanceRecord, model: Model) -> None:
+    """Create the data disks the model names and the instance lacks; existing ones are kept
+    (a lun dropped from the model is detached, its volume kept until the instance goes)."""
+    pool = engine.settings.pool
+    names = InstanceNames(inst.name)
+    existing = {v.name for v in engine.hv.list_volumes(pool)}
+    for dd in model.data_disks:
+        if names.data_volume(dd.lun) not in existing:
+            engine.hv.create_volume(pool, name=names.data_volume(dd.lun),
+                                    capacity_bytes=dd.size_gib * GIB)
+
+
+def _drop_volume(engine: Engine, name: str) -> None:
+    if name:
+        engine.hv.delete_volume(engine.settings.pool, name)
+
+
+async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, generation: int,
+                      image: Image) -> InstanceRecord:
+    """Bring one instance to ``model`` in place: same instanceId, name, MAC, IP, data disks.
+
+    Graceful power-off (destroy after the shutdown timeout); a new OS overlay when the image
+    changes, the old one kept for rollback until ``commit_model``; the domain redefined and
+    started. Returns the updated record; waiting for health is the caller's.
+    """
+    _check_not_foreign(engine, inst)
+    await power_off(engine, inst.name)
+    changes: dict[str, object] = {
+        "prev_generation": inst.model_generation, "prev_image": inst.image,
+        "model_generation": generation, "image": image.ref, "prev_os_volume": "",
+    }
+    # an OS disk kept from an earlier change that was never committed is of no use now
+    _drop_volume(engine, inst.prev_os_volume)
+    if image.ref != inst.image:
+        new_volume = InstanceNames(inst.name).next_os_volume(inst.os_volume)
+        _fresh_overlay(engine, new_volume, image)
+        changes.update(os_volume=new_volume, prev_os_volume=inst.os_volume)
+    _ensure_data_disks(engine, inst, model)
+    inst = engine.store.update_instance(inst, **changes)
+    engine.hv.define_domain(build_domain(engine, inst, model, image))
+    engine.hv.start(inst.name)
+    return inst
+
+
+def commit_model(engine: Engine, inst: InstanceRecord) -> InstanceRecord:
+    """The instance proved healthy on its new model: the previous OS disk can go."""
+    _drop_volume(engine, inst.prev_os_volume)
+    return engine.store.update_instance(inst, prev_os_volume="", prev_generation=0, prev_image="")
+
+
+async def rollback(engine: Engine, inst: InstanceRecord, *, model: Model,
+                   image: Image) -> InstanceRecord:
+    """Return an instance to its previous generation (``model``/``image`` are that
+    generation's): the kept OS disk is swapped back in, the failed one deleted."""
+    if not inst.prev_generation:
+        raise OperationFailed(f"{inst.name} has no previous model to return to")
+    await power_off(engine, inst.name)
+    failed_volume = inst.os_volume if inst.prev_os_volume else ""
+    inst = engine.store.update_instance(
+        inst, model_generation=inst.prev_generation, image=inst.prev_image,
+        os_volume=inst.prev_os_volume or inst.os_volume, prev_os_volume="",
+        prev_generation=0, prev_image="")
+    engine.hv.define_domain(build_domain(engine, inst, model, image))
+    _drop_volume(engine, failed_volume)
+    engine.hv.start(inst.name)
+    return inst
+
+
+async def reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile: Model,
+                  image: Image, admin_key: str, all_disks: bool = False) -> InstanceRecord:
+    """Restore the OS disk to ``image``: a fresh overlay, a fresh cloud-init instance-id and
+    host key (from ``profile``, the latest model's OS profile); data disks kept unless
+    ``all_disks``. ``model`` is the instance's own generation (hardware)."""
+    _check_not_foreign(engine, inst)
+    await power_off(engine, inst.name)
+    names = InstanceNames(inst.name)
+    pool = engine.settings.pool
+    old_volume = inst.os_volume
+    new_volume = names.next_os_volume(old_volume)
+    _fresh_overlay(engine, new_volume, image)
+    host_key = ssh.generate_keypair(f"{inst.name} host key")
+    inst = engine.store.update_instance(
+        inst, os_volume=new_volume, host_key_public=host_key.public_openssh,
+        host_key_private=host_key.private_openssh,
+        seed_instance_id=new_seed_id(inst.set_name, inst.instance_id), health={})
+    if all_disks:
+        for vol in engine.hv.list_volumes(pool):
+            if vol.name.startswith(f"{inst.name}-data") and names.owns_volume(vol.name):
+                engine.hv.delete_volume(pool, vol.name)
+    _ensure_data_disks(engine, inst, model)
+    seed = cloudinit.build_seed_iso(seed_content(inst, profile, admin_key=admin_key))
+    engine.hv.upload_volume(pool, name=names.seed_volume, data=seed)
+    engine.hv.define_domain(build_domain(engine, inst, model, image))
+    for stale in (old_volume, inst.prev_os_volume):
+        _drop_volume(engine, stale)
+    inst = engine.store.update_instance(inst, prev_os_volume="", prev_generation=0, prev_image="")
+    engine.hv.start(inst.name)
+    return inst

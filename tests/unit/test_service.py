@@ -41,13 +41,13 @@ class TestCreate:
             owner = world.hv.domain_owner(name)
             assert owner is not None and owner.set_name == "web" and owner.generation == 1
         assert volumes == {f"web-{i}-{kind}" for i in (0, 1)
-                           for kind in ("os.qcow2", "seed.iso", "data0.qcow2")}
+                           for kind in ("os0.qcow2", "seed.iso", "data0.qcow2")}
         assert reservations == {"web-0", "web-1"}
 
     def test_os_disk_is_an_overlay_with_pinned_backing_format(self, world: World) -> None:
         world.service.create(spec(capacity=1))
         image = world.registry.get("tiny:1")
-        assert world.hv.volume_backing("default", "web-0-os.qcow2") == (str(image.disk), "qcow2")
+        assert world.hv.volume_backing("default", "web-0-os0.qcow2") == (str(image.disk), "qcow2")
         os_disk = world.hv.domains["web-0"].disks[0]
         assert os_disk.backing is not None and os_disk.backing.fmt == "qcow2"
 
@@ -149,7 +149,7 @@ class TestScale:
         assert [i.instance_id for i in world.store.list_instances("web")] == [0]
         domains, volumes, reservations = world.resources()
         assert domains == {"web-0"} and reservations == {"web-0"}
-        assert volumes == {"web-0-os.qcow2", "web-0-seed.iso"}
+        assert volumes == {"web-0-os0.qcow2", "web-0-seed.iso"}
         world.service.scale("web", 2)
         assert [i.instance_id for i in world.store.list_instances("web")] == [0, 3]
         assert world.service.set_view(world.store.get_set("web"))["capacity"] == 2

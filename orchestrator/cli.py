@@ -21,7 +21,7 @@ import yaml
 
 from orchestrator import lab as lab_mod
 from orchestrator.clock import RealClock, iso
-from orchestrator.errors import EnvironmentProblem, InvalidInput, OrchError
+from orchestrator.errors import EnvironmentProblem, InvalidInput, OperationFailed, OrchError
 from orchestrator.images import Registry
 from orchestrator.model import (
     ScaleSetDocument,
@@ -109,6 +109,11 @@ class AppContext:
             log=self.progress,
         )
         return Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
+
+    def upgrades(self) -> Any:
+        from orchestrator.upgrades import Upgrades
+
+        return Upgrades(self.service())
 
     def show(self, data: Any, *, columns: Sequence[tuple[str, str]] | None = None) -> None:
         render(data, self.output, columns=columns)
@@ -270,68 +275,90 @@ def _disk_sizes(values: Sequence[str]) -> list[dict[str, int]]:
     return sizes
 
 
+def _rolling_changes(opts: dict[str, Any]) -> dict[str, Any]:
+    rolling = {
+        "maxSurge": opts.get("max_surge"),
+        "maxBatchInstancePercent": opts.get("max_batch_instance_percent"),
+        "maxUnhealthyInstancePercent": opts.get("max_unhealthy_instance_percent"),
+        "maxUnhealthyUpgradedInstancePercent": opts.get("max_unhealthy_upgraded_instance_percent"),
+        "pauseTimeBetweenBatches": opts.get("pause_time_between_batches"),
+        "prioritizeUnhealthyInstances": opts.get("prioritize_unhealthy_instances"),
+        "rollbackFailedInstancesOnPolicyBreach": opts.get("rollback_on_policy_breach"),
+    }
+    return {k: v for k, v in rolling.items() if v is not None}
+
+
+def _model_changes(opts: dict[str, Any], *, current_probe: dict[str, Any] | None = None) -> dict[str, Any]:
+    probe = {"command": opts.get("health_probe_command"),
+             "gracePeriodSeconds": opts.get("health_probe_grace_period")}
+    probe = {k: v for k, v in probe.items() if v is not None}
+    model: dict[str, Any] = {
+        "image": opts.get("image"), "vcpus": opts.get("vcpus"), "memoryMiB": opts.get("memory"),
+        "network": opts.get("network"),
+    }
+    if probe:
+        model["healthProbe"] = {**(current_probe or {}), **probe}
+    if opts.get("data_disk_sizes_gb"):
+        model["dataDisks"] = _disk_sizes(opts["data_disk_sizes_gb"])
+    if opts.get("custom_data") is not None:
+        model["customData"] = _read_text_file(opts["custom_data"], "--custom-data")
+    if opts.get("ssh_key_value") is not None:
+        model["sshPublicKey"] = _read_text_file(opts["ssh_key_value"], "--ssh-key-value").strip()
+    return {k: v for k, v in model.items() if v is not None}
+
+
+def _policy_options(fn: F) -> F:
+    """The upgrade-policy flags shared by `create` and `update`."""
+    for decl in reversed([
+        click.option("--upgrade-policy-mode", type=click.Choice(["Automatic", "Rolling", "Manual"]),
+                     help="Automatic, Rolling or Manual [create: Manual]."),
+        click.option("--max-surge", type=click.BOOL, default=None,
+                     help="Rolling: new instances first, then the old ones go."),
+        click.option("--max-batch-instance-percent", type=int, help="Rolling batch size, % [20]."),
+        click.option("--max-unhealthy-instance-percent", type=int, help="% unhealthy before a batch [20]."),
+        click.option("--max-unhealthy-upgraded-instance-percent", type=int,
+                     help="% of upgraded instances unhealthy after a batch [20]."),
+        click.option("--pause-time-between-batches", help="ISO 8601 duration, e.g. PT10S [PT0S]."),
+        click.option("--prioritize-unhealthy-instances/--no-prioritize-unhealthy-instances",
+                     default=None, help="Upgrade unhealthy instances first."),
+        click.option("--rollback-on-policy-breach/--no-rollback-on-policy-breach", default=None,
+                     help="On Faulted, return failed instances to the previous model."),
+        click.option("--vcpus", type=int),
+        click.option("--memory", type=int, help="Memory in MiB."),
+        click.option("--data-disk-sizes-gb", multiple=True,
+                     help="Data disk sizes in GiB (lun 0, 1, ...)."),
+        click.option("--health-probe-command", help="Health command run over SSH (exit 0 = healthy)."),
+        click.option("--health-probe-grace-period", type=int,
+                     help="Seconds a booting instance may take before it counts as Unknown."),
+        click.option("--custom-data", type=click.Path(path_type=Path), help="cloud-init user-data file."),
+        click.option("--ssh-key-value", type=click.Path(path_type=Path), help="Admin public key file."),
+        click.option("--scale-in-policy", type=click.Choice(["Default", "OldestVM", "NewestVM"])),
+    ]):
+        fn = decl(fn)
+    return fn
+
+
 @vmss.command("create")
 @click.option("--name", required=True, help="Scale set name: a-z, 0-9, '-', up to 40.")
 @click.option("--image", required=True, help="NAME:VERSION of a registered image.")
 @click.option("--instance-count", type=int, default=2, show_default=True)
-@click.option("--upgrade-policy-mode", type=click.Choice(["Automatic", "Rolling", "Manual"]),
-              default="Manual", show_default=True)
-@click.option("--max-surge", type=click.BOOL, default=None)
-@click.option("--max-batch-instance-percent", type=int)
-@click.option("--max-unhealthy-instance-percent", type=int)
-@click.option("--max-unhealthy-upgraded-instance-percent", type=int)
-@click.option("--pause-time-between-batches", help="ISO 8601 duration, e.g. PT10S.")
-@click.option("--prioritize-unhealthy-instances", is_flag=True, default=None)
-@click.option("--rollback-on-policy-breach", is_flag=True, default=None)
-@click.option("--vcpus", type=int)
-@click.option("--memory", type=int, help="Memory in MiB.")
-@click.option("--data-disk-sizes-gb", multiple=True, help="Data disk sizes in GiB (lun 0, 1, ...).")
 @click.option("--network", envvar="ORCH_NETWORK", default="default", show_default=True,
               help="libvirt network [env ORCH_NETWORK; the lab sets it].")
-@click.option("--health-probe-command", help="Health command run over SSH (exit 0 = healthy).")
-@click.option("--health-probe-grace-period", type=int, help="Seconds before a silent instance is Unknown.")
-@click.option("--custom-data", type=click.Path(path_type=Path), help="cloud-init user-data file.")
-@click.option("--ssh-key-value", type=click.Path(path_type=Path), help="Admin public key file.")
-@click.option("--scale-in-policy", type=click.Choice(["Default", "OldestVM", "NewestVM"]))
+@_policy_options
 @pass_app
 def vmss_create(app: AppContext, /, **opts: Any) -> None:
     """Create a scale set and wait until every instance is Healthy."""
-    rolling = {
-        "maxSurge": opts["max_surge"],
-        "maxBatchInstancePercent": opts["max_batch_instance_percent"],
-        "maxUnhealthyInstancePercent": opts["max_unhealthy_instance_percent"],
-        "maxUnhealthyUpgradedInstancePercent": opts["max_unhealthy_upgraded_instance_percent"],
-        "pauseTimeBetweenBatches": opts["pause_time_between_batches"],
-        "prioritizeUnhealthyInstances": opts["prioritize_unhealthy_instances"],
-        "rollbackFailedInstancesOnPolicyBreach": opts["rollback_on_policy_breach"],
-    }
-    probe = {"command": opts["health_probe_command"],
-             "gracePeriodSeconds": opts["health_probe_grace_period"]}
-    model: dict[str, Any] = {
-        "image": opts["image"], "vcpus": opts["vcpus"], "memoryMiB": opts["memory"],
-        "network": opts["network"],
-        "healthProbe": {k: v for k, v in probe.items() if v is not None},
-    }
-    if opts["data_disk_sizes_gb"]:
-        model["dataDisks"] = _disk_sizes(opts["data_disk_sizes_gb"])
-    if opts["custom_data"] is not None:
-        model["customData"] = _read_text_file(opts["custom_data"], "--custom-data")
-    if opts["ssh_key_value"] is not None:
-        model["sshPublicKey"] = _read_text_file(opts["ssh_key_value"], "--ssh-key-value").strip()
     raw: dict[str, Any] = {
         "name": opts["name"],
-        "model": {k: v for k, v in model.items() if v is not None},
+        "model": _model_changes(opts),
         "capacity": opts["instance_count"],
-        "upgradePolicy": {
-            "mode": opts["upgrade_policy_mode"],
-            "rollingUpgradePolicy": {k: v for k, v in rolling.items() if v is not None},
-        },
+        "upgradePolicy": {"mode": opts["upgrade_policy_mode"] or "Manual",
+                          "rollingUpgradePolicy": _rolling_changes(opts)},
     }
     if opts["scale_in_policy"]:
         raw["scaleInPolicy"] = opts["scale_in_policy"]
     spec = validate(ScaleSetSpec, raw)
     app.show(app.service().create(spec, wait=app.wait))
-
 
 def load_documents(path: Path) -> list[ScaleSetSpec]:
     text = _read_text_file(path, "-f") if str(path) != "-" else sys.stdin.read()
@@ -361,10 +388,10 @@ def load_documents(path: Path) -> list[ScaleSetSpec]:
 def vmss_apply(app: AppContext, file: Path) -> None:
     """Create, or scale, the scale sets a file declares."""
     specs = load_documents(file)
-    service = app.service()
+    upgrades = app.upgrades()
     results = []
     for spec in specs:
-        results.append(service.apply(spec, wait=app.wait))
+        results.append(upgrades.apply(spec, wait=app.wait))
     app.show(results, columns=SET_COLUMNS)
 
 
@@ -378,6 +405,106 @@ def vmss_list(app: AppContext) -> None:
 def _name_option(fn: F) -> F:
     return click.option("--name", required=True, help="Scale set name.",
                         callback=lambda c, p, v: check_set_name(v))(fn)
+
+
+@vmss.command("update")
+@_name_option
+@click.option("--image", help="NAME:VERSION: a new image (a new model generation).")
+@_policy_options
+@click.option("--allow-surge-fallback", is_flag=True,
+              help="If the host lacks room for a MaxSurge batch, upgrade in place (reported).")
+@click.option("--instance-id", type=click.IntRange(min=0),
+              help="With --protect-*: the instance whose protection changes.")
+@click.option("--protect-from-scale-in", type=click.BOOL, default=None)
+@click.option("--protect-from-scale-set-actions", type=click.BOOL, default=None)
+@pass_app
+def vmss_update(app: AppContext, /, **opts: Any) -> None:
+    """Change the model or the upgrade policy. A model change makes a new generation, rolled
+    out as the policy says: Automatic at once, Rolling in batches, Manual not until
+    `update-instances`. OS profile changes (custom data, SSH key) reach instances on reimage."""
+    protect = (opts["protect_from_scale_in"], opts["protect_from_scale_set_actions"])
+    if opts["instance_id"] is not None or protect != (None, None):
+        if opts["instance_id"] is None or protect == (None, None):
+            raise InvalidInput("--instance-id goes with --protect-from-scale-in and/or "
+                               "--protect-from-scale-set-actions")
+        app.show(app.service().protect(opts["name"], opts["instance_id"], scale_in=protect[0],
+                                       set_actions=protect[1]))
+        return
+    upgrades = app.upgrades()
+    current = upgrades.service.spec_of(upgrades.store.get_set(opts["name"]))
+    changes: dict[str, Any] = {
+        "model": _model_changes(opts, current_probe=current.model.health_probe.to_json_dict()),
+        "rollingUpgradePolicy": _rolling_changes(opts),
+    }
+    if opts["upgrade_policy_mode"]:
+        changes["mode"] = opts["upgrade_policy_mode"]
+    if opts["scale_in_policy"]:
+        changes["scaleInPolicy"] = opts["scale_in_policy"]
+    if not changes["model"] and not changes["rollingUpgradePolicy"] and len(changes) == 2:
+        raise InvalidInput("nothing to update: give at least one property to change")
+    app.show(upgrades.update(opts["name"], changes, wait=app.wait,
+                             allow_surge_fallback=opts["allow_surge_fallback"]))
+
+
+@vmss.command("update-instances")
+@_name_option
+@instance_ids_option
+@pass_app
+def vmss_update_instances(app: AppContext, name: str, instance_ids: str,
+                          more_ids: tuple[str, ...]) -> None:
+    """Apply the latest model to the instances named ('*' for all), in place."""
+    ids = _parse_ids(instance_ids, more_ids, allow_all=True)
+    app.show(app.upgrades().update_instances(name, ids), columns=INSTANCE_COLUMNS)
+
+
+@vmss.command("reimage")
+@_name_option
+@click.option("--instance-ids", "instance_ids", default=None,
+              help="Instance ids, space or comma separated (default: all).")
+@click.argument("more_ids", nargs=-1, metavar="[ID...]")
+@click.option("--all-disks", is_flag=True, help="Also recreate the data disks, empty.")
+@pass_app
+def vmss_reimage(app: AppContext, name: str, instance_ids: str | None, more_ids: tuple[str, ...],
+                 all_disks: bool) -> None:
+    """Restore OS disks to their image: fresh overlay, new cloud-init instance-id and host key;
+    instanceId, name, MAC, IP and data disks are kept (unless --all-disks)."""
+    ids = None if instance_ids is None else _parse_ids(instance_ids, more_ids)
+    app.show(app.upgrades().reimage(name, ids, all_disks=all_disks, wait=app.wait),
+             columns=INSTANCE_COLUMNS)
+
+
+@vmss.group("rolling-upgrade")
+def rolling_upgrade() -> None:
+    """Start, cancel and inspect rolling upgrades."""
+
+
+@rolling_upgrade.command("start")
+@_name_option
+@click.option("--allow-surge-fallback", is_flag=True,
+              help="If the host lacks room for a MaxSurge batch, upgrade in place (reported).")
+@pass_app
+def rolling_upgrade_start(app: AppContext, name: str, allow_surge_fallback: bool) -> None:
+    """Roll the latest model out in batches (instances already on it are skipped)."""
+    status = app.upgrades().start_rolling(name, allow_surge_fallback=allow_surge_fallback)
+    app.show(status)
+    if status["runningStatus"]["code"] == "Faulted":
+        raise OperationFailed(f"rolling upgrade Faulted: {status['error']['message']}")
+
+
+@rolling_upgrade.command("cancel")
+@_name_option
+@pass_app
+def rolling_upgrade_cancel(app: AppContext, name: str) -> None:
+    """Stop the running rolling upgrade after its in-flight batch; done batches stay."""
+    app.show(app.upgrades().cancel_rolling(name))
+
+
+@rolling_upgrade.command("get-latest")
+@_name_option
+@pass_app
+def rolling_upgrade_get_latest(app: AppContext, name: str) -> None:
+    """The status of the latest rolling upgrade."""
+    app.show(app.upgrades().latest_status(name))
 
 
 @vmss.command("show")

@@ -168,19 +168,19 @@ class Service:
                 self._wait_healthy(spec.name, created, action="create")
         return self.set_view(self.store.get_set(spec.name))
 
-    def apply(self, spec: ScaleSetSpec, *, wait: bool = True) -> dict[str, Any]:
-        """Create the set if absent, else bring its capacity to the spec's."""
-        rec = self.store.find_set(spec.name)
-        if rec is None:
-            return self.create(spec, wait=wait)
-        current = self.spec_of(rec)
-        if (current.model, current.upgrade_policy, current.scale_in_policy) != (
-                spec.model, spec.upgrade_policy, spec.scale_in_policy):
-            raise InvalidInput(
-                f"scale set {spec.name}: apply can create a set or change its capacity; "
-                "model and policy changes are not supported yet"
-            )
-        return self.scale(spec.name, spec.capacity, wait=wait)
+    def protect(self, set_name: str, instance_id: int, *, scale_in: bool | None,
+                set_actions: bool | None) -> dict[str, Any]:
+        """Instance protection, as Azure's protectFromScaleIn / protectFromScaleSetActions."""
+        self.store.get_set(set_name)
+        with self.locked(set_name):
+            inst = self._instances(set_name, [instance_id])[0]
+            changes: dict[str, bool] = {}
+            if scale_in is not None:
+                changes["protect_from_scale_in"] = scale_in
+            if set_actions is not None:
+                changes["protect_from_scale_set_actions"] = set_actions
+            self.store.update_instance(inst, **changes)
+        return self.instance_view(set_name, instance_id, refresh=False)
 
     def _check_placement(self, model: Model) -> None:
         """Fail before anything is made if the network or pool does not exist."""
@@ -219,7 +219,12 @@ class Service:
         return self.store.update_instance(inst, health=health)
 
     # --- health ------------------------------------------------------------------------------
-    def _wait_healthy(self, set_name: str, instances: Sequence[InstanceRecord], *, action: str) -> None:
+    async def await_health(self, set_name: str,
+                           instances: Sequence[InstanceRecord]) -> dict[int, HealthRecord]:
+        """Probe ``instances`` until each is settled; their health is persisted as it
+        changes. Returns the final record by instanceId."""
+        if not instances:
+            return {}
         spec = self.spec_of(self.store.get_set(set_name))
         image = self.registry.get(spec.model.image)
         settings = self.probe_settings(spec.model, image)
@@ -230,25 +235,25 @@ class Service:
         records = {i.name: _health_from_json(i.health, self.clock) for i in instances}
         started = self.clock.monotonic()
 
-        def on_change(name: str, rec: HealthRecord) -> None:
+        def persist(name: str, rec: HealthRecord) -> None:
             inst = self.store.find_instance(set_name, by_name[name].instance_id)
             if inst is not None:
                 self.store.update_instance(inst, health=_health_to_json(rec, self.clock))
+
+        def on_change(name: str, rec: HealthRecord) -> None:
+            persist(name, rec)
             self.progress(f"{name}: {rec.state.value}"
                           f" after {self.clock.monotonic() - started:.1f}s")
 
-        final = asyncio.run(wait_settled(targets, records, prober=self.prober,
-                                         settings=settings, clock=self.clock,
-                                         on_change=on_change))
+        final = await wait_settled(targets, records, prober=self.prober, settings=settings,
+                                   clock=self.clock, on_change=on_change)
         for name, rec in final.items():
-            on_change_quiet = self.store.find_instance(set_name, by_name[name].instance_id)
-            if on_change_quiet is not None:
-                self.store.update_instance(on_change_quiet, health=_health_to_json(rec, self.clock))
-        bad = sorted((n for n, r in final.items() if r.state is not HealthState.HEALTHY),
-                     key=lambda n: by_name[n].instance_id)
-        if bad:
-            detail = "; ".join(f"{n} {final[n].state.value}{_why(final[n])}" for n in bad)
-            raise OperationFailed(f"{action}: {len(bad)} of {len(final)} instances not healthy: {detail}")
+            persist(name, rec)
+        return {by_name[name].instance_id: rec for name, rec in final.items()}
+
+    def _wait_healthy(self, set_name: str, instances: Sequence[InstanceRecord], *, action: str) -> None:
+        final = asyncio.run(self.await_health(set_name, instances))
+        raise_unhealthy(action, {i.name: final[i.instance_id] for i in instances})
 
     def _user_of(self, inst: InstanceRecord) -> str:
         try:
@@ -256,28 +261,39 @@ class Service:
         except NotFound:
             return "root"
 
-    def refresh_health(self, set_name: str) -> None:
-        """One concurrent probe round over running instances (for views)."""
-        rec = self.store.get_set(set_name)
-        spec = self.spec_of(rec)
+    async def probe_round(self, set_name: str,
+                          instances: Sequence[InstanceRecord]) -> dict[int, HealthState]:
+        """One concurrent probe round over those of ``instances`` that run; their health is
+        persisted. Instances not running are absent from the result."""
+        spec = self.spec_of(self.store.get_set(set_name))
         try:
             image = self.registry.get(spec.model.image)
         except NotFound:
-            return
+            return {}
+        running = [i for i in instances if i.status == "active"
+                   and self.hv.domain_state(i.name) is PowerState.RUNNING]
+        if not running:
+            return {}
         settings = self.probe_settings(spec.model, image)
         key = self._admin_key(set_name)
-        instances = [i for i in self.store.list_instances(set_name) if i.status == "active"
-                     and self.hv.domain_state(i.name) is PowerState.RUNNING]
-        if not instances:
-            return
         targets = [self._target(i, port=settings.port, user=self._user_of(i), key=key)
-                   for i in instances]
-        records = {i.name: _health_from_json(i.health, self.clock) for i in instances}
-        final = asyncio.run(probe_once(targets, records, prober=self.prober, settings=settings,
-                                       clock=self.clock))
-        for inst in instances:
+                   for i in running]
+        records = {i.name: _health_from_json(i.health, self.clock) for i in running}
+        final = await probe_once(targets, records, prober=self.prober, settings=settings,
+                                 clock=self.clock)
+        states: dict[int, HealthState] = {}
+        for inst in running:
             if inst.name in final:
-                self.store.update_instance(inst, health=_health_to_json(final[inst.name], self.clock))
+                fresh = self.store.find_instance(set_name, inst.instance_id)
+                if fresh is not None:
+                    self.store.update_instance(
+                        fresh, health=_health_to_json(final[inst.name], self.clock))
+                states[inst.instance_id] = final[inst.name].state
+        return states
+
+    def refresh_health(self, set_name: str) -> None:
+        """One probe round over the set's running instances (for views)."""
+        asyncio.run(self.probe_round(set_name, self.store.list_instances(set_name)))
 
     # --- scale, delete ---------------------------------------------------------------------
     def scale(self, set_name: str, capacity: int, *, wait: bool = True) -> dict[str, Any]:
@@ -547,6 +563,14 @@ def _parse_wall(text: str | None) -> float:
     if not text:
         return 0.0
     return _dt.datetime.fromisoformat(text).timestamp()
+
+
+def raise_unhealthy(action: str, final: dict[str, HealthRecord]) -> None:
+    """OperationFailed naming every instance of ``final`` that is not Healthy, if any."""
+    bad = [n for n, r in final.items() if r.state is not HealthState.HEALTHY]
+    if bad:
+        detail = "; ".join(f"{n} {final[n].state.value}{_why(final[n])}" for n in bad)
+        raise OperationFailed(f"{action}: {len(bad)} of {len(final)} instances not healthy: {detail}")
 
 
 def _why(rec: HealthRecord) -> str:

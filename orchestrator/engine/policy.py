@@ -45,14 +45,14 @@ def batch_size(policy: RollingUpgradePolicy, capacity: int) -> int:
 def thresholds(policy: RollingUpgradePolicy, capacity: int) -> list[str]:
     """The rounding of every percent threshold, in words, for the status."""
     batch = batch_size(policy, capacity)
+    unhealthy = percent_of(policy.max_unhealthy_instance_percent, capacity)
     return [
-        f"maxBatchInstancePercent {policy.max_batch_instance_percent}% of {capacity} instances"
-        f" = {batch} per batch (rounded down, at least 1)",
-        f"maxUnhealthyInstancePercent {policy.max_unhealthy_instance_percent}% of {capacity}"
-        f" instances = {percent_of(policy.max_unhealthy_instance_percent, capacity)}"
-        " unhealthy allowed (rounded down)",
-        f"maxUnhealthyUpgradedInstancePercent {policy.max_unhealthy_upgraded_instance_percent}%"
-        " of the upgraded instances, rounded down, unhealthy allowed after each batch",
+        (f"maxBatchInstancePercent {policy.max_batch_instance_percent}% of {capacity} "
+         f"instances = {batch} per batch (rounded down, at least 1)"),
+        (f"maxUnhealthyInstancePercent {policy.max_unhealthy_instance_percent}% of {capacity} "
+         f"instances = {unhealthy} unhealthy allowed (rounded down)"),
+        (f"maxUnhealthyUpgradedInstancePercent {policy.max_unhealthy_upgraded_instance_percent}%"
+         " of the upgraded instances, rounded down, unhealthy allowed after each batch"),
     ]
 
 

@@ -254,13 +254,3 @@ class TestLockAndApply:
         with world.service.locked("web"), pytest.raises(Conflict, match="locked by pid"):
             world.service.scale("web", 2)
 
-    def test_apply_creates_then_scales(self, world: World) -> None:
-        world.service.apply(spec(capacity=1))
-        world.service.apply(spec(capacity=2))
-        assert len(world.store.list_instances("web")) == 2
-
-    def test_apply_refuses_model_change_for_now(self, world: World) -> None:
-        world.service.apply(spec(capacity=1))
-        with pytest.raises(InvalidInput, match="not supported yet"):
-            world.service.apply(spec(capacity=1, vcpus=2))
-        assert world.store.get_set("web").generation == 1

@@ -56,10 +56,11 @@ class World:
         return domains, volumes, reservations
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
+def make_world(tmp_path: Path, **hv_options: float) -> World:
+    """A fresh fake world in ``tmp_path`` with image tiny:1 registered (usable from any test
+    package, e.g. property tests that need a new world per hypothesis example)."""
     clock = FakeClock()
-    hv = FakeHypervisor(clock=clock)
+    hv = FakeHypervisor(clock=clock, **hv_options)
     store = Store(tmp_path / "orchestrator.db")
     registry = Registry(store, tmp_path)
     prober = FakeProber(hv, clock=clock)
@@ -71,3 +72,8 @@ def world(tmp_path: Path) -> World:
     w = World(clock, hv, store, registry, prober, service, tmp_path, lines)
     w.register_image("tiny", "1")
     return w
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path)

@@ -221,7 +221,7 @@ class TestRolling:
         assert {g for g, _ in gens(world).values()} == {2}
         assert {d.name for d in world.hv.list_domains()} == {"web-3", "web-4", "web-5"}
         assert most <= 3 + 1  # capacity + batch size
-        domains, volumes, reservations = world.resources()
+        _, volumes, reservations = world.resources()
         assert reservations == {"web-3", "web-4", "web-5"}
         assert all(v.startswith(("web-3-", "web-4-", "web-5-")) for v in volumes)
 

@@ -104,34 +104,36 @@ def test_invalid_utf8_is_replaced() -> None:
 # --- failures ------------------------------------------------------------------------------------
 
 
-def test_wrong_pinned_host_key_is_a_security_error_and_nothing_runs() -> None:
-    other = ssh.generate_keypair("impostor")
-
-    async def scenario() -> tuple[BaseException, list[str]]:
-        async with ssh_server() as server:
-            with pytest.raises(errors.SecurityError) as caught:
-                await ssh.run_command(
-                    server.endpoint(host_key=other.public_openssh),
-                    "echo should-not-run",
-                    connect_timeout=CONNECT,
-                    command_timeout=COMMAND,
-                )
-            return caught.value, server.ran
-
-    exc, ran = run(scenario)
-    assert "differs from the pinned" in str(exc)
-    assert ran == []
+def _impostor_host_key() -> dict[str, str]:
+    return {"host_key": ssh.generate_keypair("impostor").public_openssh}
 
 
-def test_pinned_key_of_another_type_is_a_security_error() -> None:
+def _other_type_host_key() -> dict[str, str]:
     ecdsa = asyncssh.generate_private_key("ecdsa-sha2-nistp256")
-    pinned = ecdsa.export_public_key("openssh").decode("ascii").strip()
+    return {"host_key": ecdsa.export_public_key("openssh").decode("ascii").strip()}
 
+
+def _stranger_client_key() -> dict[str, str]:
+    return {"client_key": ssh.generate_keypair("stranger").private_openssh}
+
+
+@pytest.mark.parametrize(
+    ("override", "error", "message"),
+    [
+        (_impostor_host_key, errors.SecurityError, "differs from the pinned"),
+        (_other_type_host_key, errors.SecurityError, "differs from the pinned"),
+        (_stranger_client_key, errors.OperationFailed, "authentication failed"),
+    ],
+    ids=["wrong-pinned-host-key", "pinned-key-of-another-type", "wrong-client-key"],
+)
+def test_refused_connections_run_nothing(
+    override: Callable[[], dict[str, str]], error: type[errors.OrchError], message: str
+) -> None:
     async def scenario() -> tuple[BaseException, list[str]]:
         async with ssh_server() as server:
-            with pytest.raises(errors.SecurityError) as caught:
+            with pytest.raises(error) as caught:
                 await ssh.run_command(
-                    server.endpoint(host_key=pinned),
+                    server.endpoint(**override()),
                     "echo should-not-run",
                     connect_timeout=CONNECT,
                     command_timeout=COMMAND,
@@ -139,26 +141,7 @@ def test_pinned_key_of_another_type_is_a_security_error() -> None:
             return caught.value, server.ran
 
     exc, ran = run(scenario)
-    assert "differs from the pinned" in str(exc)
-    assert ran == []
-
-
-def test_wrong_client_key_is_an_authentication_failure() -> None:
-    stranger = ssh.generate_keypair("stranger")
-
-    async def scenario() -> tuple[BaseException, list[str]]:
-        async with ssh_server() as server:
-            with pytest.raises(errors.OperationFailed) as caught:
-                await ssh.run_command(
-                    server.endpoint(client_key=stranger.private_openssh),
-                    "echo x",
-                    connect_timeout=CONNECT,
-                    command_timeout=COMMAND,
-                )
-            return caught.value, server.ran
-
-    exc, ran = run(scenario)
-    assert "authentication failed" in str(exc)
+    assert message in str(exc)
     assert ran == []
 
 

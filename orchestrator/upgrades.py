@@ -212,9 +212,15 @@ class Upgrades:
             raise InvalidInput(f"scale set {set_name} has upgrade policy {spec.upgrade_policy.mode}; "
                                "rolling upgrades need mode Rolling")
         latest = self.store.latest_rolling_upgrade(set_name)
-        if latest is not None and latest.status == "RollingForward" and _alive(latest):
-            raise Conflict(f"a rolling upgrade of {set_name} is already running "
-                           f"(pid {latest.detail.get('pid')})")
+        if latest is not None and latest.status == "RollingForward":
+            if _alive(latest):
+                raise Conflict(f"a rolling upgrade of {set_name} is already running "
+                               f"(pid {latest.detail.get('pid')})")
+            # its process died; this upgrade takes over (done instances are skipped)
+            self.store.update_rolling_upgrade(
+                latest, status="Cancelled", end_time=self.service.engine.now(),
+                detail={**latest.detail, "cancel": "interrupted: the process driving it "
+                        f"(pid {latest.detail.get('pid')}) stopped; superseded"})
         rolling = spec.upgrade_policy.rolling_upgrade_policy
         with self.service.locked(set_name):
             surge = rolling.max_surge

@@ -14,6 +14,7 @@ host entry carries ``name``; the domain carries ownership metadata.
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import re
 import secrets
@@ -365,10 +366,13 @@ async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, gen
         _fresh_overlay(engine, new_volume, image)
         changes.update(os_volume=new_volume, prev_os_volume=inst.os_volume)
     _ensure_data_disks(engine, inst, model)
-    inst = engine.store.update_instance(inst, **changes)
-    engine.hv.define_domain(build_domain(engine, inst, model, image))
+    # Recorded only once the domain runs the new model: after a crash before that, the
+    # instance still shows its old generation, so the next upgrade redoes it (every step
+    # above is safe to repeat) instead of skipping a half-done instance.
+    candidate = dataclasses.replace(inst, **changes)  # type: ignore[arg-type]
+    engine.hv.define_domain(build_domain(engine, candidate, model, image))
     engine.hv.start(inst.name)
-    return inst
+    return engine.store.update_instance(inst, **changes)
 
 
 def commit_model(engine: Engine, inst: InstanceRecord) -> InstanceRecord:

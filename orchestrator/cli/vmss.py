@@ -1,228 +1,31 @@
-"""The ``orch`` command line (click): parse flags, call the service, render the result.
-
-Owned here: command and flag names (SPEC §5, mirroring ``az vmss``), global options and
-their environment variables, and the mapping of errors to one line on stderr plus an exit
-code (0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). No logic beyond turning
-flags into a spec: that lives in ``service``.
-"""
+"""`orch vmss ...`: scale sets and their instances, mirroring `az vmss` (SPEC §5)."""
 
 from __future__ import annotations
 
 import os
 import sys
-import traceback
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, NoReturn, TypeVar
+from typing import Any
 
 import click
 import yaml
 
-from orchestrator import lab as lab_mod
-from orchestrator.clock import RealClock, iso
-from orchestrator.errors import EnvironmentProblem, InvalidInput, OperationFailed, OrchError
-from orchestrator.images import Registry
+from orchestrator.cli.app import (
+    INSTANCE_COLUMNS,
+    SET_COLUMNS,
+    AppContext,
+    F,
+    cli,
+    pass_app,
+)
+from orchestrator.errors import InvalidInput, OperationFailed
 from orchestrator.model import (
     ScaleSetDocument,
     ScaleSetSpec,
     check_set_name,
-    parse_image_ref,
     validate,
 )
-from orchestrator.output import FORMATS, ProgressPrinter, render
-from orchestrator.store import Store
-
-F = TypeVar("F", bound=Callable[..., Any])
-
-INSTANCE_COLUMNS = [
-    ("instanceId", "ID"), ("name", "NAME"), ("powerState", "POWER"),
-    ("healthState", "HEALTH"), ("latestModelApplied", "LATEST MODEL"), ("image", "IMAGE"),
-    ("modelGeneration", "GEN"), ("ipAddress", "IP"),
-]
-SET_COLUMNS = [
-    ("name", "NAME"), ("capacity", "CAPACITY"), ("generation", "GENERATION"),
-    ("instanceCount", "INSTANCES"), ("latestModelInstances", "ON LATEST"),
-]
-IMAGE_COLUMNS = [("ref", "IMAGE"), ("sha256", "SHA256"), ("sizeMiB", "SIZE MiB"),
-                 ("kernelBoot", "KERNEL BOOT"), ("createdAt", "CREATED")]
-
-
-def default_state_dir() -> Path:
-    if os.geteuid() == 0:
-        return Path("/var/lib/orchestrator")
-    return Path.home() / ".local" / "state" / "orchestrator"
-
-
-@dataclass
-class AppContext:
-    state_dir: Path
-    libvirt_uri: str
-    domain_type: str
-    output: str
-    wait: bool
-    verbose: int
-    progress: ProgressPrinter = field(default_factory=ProgressPrinter)
-    _store: Store | None = None
-
-    def ensure_state_dir(self) -> Path:
-        try:
-            self.state_dir.mkdir(parents=True, exist_ok=True)
-            # libvirt's qemu user must traverse it to reach images and the lab's pool
-            if self.state_dir.stat().st_uid == os.geteuid():
-                os.chmod(self.state_dir, 0o711)
-        except OSError as exc:
-            raise EnvironmentProblem(f"cannot create state dir {self.state_dir}: {exc.strerror}",
-                                     hint="choose another with --state-dir") from exc
-        return self.state_dir
-
-    @property
-    def store(self) -> Store:
-        if self._store is None:
-            self.ensure_state_dir()
-            self._store = Store(self.state_dir / "orchestrator.db")
-        return self._store
-
-    @property
-    def registry(self) -> Registry:
-        return Registry(self.store, self.state_dir)
-
-    def resolved_domain_type(self) -> str:
-        return lab_mod.detect_domain_type() if self.domain_type == "auto" else self.domain_type
-
-    def service(self) -> Any:
-        # imported here so that `orch image`/`orch lab` work without reaching libvirt
-        from orchestrator.engine.health import SshProber
-        from orchestrator.engine.operations import Engine, Settings
-        from orchestrator.hypervisor.libvirt import LibvirtHypervisor
-        from orchestrator.service import Service
-
-        clock = RealClock()
-        engine = Engine(
-            hv=LibvirtHypervisor(self.libvirt_uri),
-            store=self.store,
-            registry=self.registry,
-            clock=clock,
-            settings=Settings(state_dir=self.state_dir,
-                              pool=os.environ.get("ORCH_POOL", "default"),
-                              domain_type=self.resolved_domain_type()),
-            log=self.progress,
-        )
-        return Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
-
-    def upgrades(self) -> Any:
-        from orchestrator.upgrades import Upgrades
-
-        return Upgrades(self.service())
-
-    def show(self, data: Any, *, columns: Sequence[tuple[str, str]] | None = None) -> None:
-        render(data, self.output, columns=columns)
-
-
-pass_app = click.make_pass_decorator(AppContext)
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
-              envvar="ORCH_STATE_DIR", default=None,
-              help="Where state, images and keys live [env ORCH_STATE_DIR; default "
-                   "/var/lib/orchestrator as root, else ~/.local/state/orchestrator].")
-@click.option("--libvirt-uri", envvar="ORCH_LIBVIRT_URI", default="qemu:///system",
-              show_default=True, help="libvirt connection URI [env ORCH_LIBVIRT_URI].")
-@click.option("--domain-type", type=click.Choice(["auto", "kvm", "qemu"]), envvar="ORCH_DOMAIN_TYPE",
-              default="auto", show_default=True,
-              help="kvm, or qemu (TCG); auto picks kvm only when kvm_intel/kvm_amd is loaded.")
-@click.option("-o", "--output", type=click.Choice(FORMATS), default="table", show_default=True,
-              help="Output format.")
-@click.option("--no-wait", is_flag=True, help="Return once the operation is recorded and started.")
-@click.option("-v", "--verbose", count=True, help="More detail (tracebacks on internal errors).")
-@click.pass_context
-def cli(ctx: click.Context, state_dir: Path | None, libvirt_uri: str, domain_type: str,
-        output: str, no_wait: bool, verbose: int) -> None:
-    """orchestrator: scale sets of QEMU/KVM virtual machines on libvirt, upgraded the way
-    Azure Virtual Machine Scale Sets are."""
-    ctx.obj = AppContext(state_dir=state_dir or default_state_dir(), libvirt_uri=libvirt_uri,
-                         domain_type=domain_type, output=output, wait=not no_wait,
-                         verbose=verbose)
-
-
-# --- images -------------------------------------------------------------------------------
-@cli.group()
-def image() -> None:
-    """Register, build and inspect base images (NAME:VERSION, immutable)."""
-
-
-def _image_view(img: Any) -> dict[str, Any]:
-    rec = img.record
-    return {
-        "ref": rec.ref, "name": rec.name, "version": rec.version, "sha256": rec.sha256,
-        "path": rec.path, "sizeMiB": round(img.disk.stat().st_size / 2**20, 1)
-        if img.disk.exists() else None,
-        "kernelBoot": img.kernel is not None, "sshUser": img.ssh_user,
-        "healthCommand": img.health_command, "createdAt": rec.created_at,
-        "manifest": rec.manifest,
-    }
-
-
-@image.command("build")
-@click.argument("recipe")
-@click.option("--version", "version", required=True, help="Version to register, e.g. 1.")
-@click.option("--broken", is_flag=True, help="Build an image whose health check fails (tests).")
-@pass_app
-def image_build(app: AppContext, recipe: str, version: str, broken: bool) -> None:
-    """Build RECIPE (images/RECIPE/) and register it as RECIPE:VERSION."""
-    img = app.registry.build(recipe, version, broken=broken, progress=app.progress,
-                             now=iso(RealClock().now()))
-    app.progress(f"registered {img.ref} ({img.record.sha256[:12]})")
-    app.show(_image_view(img))
-
-
-@image.command("import")
-@click.option("--name", required=True)
-@click.option("--version", "version", required=True)
-@click.option("--file", "file", required=True, type=click.Path(path_type=Path),
-              help="qcow2 or raw disk; converted to qcow2 with the format pinned.")
-@click.option("--kernel", type=click.Path(path_type=Path), help="Kernel for direct boot.")
-@click.option("--initrd", type=click.Path(path_type=Path), help="Initrd for direct boot.")
-@click.option("--cmdline", help="Kernel command line for direct boot.")
-@click.option("--ssh-user", default="root", show_default=True, help="User that gets the admin key.")
-@click.option("--health-command", help="Default health probe command of this image.")
-@pass_app
-def image_import(app: AppContext, name: str, version: str, file: Path, kernel: Path | None,
-                 initrd: Path | None, cmdline: str | None, ssh_user: str,
-                 health_command: str | None) -> None:
-    """Register a downloaded disk image as NAME:VERSION."""
-    img = app.registry.import_image(name, version, file=file, kernel=kernel, initrd=initrd,
-                                    cmdline=cmdline, ssh_user=ssh_user,
-                                    health_command=health_command, now=iso(RealClock().now()))
-    app.show(_image_view(img))
-
-
-@image.command("list")
-@pass_app
-def image_list(app: AppContext) -> None:
-    """List registered images."""
-    app.show([_image_view(i) for i in app.registry.list()], columns=IMAGE_COLUMNS)
-
-
-@image.command("show")
-@click.argument("ref")
-@pass_app
-def image_show(app: AppContext, ref: str) -> None:
-    """Show one image (NAME:VERSION)."""
-    app.show(_image_view(app.registry.get(ref)))
-
-
-@image.command("delete")
-@click.argument("ref")
-@pass_app
-def image_delete(app: AppContext, ref: str) -> None:
-    """Delete an image no scale set uses."""
-    parse_image_ref(ref)
-    in_use = any(s.spec["model"]["image"] == ref for s in app.store.list_sets()) or any(
-        i.image == ref for i in app.store.all_instances())
-    app.registry.delete(ref, in_use=in_use)
-    app.progress(f"deleted {ref}")
 
 
 # --- scale sets ---------------------------------------------------------------------------
@@ -386,7 +189,8 @@ def load_documents(path: Path) -> list[ScaleSetSpec]:
               help="YAML with one or more `kind: ScaleSet` documents (- for stdin).")
 @pass_app
 def vmss_apply(app: AppContext, file: Path) -> None:
-    """Create, or scale, the scale sets a file declares."""
+    """Create the scale sets a file declares, or bring existing ones to it: capacity by
+    scaling, model changes by the set's upgrade policy."""
     specs = load_documents(file)
     upgrades = app.upgrades()
     results = []
@@ -620,107 +424,3 @@ def vmss_ssh(app: AppContext, name: str, instance_id: int, command: tuple[str, .
     sys.exit(code)
 
 
-# --- lab ------------------------------------------------------------------------------------
-@cli.group()
-def lab() -> None:
-    """The sandboxed lab: libvirtd in network namespace `orchlab` (root)."""
-
-
-def _lab_show(app: AppContext, status: Any) -> None:
-    app.show(status.as_dict())
-
-
-@lab.command("up")
-@pass_app
-def lab_up(app: AppContext) -> None:
-    """Start virtlogd, libvirtd, network and pool in namespace orchlab (idempotent)."""
-    _lab_show(app, lab_mod.lab_up(app.ensure_state_dir(), progress=app.progress))
-
-
-@lab.command("down")
-@pass_app
-def lab_down(app: AppContext) -> None:
-    """Stop what `lab up` started and remove the namespace (set definitions are kept)."""
-    _lab_show(app, lab_mod.lab_down(app.ensure_state_dir(), progress=app.progress))
-
-
-@lab.command("status")
-@pass_app
-def lab_status(app: AppContext) -> None:
-    """Show whether the lab is up."""
-    _lab_show(app, lab_mod.lab_status(app.ensure_state_dir()))
-
-
-@lab.command("exec", context_settings={"ignore_unknown_options": True})
-@click.argument("argv", nargs=-1, required=True, type=click.UNPROCESSED)
-@pass_app
-def lab_exec(app: AppContext, argv: tuple[str, ...]) -> None:
-    """Run `-- CMD ...` inside the lab namespace with the lab as default; exits with CMD's code."""
-    sys.exit(lab_mod.lab_exec(app.ensure_state_dir(), list(argv)))
-
-
-# --- global options on every command -------------------------------------------------------
-def _set_on_app(attr: str, convert: Callable[[Any], Any]) -> Callable[..., None]:
-    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
-        app = ctx.find_object(AppContext)
-        if app is not None and value not in (None, 0, False):
-            setattr(app, attr, convert(value))
-    return callback
-
-
-def _leaf_commands(group: click.Group) -> list[click.Command]:
-    leaves: list[click.Command] = []
-    for command in group.commands.values():
-        if isinstance(command, click.Group):
-            leaves.extend(_leaf_commands(command))
-        else:
-            leaves.append(command)
-    return leaves
-
-
-# `orch vmss list -o json` as well as `orch -o json vmss list`: the output, wait and
-# verbosity options are accepted after any command too (as az does).
-for _command in _leaf_commands(cli):
-    _command.params.extend([
-        click.Option(["-o", "--output"], type=click.Choice(FORMATS), default=None,
-                     expose_value=False, callback=_set_on_app("output", str),
-                     help="Output format: table, json or yaml."),
-        click.Option(["--no-wait"], is_flag=True, default=False, expose_value=False,
-                     callback=_set_on_app("wait", lambda v: False),
-                     help="Return once the operation is recorded and started."),
-        click.Option(["-v", "--verbose"], count=True, expose_value=False,
-                     callback=_set_on_app("verbose", int), help="More detail."),
-    ])
-
-
-# --- entry point ----------------------------------------------------------------------------
-def fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
-    sys.exit(code)
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    verbose = "-v" in (argv if argv is not None else sys.argv[1:])
-    try:
-        cli.main(args=list(argv) if argv is not None else None, prog_name="orch",
-                 standalone_mode=False)
-    except click.exceptions.Exit as exc:
-        sys.exit(exc.exit_code)
-    except click.exceptions.Abort:
-        fail("aborted", 130)
-    except click.ClickException as exc:
-        fail(exc.format_message(), 2)
-    except OrchError as exc:
-        fail(exc.one_line(), exc.exit_code)
-    except KeyboardInterrupt:
-        fail("interrupted", 130)
-    except BrokenPipeError:
-        sys.exit(1)
-    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug is one line too
-        if verbose:
-            traceback.print_exc()
-        fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for a traceback)", 1)
-
-
-if __name__ == "__main__":
-    main()

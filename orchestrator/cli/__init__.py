@@ -1,0 +1,13 @@
+"""The ``orch`` command line (click): parse flags, call the service, render the result.
+
+Owned here: the assembly of the command tree. ``app`` holds the group, global options and
+error mapping; ``images``, ``vmss`` and ``labcmds`` hold the commands (SPEC §5). No logic
+beyond turning flags into specs: that lives in ``service`` and ``upgrades``.
+"""
+
+from orchestrator.cli import images, labcmds, vmss  # noqa: F401 - registers the commands
+from orchestrator.cli.app import cli, install_common_options, main
+
+install_common_options()
+
+__all__ = ["cli", "main"]

@@ -1,0 +1,206 @@
+"""The ``orch`` command group, its global options and the application context.
+
+Owned here: global options and their environment variables (``--state-dir``,
+``--libvirt-uri``, ``--domain-type``, ``-o``, ``--no-wait``, ``-v``), how a command reaches
+the service (``AppContext``), table columns, and the mapping of errors to one line on
+stderr plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). Called
+by the command modules of this package; ``main`` is the console script.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, NoReturn, TypeVar
+
+import click
+
+from orchestrator import lab as lab_mod
+from orchestrator.clock import RealClock
+from orchestrator.errors import EnvironmentProblem, OrchError
+from orchestrator.images import Registry
+from orchestrator.output import FORMATS, ProgressPrinter, render
+from orchestrator.store import Store
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+INSTANCE_COLUMNS = [
+    ("instanceId", "ID"), ("name", "NAME"), ("powerState", "POWER"),
+    ("healthState", "HEALTH"), ("latestModelApplied", "LATEST MODEL"), ("image", "IMAGE"),
+    ("modelGeneration", "GEN"), ("ipAddress", "IP"),
+]
+SET_COLUMNS = [
+    ("name", "NAME"), ("capacity", "CAPACITY"), ("generation", "GENERATION"),
+    ("instanceCount", "INSTANCES"), ("latestModelInstances", "ON LATEST"),
+]
+IMAGE_COLUMNS = [("ref", "IMAGE"), ("sha256", "SHA256"), ("sizeMiB", "SIZE MiB"),
+                 ("kernelBoot", "KERNEL BOOT"), ("createdAt", "CREATED")]
+
+
+def default_state_dir() -> Path:
+    if os.geteuid() == 0:
+        return Path("/var/lib/orchestrator")
+    return Path.home() / ".local" / "state" / "orchestrator"
+
+
+@dataclass
+class AppContext:
+    state_dir: Path
+    libvirt_uri: str
+    domain_type: str
+    output: str
+    wait: bool
+    verbose: int
+    progress: ProgressPrinter = field(default_factory=ProgressPrinter)
+    _store: Store | None = None
+
+    def ensure_state_dir(self) -> Path:
+        try:
+            self.state_dir.mkdir(parents=True, exist_ok=True)
+            # libvirt's qemu user must traverse it to reach images and the lab's pool
+            if self.state_dir.stat().st_uid == os.geteuid():
+                os.chmod(self.state_dir, 0o711)
+        except OSError as exc:
+            raise EnvironmentProblem(f"cannot create state dir {self.state_dir}: {exc.strerror}",
+                                     hint="choose another with --state-dir") from exc
+        return self.state_dir
+
+    @property
+    def store(self) -> Store:
+        if self._store is None:
+            self.ensure_state_dir()
+            self._store = Store(self.state_dir / "orchestrator.db")
+        return self._store
+
+    @property
+    def registry(self) -> Registry:
+        return Registry(self.store, self.state_dir)
+
+    def resolved_domain_type(self) -> str:
+        return lab_mod.detect_domain_type() if self.domain_type == "auto" else self.domain_type
+
+    def service(self) -> Any:
+        # imported here so that `orch image`/`orch lab` work without reaching libvirt
+        from orchestrator.engine.health import SshProber
+        from orchestrator.engine.operations import Engine, Settings
+        from orchestrator.hypervisor.libvirt import LibvirtHypervisor
+        from orchestrator.service import Service
+
+        clock = RealClock()
+        engine = Engine(
+            hv=LibvirtHypervisor(self.libvirt_uri),
+            store=self.store,
+            registry=self.registry,
+            clock=clock,
+            settings=Settings(state_dir=self.state_dir,
+                              pool=os.environ.get("ORCH_POOL", "default"),
+                              domain_type=self.resolved_domain_type()),
+            log=self.progress,
+        )
+        return Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
+
+    def upgrades(self) -> Any:
+        from orchestrator.upgrades import Upgrades
+
+        return Upgrades(self.service())
+
+    def show(self, data: Any, *, columns: Sequence[tuple[str, str]] | None = None) -> None:
+        render(data, self.output, columns=columns)
+
+
+pass_app = click.make_pass_decorator(AppContext)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option("--state-dir", type=click.Path(file_okay=False, path_type=Path),
+              envvar="ORCH_STATE_DIR", default=None,
+              help="Where state, images and keys live [env ORCH_STATE_DIR; default "
+                   "/var/lib/orchestrator as root, else ~/.local/state/orchestrator].")
+@click.option("--libvirt-uri", envvar="ORCH_LIBVIRT_URI", default="qemu:///system",
+              show_default=True, help="libvirt connection URI [env ORCH_LIBVIRT_URI].")
+@click.option("--domain-type", type=click.Choice(["auto", "kvm", "qemu"]), envvar="ORCH_DOMAIN_TYPE",
+              default="auto", show_default=True,
+              help="kvm, or qemu (TCG); auto picks kvm only when kvm_intel/kvm_amd is loaded.")
+@click.option("-o", "--output", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="Output format.")
+@click.option("--no-wait", is_flag=True, help="Return once the operation is recorded and started.")
+@click.option("-v", "--verbose", count=True, help="More detail (tracebacks on internal errors).")
+@click.pass_context
+def cli(ctx: click.Context, state_dir: Path | None, libvirt_uri: str, domain_type: str,
+        output: str, no_wait: bool, verbose: int) -> None:
+    """orchestrator: scale sets of QEMU/KVM virtual machines on libvirt, upgraded the way
+    Azure Virtual Machine Scale Sets are."""
+    ctx.obj = AppContext(state_dir=state_dir or default_state_dir(), libvirt_uri=libvirt_uri,
+                         domain_type=domain_type, output=output, wait=not no_wait,
+                         verbose=verbose)
+
+
+# --- global options on every command -------------------------------------------------------
+def _set_on_app(attr: str, convert: Callable[[Any], Any]) -> Callable[..., None]:
+    def callback(ctx: click.Context, param: click.Parameter, value: Any) -> None:
+        app = ctx.find_object(AppContext)
+        if app is not None and value not in (None, 0, False):
+            setattr(app, attr, convert(value))
+    return callback
+
+
+def _leaf_commands(group: click.Group) -> list[click.Command]:
+    leaves: list[click.Command] = []
+    for command in group.commands.values():
+        if isinstance(command, click.Group):
+            leaves.extend(_leaf_commands(command))
+        else:
+            leaves.append(command)
+    return leaves
+
+
+def install_common_options() -> None:
+    """`orch vmss list -o json` as well as `orch -o json vmss list`: the output, wait and
+    verbosity options are accepted after any command too (as az does). Called once, after
+    every command module has registered its commands."""
+    for command in _leaf_commands(cli):
+        command.params.extend([
+            click.Option(["-o", "--output"], type=click.Choice(FORMATS), default=None,
+                         expose_value=False, callback=_set_on_app("output", str),
+                         help="Output format: table, json or yaml."),
+            click.Option(["--no-wait"], is_flag=True, default=False, expose_value=False,
+                         callback=_set_on_app("wait", lambda v: False),
+                         help="Return once the operation is recorded and started."),
+            click.Option(["-v", "--verbose"], count=True, expose_value=False,
+                         callback=_set_on_app("verbose", int), help="More detail."),
+        ])
+
+
+# --- entry point ----------------------------------------------------------------------------
+def fail(message: str, code: int) -> NoReturn:
+    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    sys.exit(code)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    verbose = "-v" in (argv if argv is not None else sys.argv[1:])
+    try:
+        cli.main(args=list(argv) if argv is not None else None, prog_name="orch",
+                 standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        fail("aborted", 130)
+    except click.ClickException as exc:
+        fail(exc.format_message(), 2)
+    except OrchError as exc:
+        fail(exc.one_line(), exc.exit_code)
+    except KeyboardInterrupt:
+        fail("interrupted", 130)
+    except BrokenPipeError:
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug is one line too
+        if verbose:
+            traceback.print_exc()
+        fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for a traceback)", 1)
+
+

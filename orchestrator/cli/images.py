@@ -1,0 +1,100 @@
+"""`orch image ...`: build, import, list, show and delete registered images."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import click
+
+from orchestrator.cli.app import (
+    IMAGE_COLUMNS,
+    AppContext,
+    cli,
+    pass_app,
+)
+from orchestrator.clock import RealClock, iso
+from orchestrator.model import (
+    parse_image_ref,
+)
+
+
+# --- images -------------------------------------------------------------------------------
+@cli.group()
+def image() -> None:
+    """Register, build and inspect base images (NAME:VERSION, immutable)."""
+
+
+def _image_view(img: Any) -> dict[str, Any]:
+    rec = img.record
+    return {
+        "ref": rec.ref, "name": rec.name, "version": rec.version, "sha256": rec.sha256,
+        "path": rec.path, "sizeMiB": round(img.disk.stat().st_size / 2**20, 1)
+        if img.disk.exists() else None,
+        "kernelBoot": img.kernel is not None, "sshUser": img.ssh_user,
+        "healthCommand": img.health_command, "createdAt": rec.created_at,
+        "manifest": rec.manifest,
+    }
+
+
+@image.command("build")
+@click.argument("recipe")
+@click.option("--version", "version", required=True, help="Version to register, e.g. 1.")
+@click.option("--broken", is_flag=True, help="Build an image whose health check fails (tests).")
+@pass_app
+def image_build(app: AppContext, recipe: str, version: str, broken: bool) -> None:
+    """Build RECIPE (images/RECIPE/) and register it as RECIPE:VERSION."""
+    img = app.registry.build(recipe, version, broken=broken, progress=app.progress,
+                             now=iso(RealClock().now()))
+    app.progress(f"registered {img.ref} ({img.record.sha256[:12]})")
+    app.show(_image_view(img))
+
+
+@image.command("import")
+@click.option("--name", required=True)
+@click.option("--version", "version", required=True)
+@click.option("--file", "file", required=True, type=click.Path(path_type=Path),
+              help="qcow2 or raw disk; converted to qcow2 with the format pinned.")
+@click.option("--kernel", type=click.Path(path_type=Path), help="Kernel for direct boot.")
+@click.option("--initrd", type=click.Path(path_type=Path), help="Initrd for direct boot.")
+@click.option("--cmdline", help="Kernel command line for direct boot.")
+@click.option("--ssh-user", default="root", show_default=True, help="User that gets the admin key.")
+@click.option("--health-command", help="Default health probe command of this image.")
+@pass_app
+def image_import(app: AppContext, name: str, version: str, file: Path, kernel: Path | None,
+                 initrd: Path | None, cmdline: str | None, ssh_user: str,
+                 health_command: str | None) -> None:
+    """Register a downloaded disk image as NAME:VERSION."""
+    img = app.registry.import_image(name, version, file=file, kernel=kernel, initrd=initrd,
+                                    cmdline=cmdline, ssh_user=ssh_user,
+                                    health_command=health_command, now=iso(RealClock().now()))
+    app.show(_image_view(img))
+
+
+@image.command("list")
+@pass_app
+def image_list(app: AppContext) -> None:
+    """List registered images."""
+    app.show([_image_view(i) for i in app.registry.list()], columns=IMAGE_COLUMNS)
+
+
+@image.command("show")
+@click.argument("ref")
+@pass_app
+def image_show(app: AppContext, ref: str) -> None:
+    """Show one image (NAME:VERSION)."""
+    app.show(_image_view(app.registry.get(ref)))
+
+
+@image.command("delete")
+@click.argument("ref")
+@pass_app
+def image_delete(app: AppContext, ref: str) -> None:
+    """Delete an image no scale set uses."""
+    parse_image_ref(ref)
+    in_use = any(s.spec["model"]["image"] == ref for s in app.store.list_sets()) or any(
+        i.image == ref for i in app.store.all_instances())
+    app.registry.delete(ref, in_use=in_use)
+    app.progress(f"deleted {ref}")
+
+

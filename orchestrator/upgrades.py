@@ -213,7 +213,7 @@ class Upgrades:
                                "rolling upgrades need mode Rolling")
         latest = self.store.latest_rolling_upgrade(set_name)
         if latest is not None and latest.status == "RollingForward":
-            if _alive(latest):
+            if driver_alive(latest):
                 raise Conflict(f"a rolling upgrade of {set_name} is already running "
                                f"(pid {latest.detail.get('pid')})")
             # its process died; this upgrade takes over (done instances are skipped)
@@ -252,7 +252,7 @@ class Upgrades:
         if latest is None or latest.status != "RollingForward":
             raise InvalidInput(f"scale set {set_name} has no rolling upgrade in progress")
         self.store.request_cancel(latest.id)
-        if not _alive(latest):
+        if not driver_alive(latest):
             # nobody is driving it (the process died): it stops here
             latest = self.store.update_rolling_upgrade(
                 self.store.get_rolling_upgrade(latest.id), status="Cancelled",
@@ -432,7 +432,7 @@ def rolling_status(rec: RollingUpgradeRecord) -> dict[str, Any]:
     }
 
 
-def _alive(rec: RollingUpgradeRecord) -> bool:
+def driver_alive(rec: RollingUpgradeRecord) -> bool:
     pid = rec.detail.get("pid")
     if not isinstance(pid, int):
         return False

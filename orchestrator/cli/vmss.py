@@ -424,3 +424,36 @@ def vmss_ssh(app: AppContext, name: str, instance_id: int, command: tuple[str, .
     sys.exit(code)
 
 
+
+
+@cli.group()
+def controller() -> None:
+    """The reconcile loop: resumes interrupted work, rolls out recorded model changes
+    (Automatic and Rolling sets), restarts instances that should run."""
+
+
+@controller.command("run")
+@click.option("--once", is_flag=True, help="One pass over every set, then exit.")
+@click.option("--interval", type=click.FloatRange(min=1, max=3600), default=15, show_default=True,
+              help="Seconds between passes.")
+@pass_app
+def controller_run(app: AppContext, once: bool, interval: float) -> None:
+    """Carry out pending and interrupted work; with --once, exit when done (exit 1 if a set
+    had a problem), else keep watching until interrupted."""
+    import threading
+
+    from orchestrator.reconcile import Reconciler
+
+    reconciler = Reconciler(app.upgrades())
+    stop = threading.Event()
+    while True:
+        report = reconciler.run_pass()
+        for line in report.problems:
+            app.progress(f"problem: {line}")
+        if once:
+            app.show(report.as_dict())
+            if report.problems:
+                raise OperationFailed(f"{len(report.problems)} problem(s): {report.problems[0]}")
+            return
+        if stop.wait(interval):
+            return

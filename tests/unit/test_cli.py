@@ -141,3 +141,9 @@ def test_list_json_and_yaml(capsys: pytest.CaptureFixture[str], env: Path) -> No
 def test_help_explains(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run(capsys, "vmss", "create", "--help")
     assert code == 0 and "--upgrade-policy-mode" in out and "--output" in out
+
+
+def test_controller_once_with_nothing_to_do(capsys: pytest.CaptureFixture[str], env: Path) -> None:
+    code, out, err = run(capsys, "controller", "run", "--once", "-o", "json")
+    assert code == 0, err
+    assert json.loads(out) == {"actions": [], "problems": []}

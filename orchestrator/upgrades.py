@@ -271,8 +271,18 @@ class Upgrades:
         rolling = validate(RollingUpgradePolicy, upgrade.policy)
         target = upgrade.target_generation
         upgraded: dict[int, bool] = {}  # instanceId (or its surge replacement) -> healthy
+        attempted: set[int] = set()  # never tried twice within one upgrade
         successful = failed = 0
         batch_no = 0
+
+        async def faulted(reason: str | None, progress: dict[str, int]) -> RollingUpgradeRecord:
+            note = None
+            failures = [i for i, healthy in upgraded.items() if not healthy]
+            if rolling.rollback_failed_instances_on_policy_breach and failures and not surge:
+                note = await self._rollback(set_name, failures)
+            return self._end(self.store.get_rolling_upgrade(upgrade.id), "Faulted", reason,
+                             progress=progress, rollback=note)
+
         while True:
             upgrade = self.store.get_rolling_upgrade(upgrade.id)
             if upgrade.last_action == "Cancel":
@@ -280,15 +290,18 @@ class Upgrades:
                                  cancel="cancelled between batches: no batch was in flight")
             capacity = self.service.spec_of(self.store.get_set(set_name)).capacity
             members = await self._members(set_name)
-            verdict = policy.next_batch(members, target=target, policy=rolling, capacity=capacity)
-            pending_count = len(policy.pending(members, target))
+            skip = frozenset(attempted)
+            verdict = policy.next_batch(members, target=target, policy=rolling,
+                                        capacity=capacity, skip=skip)
+            pending_count = len(policy.pending(members, target, skip))
             if verdict.kind == "completed":
                 return self._end(upgrade, "Completed", None,
                                  progress=_progress(successful, failed, 0, 0))
             if verdict.kind == "faulted":
-                return self._end(upgrade, "Faulted", verdict.reason,
-                                 progress=_progress(successful, failed, 0, pending_count))
+                return await faulted(verdict.reason,
+                                     _progress(successful, failed, 0, pending_count))
             batch_no += 1
+            attempted.update(verdict.batch)
             batch = [i for i in self.store.list_instances(set_name)
                      if i.instance_id in verdict.batch]
             self.service.progress(f"{set_name}: batch {batch_no}: instances "
@@ -310,21 +323,20 @@ class Upgrades:
             batches = [*upgrade.detail.get("batches", []), {
                 "batch": batch_no, "instances": list(verdict.batch),
                 "succeeded": [o.instance_id for o in ok], "failed": [o.instance_id for o in bad]}]
+            after = _progress(successful, failed, 0, pending_count - len(batch))
             upgrade = self.store.update_rolling_upgrade(
-                upgrade, progress=_progress(successful, failed, 0, pending_count - len(batch)),
+                upgrade, progress=after,
                 detail={**upgrade.detail, "inFlight": [], "batches": batches})
             breach = policy.check_upgraded(
                 [policy.Member(i, target, h) for i, h in upgraded.items()], rolling)
             if breach:
-                note = None
-                if rolling.rollback_failed_instances_on_policy_breach and bad and not surge:
-                    note = await self._rollback(set_name, [o.instance_id for o in bad])
-                return self._end(upgrade, "Faulted", breach, rollback=note)
+                return await faulted(breach, after)
             if self.store.get_rolling_upgrade(upgrade.id).last_action == "Cancel":
                 return self._end(upgrade, "Cancelled", None,
                                  cancel=f"the in-flight batch {batch_no} was completed; "
                                         "no new batch was started")
-            if rolling.pause_seconds > 0 and policy.pending(await self._members(set_name), target):
+            if rolling.pause_seconds > 0 and policy.pending(await self._members(set_name),
+                                                            target, frozenset(attempted)):
                 self.service.progress(f"{set_name}: pausing {rolling.pause_time_between_batches}")
                 await self.service.clock.sleep(rolling.pause_seconds)
 
@@ -358,16 +370,20 @@ class Upgrades:
         return outcomes
 
     async def _rollback(self, set_name: str, ids: Sequence[int]) -> str:
+        """Return the failed instances ``ids`` to their previous model, concurrently."""
         engine = self.service.engine
-        rolled: list[InstanceRecord] = []
-        for inst in self.store.list_instances(set_name):
-            if inst.instance_id in ids and inst.prev_generation:
-                model = self._model(set_name, inst.prev_generation)
-                image = self.service.registry.get(inst.prev_image)
-                self.service.progress(f"{inst.name}: rolling back to generation "
-                                      f"{inst.prev_generation} ({image.ref})")
-                done = await ops.rollback(engine, inst, model=model, image=image)
-                rolled.append(self.service._record_boot(done))
+
+        async def one(inst: InstanceRecord) -> InstanceRecord:
+            model = self._model(set_name, inst.prev_generation)
+            image = self.service.registry.get(inst.prev_image)
+            self.service.progress(f"{inst.name}: rolling back to generation "
+                                  f"{inst.prev_generation} ({image.ref})")
+            done = await ops.rollback(engine, inst, model=model, image=image)
+            return self.service._record_boot(done)
+
+        todo = [i for i in self.store.list_instances(set_name)
+                if i.instance_id in ids and i.prev_generation]
+        rolled = await asyncio.gather(*(one(i) for i in todo))
         final = await self.service.await_health(set_name, rolled)
         states = ", ".join(f"{set_name}-{i} {r.state.value}" for i, r in sorted(final.items()))
         return f"rolled back to the previous model: {states}"

@@ -56,9 +56,13 @@ def thresholds(policy: RollingUpgradePolicy, capacity: int) -> list[str]:
     ]
 
 
-def pending(members: Sequence[Member], target: int) -> list[Member]:
-    """Instances not on ``target`` that a policy may touch."""
-    return [m for m in members if m.generation != target and not m.protected]
+def pending(members: Sequence[Member], target: int,
+            skip: frozenset[int] = frozenset()) -> list[Member]:
+    """Instances not on ``target`` that a policy may touch; ``skip``: instances this upgrade
+    already tried (a failed MaxSurge replacement leaves its old instance behind, and it is
+    not tried again within the same upgrade)."""
+    return [m for m in members
+            if m.generation != target and not m.protected and m.instance_id not in skip]
 
 
 def ordered(todo: Sequence[Member], *, prioritize_unhealthy: bool) -> list[Member]:
@@ -68,13 +72,13 @@ def ordered(todo: Sequence[Member], *, prioritize_unhealthy: bool) -> list[Membe
 
 
 def next_batch(members: Sequence[Member], *, target: int, policy: RollingUpgradePolicy,
-               capacity: int) -> Verdict:
+               capacity: int, skip: frozenset[int] = frozenset()) -> Verdict:
     """The next batch of a rolling upgrade toward generation ``target``, or its end.
 
     ``maxUnhealthyInstancePercent`` is checked here, before every batch, over all
     instances of the set; ``capacity`` is the set's capacity (the base of every percent).
     """
-    todo = ordered(pending(members, target),
+    todo = ordered(pending(members, target, skip),
                    prioritize_unhealthy=policy.prioritize_unhealthy_instances)
     if not todo:
         return Verdict("completed")

@@ -94,15 +94,6 @@ class Prediction:
     def all_failed(self) -> set[int]:
         return {i for f in self.failed for i in f}
 
-    def rollback_gap(self, s: Scenario) -> bool:
-        """Whether the product's known rollback gap shows in this run: it rolls back only the
-        failed instances of the batch that breached maxUnhealthyUpgradedInstancePercent, not
-        those of earlier batches, nor any when maxUnhealthyInstancePercent faults the upgrade
-        (see test_rolling_control: the two xfail tests)."""
-        if not (s.rollback and not s.surge and self.code == "Faulted" and self.all_failed):
-            return False
-        return self.fault != "upgraded" or self.all_failed != set(self.failed[-1])
-
 
 def predict(s: Scenario, *, max_batches: int = 200) -> Prediction:
     """What SPEC §2 says a rolling upgrade of ``s`` does, written from the spec, not from
@@ -113,10 +104,12 @@ def predict(s: Scenario, *, max_batches: int = 200) -> Prediction:
     healthy = {i: (not s.broken if i in s.pre_upgraded else i not in s.pre_unhealthy)
                for i in range(s.capacity)}
     upgraded: dict[int, bool] = {}
+    tried: set[int] = set()  # an upgrade tries each instance once (a failed surge leaves it)
     out = Prediction(code="Loop")
     next_id = s.capacity
     for _ in range(max_batches):
-        todo = [i for i in sorted(gen) if gen[i] != 2 and i not in s.protected]
+        todo = [i for i in sorted(gen)
+                if gen[i] != 2 and i not in s.protected and i not in tried]
         if not todo:
             out.code = "Completed"
             break
@@ -127,6 +120,7 @@ def predict(s: Scenario, *, max_batches: int = 200) -> Prediction:
             out.code, out.fault = "Faulted", "unhealthy"
             break
         batch = todo[:s.batch]
+        tried.update(batch)
         failed: list[int] = []
         for old in batch:
             if s.surge:
@@ -208,19 +202,20 @@ class Watcher:
     def healthy(self, name: str, domain: Domain) -> bool:
         return self.world.hv.guest_ready(name) and not self.failing(name, domain)
 
-    def current_batch(self) -> set[int]:
-        """The instances being acted on: the batch in flight, or after it the failed ones
-        of the last batch while the upgrade still runs (they may be rolled back)."""
+    def current_batch(self) -> tuple[set[int], bool]:
+        """The instances being acted on, and whether that is a rollback: the batch in
+        flight, or after it every instance that failed so far while the upgrade still runs
+        (a rollback returns them all, and they were unhealthy already)."""
         rec = self.world.store.latest_rolling_upgrade(SET)
         if rec is None:
-            return set()
+            return set(), False
         in_flight = rec.detail.get("inFlight") or []
         if in_flight:
-            return set(in_flight)
+            return set(in_flight), False
         batches = rec.detail.get("batches") or []
         if rec.status == "RollingForward" and batches:
-            return set(batches[-1]["failed"])
-        return set()
+            return {i for b in batches for i in b["failed"]}, True
+        return set(), False
 
     def check(self, verb: str, name: str) -> None:
         self.checks += 1
@@ -242,13 +237,14 @@ class Watcher:
                 assert healthy >= s.capacity, (
                     f"surge: only {healthy} healthy < capacity {s.capacity} {where}")
             return
-        batch = self.current_batch()
+        batch, rollback = self.current_batch()
         outside = {n: d for n, d in domains.items() if _instance_id(n) not in batch}
         up = sum(1 for n, d in outside.items() if self.healthy(n, d))
         known_bad = sum(1 for n, d in outside.items() if self.failing(n, d))
         down = sorted(n for n, d in outside.items()
                       if not self.failing(n, d) and not hv.guest_ready(n))
-        floor = s.capacity - s.batch - known_bad
+        # a rollback acts only on instances already unhealthy: they may outnumber a batch
+        floor = s.capacity - (len(batch) if rollback else s.batch) - known_bad
         assert up >= floor and not down, (
             f"availability floor: {up} healthy outside batch {sorted(batch)} < {floor} "
             f"(capacity {s.capacity} - batch {s.batch} - unhealthy {known_bad}); "

@@ -95,7 +95,7 @@ def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_n
     macs = {i: view(orch, set_name, i)["macAddress"] for i in before}
     boots = {}
     for i, inst in before.items():
-        version, boots[i] = sh_ok(orch, set_name, i, FIND_DATA_DISK + 'mkfs.ext2 -q "$dev" && '
+        version, boots[i] = sh_ok(orch, set_name, i, FIND_DATA_DISK + 'mkfs.ext2 -q "$dev" >/dev/null && '
                                   + MOUNT_DATA + f'echo {inst["name"]} > /mnt/data/owner && sync && '
                                   + VERSION_AND_BOOT).split()
         assert version == "1"

@@ -1,0 +1,241 @@
+"""Benchmark: how close a real rolling upgrade comes to its critical path.
+
+Not a test: it boots real VMs in the lab, rolls them from tiny:1 to tiny:2 with the real
+``orch`` CLI, and prints figures. Run it inside the lab namespace:
+
+    .venv/bin/orch lab exec -- .venv/bin/python bench/rolling.py --instances 4
+
+It works in its own temporary state dir (images built there) with its own set name, and
+removes both even when something fails or it is interrupted. The method (what is timed, from
+which lines) is described in bench/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+ORCH = str(Path(sys.executable).with_name("orch"))
+PROGRESS = re.compile(r"^\[\s*(?P<t>[0-9.]+)s\] (?P<msg>.*)$")
+BATCH = re.compile(r"^(?P<set>[a-z0-9-]+): batch (?P<n>\d+): instances (?P<ids>[0-9, ]+) \((?P<how>[a-z ]+)\)$")
+TARGET_RATIO = 1.10
+
+
+class BenchError(Exception):
+    """The benchmark could not run or could not read its own measurements."""
+
+
+@dataclass
+class InstanceTiming:
+    name: str
+    start: float  # "applying generation" (in place: shutdown begins) or "creating" (surge)
+    healthy: float | None = None
+
+    @property
+    def seconds(self) -> float:
+        if self.healthy is None:
+            raise BenchError(f"{self.name} never reported Healthy")
+        return self.healthy - self.start
+
+
+@dataclass
+class Batch:
+    number: int
+    started: float
+    instances: dict[str, InstanceTiming] = field(default_factory=dict)
+
+    def slowest(self) -> InstanceTiming:
+        return max(self.instances.values(), key=lambda t: t.seconds)
+
+
+@dataclass
+class Run:
+    """What one ``vmss update`` printed, turned into timings."""
+
+    batches: list[Batch]
+    began: float  # "model generation" line: the upgrade was recorded
+    ended: float  # "rolling upgrade Completed" line
+    pauses: float  # total configured pause between batches
+
+    @property
+    def wall(self) -> float:
+        return self.ended - self.began
+
+    @property
+    def critical_path(self) -> float:
+        return sum(b.slowest().seconds for b in self.batches) + self.pauses
+
+
+def parse_progress(stderr: str, *, set_name: str, pause_seconds: float) -> Run:
+    """Timings from the ``[  12.3s] message`` progress lines of ``orch vmss update``."""
+    batches: list[Batch] = []
+    began = ended = None
+    for line in stderr.splitlines():
+        m = PROGRESS.match(line)
+        if not m:
+            continue
+        t, msg = float(m["t"]), m["msg"]
+        if msg.startswith(f"{set_name}: model generation"):
+            began = t
+        elif (b := BATCH.match(msg)) and b["set"] == set_name:
+            batches.append(Batch(int(b["n"]), t))
+        elif msg.startswith(f"{set_name}: rolling upgrade "):
+            if not msg.startswith(f"{set_name}: rolling upgrade Completed"):
+                raise BenchError(f"the upgrade did not complete: {msg}")
+            ended = t
+        elif batches and (msg.endswith(")") and (": applying generation " in msg
+                                                 or ": creating (" in msg)):
+            name = msg.split(":", 1)[0]
+            batches[-1].instances[name] = InstanceTiming(name, t)
+        elif batches and ": Healthy after " in msg:
+            name = msg.split(":", 1)[0]
+            if name in batches[-1].instances:
+                batches[-1].instances[name].healthy = t
+    if began is None or ended is None or not batches:
+        raise BenchError("the progress lines lack the start, the end or the batches")
+    for batch in batches:
+        if not batch.instances:
+            raise BenchError(f"batch {batch.number} shows no instance being upgraded")
+    return Run(batches, began, ended, pause_seconds * (len(batches) - 1))
+
+
+@dataclass
+class Bench:
+    state_dir: Path
+    set_name: str
+
+    def orch(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
+        proc = subprocess.run([ORCH, "--state-dir", str(self.state_dir), *args],
+                              capture_output=True, text=True, timeout=1800, check=False)
+        if check and proc.returncode != 0:
+            raise BenchError(f"orch {' '.join(args)} exited {proc.returncode}: "
+                             f"{proc.stderr.strip()[-2000:]}")
+        return proc
+
+    def json(self, *args: str) -> Any:
+        return json.loads(self.orch(*args, "-o", "json").stdout)
+
+    def leftovers(self) -> list[str]:
+        """Domains of this set that libvirt still has (there should be none after delete)."""
+        proc = subprocess.run(["virsh", "-q", "-c", os.environ.get("ORCH_LIBVIRT_URI", "qemu:///system"),
+                               "list", "--all", "--name"],
+                              capture_output=True, text=True, timeout=60, check=False)
+        return [d for d in proc.stdout.split() if d.startswith(f"{self.set_name}-")]
+
+
+def pause_iso(seconds: int) -> str:
+    return f"PT{seconds}S"
+
+
+def run_bench(bench: Bench, args: argparse.Namespace) -> Run:
+    for version in ("1", "2"):
+        bench.orch("image", "build", "tiny", "--version", version)
+    percent = str(args.batch_percent)
+    t0 = time.monotonic()
+    bench.orch("vmss", "create", "--name", bench.set_name, "--image", "tiny:1",
+               "--instance-count", str(args.instances), "--upgrade-policy-mode", "Rolling",
+               "--max-batch-instance-percent", percent,
+               # thresholds as wide as a batch, so the policy never stops this measurement
+               "--max-unhealthy-instance-percent", percent,
+               "--max-surge", "true" if args.surge else "false",
+               "--pause-time-between-batches", pause_iso(args.pause_seconds))
+    print(f"create of {args.instances} (all Healthy): {time.monotonic() - t0:.1f}s", flush=True)
+
+    t0 = time.monotonic()
+    proc = bench.orch("vmss", "update", "--name", bench.set_name, "--image", "tiny:2")
+    command_wall = time.monotonic() - t0
+    if args.verbose:
+        sys.stderr.write(proc.stderr)
+    run = parse_progress(proc.stderr, set_name=bench.set_name, pause_seconds=args.pause_seconds)
+
+    status = bench.json("vmss", "rolling-upgrade", "get-latest", "--name", bench.set_name)
+    if status["runningStatus"]["code"] != "Completed":
+        raise BenchError(f"rolling upgrade ended {status['runningStatus']['code']}")
+    if len(status["batches"]) != len(run.batches):
+        raise BenchError(f"status shows {len(status['batches'])} batches, progress {len(run.batches)}")
+    on_latest = [i for i in bench.json("vmss", "list-instances", "--name", bench.set_name)
+                 if i["latestModelApplied"] and i["healthState"] == "Healthy"]
+    if len(on_latest) != args.instances:
+        raise BenchError(f"only {len(on_latest)} of {args.instances} instances are Healthy on the latest model")
+
+    report(run, args=args, command_wall=command_wall)
+    return run
+
+
+def report(run: Run, *, args: argparse.Namespace, command_wall: float) -> None:
+    mode = "surge" if args.surge else "in place"
+    print(f"rolling upgrade tiny:1 -> tiny:2, {args.instances} instances, batch "
+          f"{args.batch_percent}% ({mode}), pause {args.pause_seconds}s")
+    for batch in run.batches:
+        slowest = batch.slowest()
+        times = ", ".join(f"{n.rsplit('-', 1)[1]}={t.seconds:.1f}s" for n, t in batch.instances.items())
+        print(f"  batch {batch.number}: start {batch.started - run.began:6.1f}s  "
+              f"per instance {times}  slowest {slowest.seconds:.1f}s")
+    ratio = run.wall / run.critical_path
+    print(f"wall time of the upgrade:  {run.wall:7.1f}s  (the whole `vmss update` command: {command_wall:.1f}s)")
+    print(f"critical path:             {run.critical_path:7.1f}s  "
+          f"(sum of slowest per batch {run.critical_path - run.pauses:.1f}s + pauses {run.pauses:.1f}s)")
+    print(f"ratio wall/critical path:  {ratio:7.3f}  (target <= {TARGET_RATIO:.2f}: "
+          f"{'met' if ratio <= TARGET_RATIO else 'NOT met'})", flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--instances", type=int, default=4, help="instances in the set [4]")
+    parser.add_argument("--batch-percent", type=int, default=20,
+                        help="maxBatchInstancePercent (5..100) [20]")
+    parser.add_argument("--surge", action="store_true", help="maxSurge: new instances first")
+    parser.add_argument("--pause-seconds", type=int, default=0, help="pause between batches [0]")
+    parser.add_argument("-v", "--verbose", action="store_true", help="echo the CLI's progress lines")
+    args = parser.parse_args(argv)
+    if not 1 <= args.instances <= 20 or not 5 <= args.batch_percent <= 100 or args.pause_seconds < 0:
+        parser.error("--instances 1..20, --batch-percent 5..100, --pause-seconds >= 0")
+    if os.environ.get("ORCH_IN_LAB") != "1":
+        print("run inside the lab: .venv/bin/orch lab exec -- .venv/bin/python bench/rolling.py",
+              file=sys.stderr)
+        return 2
+
+    # SIGTERM unwinds like Ctrl-C, so the finally below still removes the set and state dir
+    def on_term(signum: int, frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_term)
+    # not under /tmp: libvirt's qemu user must traverse to the images
+    state_dir = Path(tempfile.mkdtemp(prefix="orch-bench-", dir="/var/tmp"))
+    os.chmod(state_dir, 0o711)
+    bench = Bench(state_dir, f"bench-{uuid.uuid4().hex[:6]}")
+    code = 0
+    try:
+        run_bench(bench, args)
+    except (BenchError, subprocess.TimeoutExpired) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        code = 1
+    except KeyboardInterrupt:
+        print("interrupted: cleaning up", file=sys.stderr)
+        code = 130
+    finally:
+        deleted = bench.orch("vmss", "delete", "--name", bench.set_name, check=False)
+        left = bench.leftovers()
+        if left:
+            print(f"warning: libvirt still has {', '.join(left)} (delete said: "
+                  f"{deleted.stderr.strip()})", file=sys.stderr)
+            code = code or 1
+        shutil.rmtree(state_dir, ignore_errors=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

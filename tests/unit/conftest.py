@@ -37,14 +37,15 @@ class World:
         for key, fname in files.items():
             (directory / fname).write_bytes(f"{name}:{version}:{key}".encode())
             self.hv.add_external_file(str(directory / fname))
-        manifest = {
+        hashes = {k: file_sha256(directory / f) for k, f in files.items()}
+        manifest: dict[str, object] = {
             **files,
             "name": name, "version": version, "cmdline": "console=ttyS0 root=/dev/vda rw",
             "sshUser": "root", "healthCommand": "true", "virtualSize": 64 * 2**20,
-            "sha256": {k: file_sha256(directory / f) for k, f in files.items()},
+            "sha256": hashes,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest))
-        self.store.add_image(ImageRecord(name, version, manifest["sha256"]["disk"],
+        self.store.add_image(ImageRecord(name, version, hashes["disk"],
                                          str(directory), manifest, "2026-01-01T00:00:00Z"))
         return f"{name}:{version}"
 
@@ -56,11 +57,13 @@ class World:
         return domains, volumes, reservations
 
 
-def make_world(tmp_path: Path, **hv_options: float) -> World:
+def make_world(tmp_path: Path, *, boot_seconds: float = 6.5,
+               shutdown_seconds: float = 1.5) -> World:
     """A fresh fake world in ``tmp_path`` with image tiny:1 registered (usable from any test
     package, e.g. property tests that need a new world per hypothesis example)."""
     clock = FakeClock()
-    hv = FakeHypervisor(clock=clock, **hv_options)
+    hv = FakeHypervisor(clock=clock, boot_seconds=boot_seconds,
+                        shutdown_seconds=shutdown_seconds)
     store = Store(tmp_path / "orchestrator.db")
     registry = Registry(store, tmp_path)
     prober = FakeProber(hv, clock=clock)

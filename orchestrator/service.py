@@ -16,6 +16,7 @@ import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,6 @@ from orchestrator.errors import (
     InvalidInput,
     NotFound,
     OperationFailed,
-    OrchError,
 )
 from orchestrator.hypervisor.base import Hypervisor, PowerState
 from orchestrator.images import Image, Registry
@@ -349,14 +349,21 @@ class Service:
         self.store.delete_instance(inst.set_name, inst.instance_id)
 
     def _delete_instances(self, set_name: str, victims: Sequence[InstanceRecord]) -> None:
+        """Tear the victims down concurrently (libvirt connections are thread-safe; the
+        store is only touched from this thread), then forget those fully removed."""
         marked = [self.store.update_instance(v, status="deleting") for v in victims]
-        failures: list[str] = []
+        if not marked:
+            return
         for inst in marked:
             self.progress(f"{inst.name}: deleting")
-            try:
-                self._teardown_and_forget(inst)
-            except OrchError as exc:
-                failures.append(exc.message)
+        with ThreadPoolExecutor(max_workers=min(8, len(marked))) as pool:
+            results = list(pool.map(lambda i: ops.teardown(self.engine, i), marked))
+        failures: list[str] = []
+        for inst, problems in zip(marked, results, strict=True):
+            if problems:
+                failures.append(f"{inst.name}: could not remove everything: {'; '.join(problems)}")
+            else:
+                self.store.delete_instance(inst.set_name, inst.instance_id)
         if failures:
             raise OperationFailed("; ".join(failures))
 

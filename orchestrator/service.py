@@ -197,17 +197,22 @@ class Service:
 
     def _scale_out(self, spec: ScaleSetSpec, image: Image, count: int, *, key: ssh.KeyPair,
                    generation: int) -> list[InstanceRecord]:
-        """Allocate and boot ``count`` new instances; on failure they are torn down."""
+        """Allocate ``count`` new instances (one after the other: addresses come from the
+        store), then provision and boot them concurrently; on failure all are torn down."""
         made: list[InstanceRecord] = []
         try:
             for instance_id in self.store.take_instance_ids(spec.name, count):
-                inst = ops.allocate(self.engine, set_name=spec.name, instance_id=instance_id,
-                                    model=spec.model, generation=generation, image=image)
-                made.append(inst)
+                made.append(ops.allocate(self.engine, set_name=spec.name,
+                                         instance_id=instance_id, model=spec.model,
+                                         generation=generation, image=image))
+            for inst in made:
                 self.progress(f"{inst.name}: creating ({inst.ip}, {image.ref})")
-                ops.provision(self.engine, inst, spec.model, image, admin_key=key.public_openssh)
-                booted = self._record_boot(inst)
-                made[-1] = booted
+            if made:
+                with ThreadPoolExecutor(max_workers=min(8, len(made))) as pool:
+                    # list() re-raises the first failure once every worker has finished
+                    list(pool.map(lambda i: ops.provision(self.engine, i, spec.model, image,
+                                                          admin_key=key.public_openssh), made))
+            made = [self._record_boot(i) for i in made]
         except BaseException:
             for inst in made:
                 self._teardown_and_forget(inst)

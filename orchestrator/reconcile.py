@@ -58,10 +58,10 @@ class Reconciler:
             for inst in store.list_instances(name):
                 if inst.status == "deleting":
                     self._act(report, f"{inst.name}: finishing an interrupted delete")
-                    self.service._teardown_and_forget(inst)
+                    self.service.teardown_and_forget(inst)
                 elif inst.status == "creating":
                     self._act(report, f"{inst.name}: removing a half-created instance")
-                    self.service._teardown_and_forget(inst)
+                    self.service.teardown_and_forget(inst)
         # 2. a rolling upgrade whose process died goes on (done instances are skipped)
         latest = store.latest_rolling_upgrade(name)
         if latest is not None and latest.status == "RollingForward" and not driver_alive(latest):

@@ -97,25 +97,25 @@ class Service:
     def _key_path(self, set_name: str) -> Path:
         return self.state_dir / "sets" / set_name / "id_ed25519"
 
-    def _admin_key(self, set_name: str) -> ssh.KeyPair:
+    def admin_key(self, set_name: str) -> ssh.KeyPair:
         path = self._key_path(set_name)
         private = ssh.read_private_key(path)
         public = path.with_name(path.name + ".pub").read_text().strip()
         return ssh.KeyPair(private_openssh=private, public_openssh=public)
 
-    def _ensure_admin_key(self, set_name: str) -> ssh.KeyPair:
+    def ensure_admin_key(self, set_name: str) -> ssh.KeyPair:
         path = self._key_path(set_name)
         if not path.exists():
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             os.chmod(path.parent, 0o700)
             ssh.write_private_key(path, ssh.generate_keypair(f"orchestrator {set_name}"))
-        return self._admin_key(set_name)
+        return self.admin_key(set_name)
 
     # --- lookups ---------------------------------------------------------------------------
     def spec_of(self, rec: SetRecord) -> ScaleSetSpec:
         return validate(ScaleSetSpec, rec.spec)
 
-    def _instances(self, set_name: str, ids: Sequence[int] | None) -> list[InstanceRecord]:
+    def instances_of(self, set_name: str, ids: Sequence[int] | None) -> list[InstanceRecord]:
         all_instances = self.store.list_instances(set_name)
         if ids is None:
             return all_instances
@@ -156,8 +156,8 @@ class Service:
         with self.locked(spec.name):
             self.store.add_set(spec.name, spec.to_json_dict(), now=self.engine.now())
             try:
-                key = self._ensure_admin_key(spec.name)
-                created = self._scale_out(spec, image, spec.capacity, key=key, generation=1)
+                key = self.ensure_admin_key(spec.name)
+                created = self.scale_out(spec, image, spec.capacity, key=key, generation=1)
             except BaseException:
                 self.progress(f"create of {spec.name} failed: removing what was made")
                 self._delete_everything(spec.name)
@@ -173,7 +173,7 @@ class Service:
         """Instance protection, as Azure's protectFromScaleIn / protectFromScaleSetActions."""
         self.store.get_set(set_name)
         with self.locked(set_name):
-            inst = self._instances(set_name, [instance_id])[0]
+            inst = self.instances_of(set_name, [instance_id])[0]
             changes: dict[str, bool] = {}
             if scale_in is not None:
                 changes["protect_from_scale_in"] = scale_in
@@ -195,7 +195,7 @@ class Service:
                 f"storage pool {self.engine.settings.pool} does not exist in libvirt"
             ) from exc
 
-    def _scale_out(self, spec: ScaleSetSpec, image: Image, count: int, *, key: ssh.KeyPair,
+    def scale_out(self, spec: ScaleSetSpec, image: Image, count: int, *, key: ssh.KeyPair,
                    generation: int) -> list[InstanceRecord]:
         """Allocate ``count`` new instances (one after the other: addresses come from the
         store), then provision and boot them concurrently; on failure all are torn down."""
@@ -212,14 +212,14 @@ class Service:
                     # list() re-raises the first failure once every worker has finished
                     list(pool.map(lambda i: ops.provision(self.engine, i, spec.model, image,
                                                           admin_key=key.public_openssh), made))
-            made = [self._record_boot(i) for i in made]
+            made = [self.record_boot(i) for i in made]
         except BaseException:
             for inst in made:
-                self._teardown_and_forget(inst)
+                self.teardown_and_forget(inst)
             raise
         return [self.store.update_instance(i, status="active") for i in made]
 
-    def _record_boot(self, inst: InstanceRecord) -> InstanceRecord:
+    def record_boot(self, inst: InstanceRecord) -> InstanceRecord:
         health = _health_to_json(HealthRecord.initial(self.clock.monotonic()), self.clock)
         return self.store.update_instance(inst, health=health)
 
@@ -233,7 +233,7 @@ class Service:
         spec = self.spec_of(self.store.get_set(set_name))
         image = self.registry.get(spec.model.image)
         settings = self.probe_settings(spec.model, image)
-        key = self._admin_key(set_name)
+        key = self.admin_key(set_name)
         by_name = {i.name: i for i in instances}
         targets = [self._target(i, port=settings.port, user=self._user_of(i), key=key)
                    for i in instances]
@@ -280,7 +280,7 @@ class Service:
         if not running:
             return {}
         settings = self.probe_settings(spec.model, image)
-        key = self._admin_key(set_name)
+        key = self.admin_key(set_name)
         targets = [self._target(i, port=settings.port, user=self._user_of(i), key=key)
                    for i in running]
         records = {i.name: _health_from_json(i.health, self.clock) for i in running}
@@ -312,8 +312,8 @@ class Service:
             if capacity > current:
                 image = self.registry.verify(spec.model.image)
                 self._check_placement(spec.model)
-                key = self._ensure_admin_key(set_name)
-                created = self._scale_out(spec, image, capacity - current, key=key,
+                key = self.ensure_admin_key(set_name)
+                created = self.scale_out(spec, image, capacity - current, key=key,
                                           generation=rec.generation)
                 self.store.update_spec(set_name, new_spec.to_json_dict(), new_generation=False,
                                        now=self.engine.now())
@@ -323,7 +323,7 @@ class Service:
                     self._wait_healthy(set_name, created, action="scale")
             elif capacity < current:
                 victims = self._scale_in_victims(spec, instances, current - capacity)
-                self._delete_instances(set_name, victims)
+                self.delete_instances_now(set_name, victims)
                 self.store.update_spec(set_name, new_spec.to_json_dict(), new_generation=False,
                                        now=self.engine.now())
                 self.store.add_event(set_name, f"scaled in {current} -> {capacity}",
@@ -347,13 +347,13 @@ class Service:
             )
         return candidates[:count]
 
-    def _teardown_and_forget(self, inst: InstanceRecord) -> None:
+    def teardown_and_forget(self, inst: InstanceRecord) -> None:
         problems = ops.teardown(self.engine, inst)
         if problems:
             raise OperationFailed(f"{inst.name}: could not remove everything: {'; '.join(problems)}")
         self.store.delete_instance(inst.set_name, inst.instance_id)
 
-    def _delete_instances(self, set_name: str, victims: Sequence[InstanceRecord]) -> None:
+    def delete_instances_now(self, set_name: str, victims: Sequence[InstanceRecord]) -> None:
         """Tear the victims down concurrently (libvirt connections are thread-safe; the
         store is only touched from this thread), then forget those fully removed."""
         marked = [self.store.update_instance(v, status="deleting") for v in victims]
@@ -373,7 +373,7 @@ class Service:
             raise OperationFailed("; ".join(failures))
 
     def _delete_everything(self, set_name: str) -> None:
-        self._delete_instances(set_name, self.store.list_instances(set_name))
+        self.delete_instances_now(set_name, self.store.list_instances(set_name))
         self.store.delete_set(set_name)
         shutil.rmtree(self._key_path(set_name).parent, ignore_errors=True)
         (self.state_dir / "locks" / f"{set_name}.lock").unlink(missing_ok=True)
@@ -387,11 +387,11 @@ class Service:
         rec = self.store.get_set(set_name)
         spec = self.spec_of(rec)
         with self.locked(set_name):
-            victims = self._instances(set_name, ids)
+            victims = self.instances_of(set_name, ids)
             protected = [str(v.instance_id) for v in victims if v.protect_from_scale_set_actions]
             if protected:
                 raise InvalidInput(f"instances {', '.join(protected)} are protected from scale set actions")
-            self._delete_instances(set_name, victims)
+            self.delete_instances_now(set_name, victims)
             remaining = len(self.store.list_instances(set_name))
             new_spec = validate(ScaleSetSpec, {**spec.to_json_dict(), "capacity": remaining})
             self.store.update_spec(set_name, new_spec.to_json_dict(), new_generation=False,
@@ -403,7 +403,7 @@ class Service:
         """``start``, ``stop``, ``deallocate`` or ``restart`` the instances named."""
         self.store.get_set(set_name)
         with self.locked(set_name):
-            instances = self._instances(set_name, ids)
+            instances = self.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
             if protected and action != "start":
                 raise InvalidInput(f"instances {', '.join(protected)} are protected from scale set actions")
@@ -423,7 +423,7 @@ class Service:
                     if self.hv.domain_state(inst.name) is not PowerState.RUNNING:
                         self.progress(f"{inst.name}: starting")
                         self.hv.start(inst.name)
-                        inst = self._record_boot(inst)
+                        inst = self.record_boot(inst)
                     booted.append(inst)
                 else:
                     inst = self.store.update_instance(inst, health={})
@@ -435,11 +435,11 @@ class Service:
     def endpoint(self, set_name: str, instance_id: int) -> ssh.Endpoint:
         rec = self.store.get_set(set_name)
         spec = self.spec_of(rec)
-        inst = self._instances(set_name, [instance_id])[0]
+        inst = self.instances_of(set_name, [instance_id])[0]
         state = self.hv.domain_state(inst.name)
         if state is not PowerState.RUNNING:
             raise OperationFailed(f"{inst.name} is {state.value}; start it first")
-        key = self._admin_key(set_name)
+        key = self.admin_key(set_name)
         return ssh.Endpoint(host=inst.ip, port=spec.model.health_probe.port,
                             user=self._user_of(inst), client_key=key.private_openssh,
                             host_key=inst.host_key_public)
@@ -481,10 +481,10 @@ class Service:
 
     def instance_view(self, set_name: str, instance_id: int, *, refresh: bool = True) -> dict[str, Any]:
         rec = self.store.get_set(set_name)
-        self._instances(set_name, [instance_id])
+        self.instances_of(set_name, [instance_id])
         if refresh:
             self.refresh_health(set_name)
-        inst = self._instances(set_name, [instance_id])[0]
+        inst = self.instances_of(set_name, [instance_id])[0]
         view = self._instance_dict(rec, inst)
         view["lastProbe"] = inst.health.get("last")
         view["healthChangedAt"] = inst.health.get("changedAt")

@@ -130,7 +130,7 @@ class Upgrades:
         started = await asyncio.gather(*(one(i) for i in instances))
         booted = [s for s in started if isinstance(s, InstanceRecord)]
         outcomes = [s for s in started if isinstance(s, Outcome)]
-        booted = [self.service._record_boot(i) for i in booted]
+        booted = [self.service.record_boot(i) for i in booted]
         final = await self.service.await_health(set_name, booted)
         for inst in booted:
             health = final[inst.instance_id]
@@ -146,7 +146,7 @@ class Upgrades:
         """Manual mode's `update-instances`: the latest model to the instances named."""
         self.store.get_set(set_name)
         with self.service.locked(set_name):
-            instances = self.service._instances(set_name, ids)
+            instances = self.service.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
             if protected and ids is not None:
                 raise InvalidInput(f"instances {', '.join(protected)} are protected from scale set actions")
@@ -179,11 +179,11 @@ class Upgrades:
         rec = self.store.get_set(set_name)
         profile = self.service.spec_of(rec).model
         with self.service.locked(set_name):
-            instances = self.service._instances(set_name, ids)
+            instances = self.service.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
             if protected:
                 raise InvalidInput(f"instances {', '.join(protected)} are protected from scale set actions")
-            key = self.service._admin_key(set_name)
+            key = self.service.admin_key(set_name)
             engine = self.service.engine
 
             async def one(inst: InstanceRecord) -> InstanceRecord:
@@ -193,7 +193,7 @@ class Upgrades:
                                       + (" (all disks)" if all_disks else ""))
                 done = await ops.reimage(engine, inst, model=model, profile=profile, image=image,
                                          admin_key=key.public_openssh, all_disks=all_disks)
-                return self.service._record_boot(done)
+                return self.service.record_boot(done)
 
             async def run() -> dict[int, HealthRecord]:
                 done = await asyncio.gather(*(one(i) for i in instances))
@@ -355,17 +355,17 @@ class Upgrades:
         rec = self.store.get_set(set_name)
         spec = self.service.spec_of(rec)
         image = self.service.registry.verify(spec.model.image)
-        key = self.service._ensure_admin_key(set_name)
-        created = self.service._scale_out(spec, image, len(batch), key=key, generation=rec.generation)
+        key = self.service.ensure_admin_key(set_name)
+        created = self.service.scale_out(spec, image, len(batch), key=key, generation=rec.generation)
         final = await self.service.await_health(set_name, created)
         outcomes: list[Outcome] = []
         for old, new in zip(batch, created, strict=True):
             ok = final[new.instance_id].state is HealthState.HEALTHY
             if ok:
-                self.service._delete_instances(set_name, [old])
+                self.service.delete_instances_now(set_name, [old])
                 outcomes.append(Outcome(new.instance_id, True))
             else:
-                self.service._delete_instances(set_name, [new])
+                self.service.delete_instances_now(set_name, [new])
                 outcomes.append(Outcome(old.instance_id, False, final[new.instance_id].state.value))
         return outcomes
 
@@ -379,7 +379,7 @@ class Upgrades:
             self.service.progress(f"{inst.name}: rolling back to generation "
                                   f"{inst.prev_generation} ({image.ref})")
             done = await ops.rollback(engine, inst, model=model, image=image)
-            return self.service._record_boot(done)
+            return self.service.record_boot(done)
 
         todo = [i for i in self.store.list_instances(set_name)
                 if i.instance_id in ids and i.prev_generation]

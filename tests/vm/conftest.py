@@ -2,7 +2,7 @@
 
 They must run inside the lab namespace (`make test` runs `orch lab exec -- pytest`); outside
 it they fail with that instruction instead of skipping. Each session gets its own state
-dir with freshly built images; every scale set a test creates is deleted afterwards, and the
+dir with freshly built images (tiny:1, tiny:2, tiny:3 --broken); every scale set a test creates is deleted afterwards, and the
 test checks itself that libvirt holds nothing of it.
 """
 
@@ -80,6 +80,7 @@ def orch() -> Iterator[Orch]:
     o = Orch(state_dir)
     o.run("image", "build", "tiny", "--version", "1")
     o.run("image", "build", "tiny", "--version", "2")
+    o.run("image", "build", "tiny", "--version", "3", "--broken")  # health fails, SSH works
     try:
         yield o
     finally:

@@ -74,7 +74,6 @@ def test_lifecycle_on_real_vms(orch: Orch) -> None:
 
 
 def test_broken_image_is_unhealthy_while_ssh_works(orch: Orch) -> None:
-    orch.run("image", "build", "tiny", "--version", "3", "--broken")
     name = orch.new_set_name()
     proc = orch.run("vmss", "create", "--name", name, "--image", "tiny:3", "--instance-count", "1",
                     "--health-probe-grace-period", "20", check=False)

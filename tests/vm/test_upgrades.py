@@ -227,8 +227,7 @@ def test_manual_waits_for_update_instances_then_automatic_upgrades_all(orch: Orc
 # --- a broken image faults a rolling upgrade -------------------------------------------------
 @pytest.fixture(scope="module")
 def broken_image(orch: Orch) -> str:
-    orch.run("image", "build", "tiny", "--version", "3", "--broken")
-    return "tiny:3"
+    return "tiny:3"  # built --broken by the session fixture
 
 
 BROKEN_SET = ("--upgrade-policy-mode", "Rolling", "--max-batch-instance-percent", "34",

@@ -12,6 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator.engine import operations as ops
 from orchestrator.errors import Conflict, OrchError
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.upgrades import Upgrades, driver_alive
@@ -62,6 +63,9 @@ class Reconciler:
                 elif inst.status == "creating":
                     self._act(report, f"{inst.name}: removing a half-created instance")
                     self.service.teardown_and_forget(inst)
+                elif inst.status in (ops.REIMAGING, ops.REIMAGING_ALL_DISKS):
+                    self._act(report, f"{inst.name}: finishing an interrupted reimage")
+                    self.upgrades.finish_reimage(name, inst)
         # 2. a rolling upgrade whose process died goes on (done instances are skipped)
         latest = store.latest_rolling_upgrade(name)
         if latest is not None and latest.status == "RollingForward" and not driver_alive(latest):
@@ -87,11 +91,25 @@ class Reconciler:
             # an upgrade to this generation that ended Faulted or Cancelled waits for the user
             self._act(report, f"{name}: rolling upgrade to generation {rec.generation}")
             self.upgrades.start_rolling(name)
-        # 5. repairs: an instance the user wants running that is not (crashed, killed)
-        down = [i for i in store.list_instances(name) if i.power_intent == "running"
-                and self.service.hv.domain_state(i.name) in (PowerState.STOPPED,
-                                                             PowerState.CRASHED)]
-        if down:
-            ids = [i.instance_id for i in down]
-            self._act(report, f"{name}: starting instances {ids} that should be running")
-            self.service.power(name, ids, "start")
+        # 5. repairs: an instance the user wants running that is not (crashed, killed, or
+        # left shutting down by an interrupted command)
+        down: dict[PowerState, list[int]] = {
+            PowerState.STOPPED: [], PowerState.CRASHED: [], PowerState.SHUTTING_DOWN: []}
+        for inst in store.list_instances(name):
+            state = self.service.hv.domain_state(inst.name)
+            if inst.power_intent == "running" and state in down:
+                down[state].append(inst.instance_id)
+        stopped = down[PowerState.STOPPED] + down[PowerState.CRASHED]
+        if stopped:
+            self._act(report, f"{name}: starting instances {stopped} that should be running")
+            self.service.power(name, stopped, "start")
+        if down[PowerState.SHUTTING_DOWN]:
+            ids = down[PowerState.SHUTTING_DOWN]
+            self._act(report, f"{name}: restarting instances {ids} left shutting down")
+            self.service.power(name, ids, "restart")
+        # 6. new models an interrupted upgrade left uncommitted: healthy ones are kept
+        latest = store.latest_rolling_upgrade(name)
+        if latest is None or latest.status != "RollingForward":
+            for committed in self.upgrades.commit_healthy(name):
+                self._act(report, f"{committed}: healthy on its new model; previous OS disk "
+                                  "removed")

@@ -497,8 +497,8 @@ class Service:
 
     def _instance_dict(self, rec: SetRecord, inst: InstanceRecord) -> dict[str, Any]:
         state = self.hv.domain_state(inst.name)
-        if inst.status in ("creating", "deleting"):
-            power = inst.status
+        if inst.status in ("creating", "deleting", "reimaging", "reimaging-all-disks"):
+            power = inst.status.removesuffix("-all-disks")
         elif state is PowerState.STOPPED and inst.power_intent == "deallocated":
             power = "deallocated"
         else:

@@ -204,6 +204,36 @@ class Upgrades:
             raise_unhealthy("reimage", {f"{set_name}-{i}": r for i, r in final.items()})
         return [self.service.instance_view(set_name, i.instance_id, refresh=False) for i in instances]
 
+    def finish_reimage(self, set_name: str, inst: InstanceRecord) -> None:
+        """Finish a reimage an interrupted process recorded (for the reconciler)."""
+        profile = self.service.spec_of(self.store.get_set(set_name)).model
+        image = self.service.registry.verify(inst.image)
+        model = self._model(set_name, inst.model_generation)
+        key = self.service.admin_key(set_name)
+
+        async def run() -> None:
+            done = await ops.finish_reimage(self.service.engine, inst, model=model,
+                                            profile=profile, image=image,
+                                            admin_key=key.public_openssh)
+            await self.service.await_health(set_name, [self.service.record_boot(done)])
+
+        asyncio.run(run())
+
+    def commit_healthy(self, set_name: str) -> list[str]:
+        """Instances left uncommitted by an interrupted upgrade: the healthy ones keep their
+        new model (the previous OS disk goes); others keep it for a rollback."""
+        pending = [i for i in self.store.list_instances(set_name)
+                   if i.status == "active" and (i.prev_os_volume or i.prev_generation)]
+        if not pending:
+            return []
+        states = asyncio.run(self.service.probe_round(set_name, pending))
+        done = []
+        for inst in pending:
+            if states.get(inst.instance_id) is HealthState.HEALTHY:
+                ops.commit_model(self.service.engine, inst)
+                done.append(inst.name)
+        return done
+
     # --- rolling upgrades --------------------------------------------------------------------
     def start_rolling(self, set_name: str, *, allow_surge_fallback: bool = False) -> dict[str, Any]:
         rec = self.store.get_set(set_name)

@@ -399,24 +399,40 @@ async def rollback(engine: Engine, inst: InstanceRecord, *, model: Model,
     return inst
 
 
+REIMAGING = "reimaging"
+REIMAGING_ALL_DISKS = "reimaging-all-disks"
+
+
 async def reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile: Model,
                   image: Image, admin_key: str, all_disks: bool = False) -> InstanceRecord:
     """Restore the OS disk to ``image``: a fresh overlay, a fresh cloud-init instance-id and
     host key (from ``profile``, the latest model's OS profile); data disks kept unless
-    ``all_disks``. ``model`` is the instance's own generation (hardware)."""
+    ``all_disks``. ``model`` is the instance's own generation (hardware).
+
+    The new identity is recorded first, with status ``reimaging``: a reimage interrupted at
+    any point is finished by ``finish_reimage`` (the reconciler does so), never half-done.
+    """
     _check_not_foreign(engine, inst)
+    _drop_volume(engine, inst.prev_os_volume)  # an uncommitted earlier disk is of no use now
+    host_key = ssh.generate_keypair(f"{inst.name} host key")
+    inst = engine.store.update_instance(
+        inst, status=REIMAGING_ALL_DISKS if all_disks else REIMAGING,
+        os_volume=InstanceNames(inst.name).next_os_volume(inst.os_volume),
+        prev_os_volume=inst.os_volume, prev_generation=0, prev_image="",
+        host_key_public=host_key.public_openssh, host_key_private=host_key.private_openssh,
+        seed_instance_id=new_seed_id(inst.set_name, inst.instance_id), health={})
+    return await finish_reimage(engine, inst, model=model, profile=profile, image=image,
+                                admin_key=admin_key)
+
+
+async def finish_reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile: Model,
+                         image: Image, admin_key: str) -> InstanceRecord:
+    """Carry out the reimage recorded on ``inst``; every step is safe to repeat."""
     await power_off(engine, inst.name)
     names = InstanceNames(inst.name)
     pool = engine.settings.pool
-    old_volume = inst.os_volume
-    new_volume = names.next_os_volume(old_volume)
-    _fresh_overlay(engine, new_volume, image)
-    host_key = ssh.generate_keypair(f"{inst.name} host key")
-    inst = engine.store.update_instance(
-        inst, os_volume=new_volume, host_key_public=host_key.public_openssh,
-        host_key_private=host_key.private_openssh,
-        seed_instance_id=new_seed_id(inst.set_name, inst.instance_id), health={})
-    if all_disks:
+    _fresh_overlay(engine, inst.os_volume, image)
+    if inst.status == REIMAGING_ALL_DISKS:
         for vol in engine.hv.list_volumes(pool):
             if vol.name.startswith(f"{inst.name}-data") and names.owns_volume(vol.name):
                 engine.hv.delete_volume(pool, vol.name)
@@ -424,8 +440,7 @@ async def reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile
     seed = cloudinit.build_seed_iso(seed_content(inst, profile, admin_key=admin_key))
     engine.hv.upload_volume(pool, name=names.seed_volume, data=seed)
     engine.hv.define_domain(build_domain(engine, inst, model, image))
-    for stale in (old_volume, inst.prev_os_volume):
-        _drop_volume(engine, stale)
-    inst = engine.store.update_instance(inst, prev_os_volume="", prev_generation=0, prev_image="")
+    _drop_volume(engine, inst.prev_os_volume)
+    inst = engine.store.update_instance(inst, status="active", prev_os_volume="")
     engine.hv.start(inst.name)
     return inst

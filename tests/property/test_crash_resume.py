@@ -1,0 +1,198 @@
+"""Crash injection: every operation is killed at every point where it changes the hypervisor,
+then `orch controller run --once` resumes, and the invariants of SPEC §7 are checked.
+
+A kill is modelled as a SIGKILL would be: at the chosen hypervisor call a ``Killed``
+(BaseException, so no ``except OrchError`` swallows it) is raised, and from then on every
+hypervisor call and every store write of the dead "process" raises ``Killed`` too, so no
+clean-up code of the dead process has any effect. Its set lock is released (as the kernel
+releases a dead process's flock). A fresh controller on the same store and hypervisor then
+runs a reconcile pass.
+
+The points are generated, not hand-picked: each operation is first run to completion while
+its mutating hypervisor calls are counted, then killed before each of them in turn.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from orchestrator.hypervisor.base import PowerState
+from orchestrator.model import ScaleSetSpec, validate
+from orchestrator.reconcile import Reconciler
+from orchestrator.upgrades import Upgrades
+from tests.unit.conftest import World, make_world
+
+SET = "web"
+MUTATING = ("define_domain", "start", "shutdown", "destroy", "undefine", "create_overlay",
+            "create_volume", "upload_volume", "delete_volume", "add_reservation",
+            "remove_reservation")
+
+
+DEAD_PID = 2**22 + 7  # above pid_max's default: no such process
+
+
+class Killed(BaseException):
+    """The process died here (SIGKILL): nothing after this point of it takes effect."""
+
+
+@dataclass
+class Killer:
+    """Counts the mutating hypervisor calls of a world; raises Killed before call ``at``
+    and keeps the dead process from touching the hypervisor or the store afterwards."""
+
+    world: World
+    at: int | None = None
+    count: int = 0
+    dead: bool = False
+
+    def install(self) -> None:
+        hv = self.world.hv
+        for verb in MUTATING:
+            setattr(hv, verb, self._wrap(getattr(hv, verb)))
+        store = self.world.store
+        real_transaction = store.transaction
+
+        @contextlib.contextmanager
+        def transaction() -> Iterator[None]:
+            if self.dead:
+                raise Killed("store write after death")
+            with real_transaction():
+                yield
+
+        store.transaction = transaction  # type: ignore[method-assign]
+        self._restore = (hv, store, real_transaction)
+
+    def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapped(*args: Any, **kwargs: Any) -> Any:
+            if self.dead:
+                raise Killed("hypervisor call after death")
+            if self.at is not None and self.count == self.at:
+                self.dead = True
+                raise Killed(f"killed before mutating call {self.at}")
+            self.count += 1
+            return fn(*args, **kwargs)
+        return wrapped
+
+    def revive(self) -> None:
+        """The dead process is gone: a new one uses the same hypervisor and store."""
+        hv, store, real_transaction = self._restore
+        for verb in MUTATING:
+            setattr(hv, verb, getattr(type(hv), verb).__get__(hv))
+        store.transaction = real_transaction  # type: ignore[method-assign]
+        # the dead process's pid is gone too (here it is the test's own, still alive)
+        latest = store.latest_rolling_upgrade(SET)
+        if latest is not None and latest.status == "RollingForward":
+            store.update_rolling_upgrade(latest, detail={**latest.detail, "pid": DEAD_PID})
+
+
+def spec(mode: str, capacity: int, **rolling: Any) -> ScaleSetSpec:
+    return validate(ScaleSetSpec, {
+        "name": SET, "capacity": capacity,
+        "model": {"image": "tiny:1", "dataDisks": [{"lun": 0, "sizeGiB": 1}]},
+        "upgradePolicy": {"mode": mode, "rollingUpgradePolicy": {
+            "maxBatchInstancePercent": 50, "maxUnhealthyInstancePercent": 50, **rolling}}})
+
+
+# Each scenario: (set-up before the kill, the operation that is killed).
+Setup = Callable[[World, Upgrades], None]
+Operation = Callable[[World, Upgrades], Any]
+
+
+def _create(mode: str = "Rolling", capacity: int = 2, **rolling: Any) -> Setup:
+    def setup(w: World, up: Upgrades) -> None:
+        w.service.create(spec(mode, capacity, **rolling))
+    return setup
+
+
+def _nothing(w: World, up: Upgrades) -> None:
+    pass
+
+
+SCENARIOS: dict[str, tuple[Setup, Operation]] = {
+    "create": (_nothing, lambda w, up: w.service.create(spec("Rolling", 3))),
+    "scale-out": (_create(), lambda w, up: w.service.scale(SET, 4)),
+    "scale-in": (_create(capacity=3), lambda w, up: w.service.scale(SET, 1)),
+    "delete-set": (_create(), lambda w, up: w.service.delete(SET)),
+    "rolling-in-place": (_create(capacity=3),
+                         lambda w, up: up.update(SET, {"model": {"image": "tiny:2"}})),
+    "rolling-surge": (_create(maxSurge=True),
+                      lambda w, up: up.update(SET, {"model": {"image": "tiny:2"}})),
+    "automatic": (_create("Automatic"),
+                  lambda w, up: up.update(SET, {"model": {"image": "tiny:2"}})),
+    "reimage": (_create("Manual"), lambda w, up: up.reimage(SET, None)),
+    "restart": (_create("Manual"), lambda w, up: w.service.power(SET, [0, 1], "restart")),
+}
+
+
+def _world(tmp: Path) -> tuple[World, Upgrades]:
+    w = make_world(tmp)
+    w.register_image("tiny", "2")
+    return w, Upgrades(w.service)
+
+
+def count_points(tmp: Path, name: str) -> int:
+    setup, operation = SCENARIOS[name]
+    w, up = _world(tmp)
+    setup(w, up)
+    killer = Killer(w)
+    killer.install()
+    operation(w, up)
+    return killer.count
+
+
+def check_invariants(w: World, name: str) -> None:
+    """After resume: exactly the store's instances exist in libvirt, at capacity, running
+    and Healthy, on the latest model where the policy rolls it out."""
+    store = w.store
+    rec = store.find_set(SET)
+    domains, volumes, reservations = w.resources()
+    if rec is None:  # the set was being deleted (or never created): nothing may remain
+        assert (domains, volumes, reservations) == (set(), set(), set()), name
+        return
+    instances = store.list_instances(SET)
+    spec_now = w.service.spec_of(rec)
+    names = {i.name for i in instances}
+    assert len(instances) == spec_now.capacity, (name, [i.name for i in instances])
+    assert {d for d in domains if d.startswith(f"{SET}-")} == names, (name, domains, names)
+    assert reservations == names, (name, reservations)
+    expected = {v for i in instances
+                for v in (i.os_volume, f"{i.name}-seed.iso", f"{i.name}-data0.qcow2")}
+    assert volumes == expected, (name, sorted(volumes ^ expected))
+    for i in instances:
+        assert i.status == "active", (name, i.name, i.status)
+        assert w.hv.domain_state(i.name) is PowerState.RUNNING, (name, i.name)
+        owner = w.hv.domain_owner(i.name)
+        assert owner is not None and owner.generation == i.model_generation, (name, i.name, owner)
+        disk = w.hv.domains[i.name].disks[0]
+        assert disk.path.endswith(i.os_volume), (name, i.name, disk.path, i.os_volume)
+    if spec_now.upgrade_policy.mode in ("Rolling", "Automatic"):
+        assert {i.model_generation for i in instances} == {rec.generation}, name
+    states = {i["instanceId"]: i["healthState"] for i in w.service.list_instances(SET)}
+    assert set(states.values()) == {"Healthy"}, (name, states)
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_killed_at_every_point_then_resumed(tmp_path: Path, name: str) -> None:
+    points = count_points(tmp_path / "count", name)
+    assert points > 0
+    for at in range(points):
+        w, up = _world(tmp_path / f"kill-{at}")
+        setup, operation = SCENARIOS[name]
+        setup(w, up)
+        killer = Killer(w, at=at)
+        killer.install()
+        with pytest.raises(Killed):
+            operation(w, up)
+        killer.revive()
+        report = Reconciler(up).run_pass()
+        assert report.problems == [], (name, at, report.problems)
+        check_invariants(w, f"{name} killed before mutating call {at}")
+        # a second pass finds nothing to do
+        again = Reconciler(up).run_pass()
+        assert again.actions == [] and again.problems == [], (name, at, again.actions)

@@ -88,11 +88,12 @@ class AppContext:
         from orchestrator.engine.health import SshProber
         from orchestrator.engine.operations import Engine, Settings
         from orchestrator.hypervisor.libvirt import LibvirtHypervisor
+        from orchestrator.hypervisor.retry import Retrying
         from orchestrator.service import Service
 
         clock = RealClock()
         engine = Engine(
-            hv=LibvirtHypervisor(self.libvirt_uri),
+            hv=Retrying(LibvirtHypervisor(self.libvirt_uri), log=self.progress),
             store=self.store,
             registry=self.registry,
             clock=clock,

@@ -157,6 +157,10 @@ class Registry:
         self._check_new(name, version)
         sources = {"disk": file, "kernel": kernel, "initrd": initrd}
         for key, src in sources.items():
+            # a user's path, so refused as bad input (exit 2), before inspect_disk would call
+            # it a SecurityError: what a link points at may change between check and copy
+            if src is not None and src.is_symlink():
+                raise InvalidInput(f"{key} file {src} is a symbolic link; give the real file")
             if src is not None and (not src.exists() or not src.is_file()):
                 raise InvalidInput(f"{key} file {src} does not exist or is not a regular file")
         if initrd is not None and kernel is None:
@@ -244,6 +248,15 @@ def inspect_disk(path: Path) -> dict[str, Any]:
     fmt = info.get("format")
     if fmt not in ("qcow2", "raw"):
         raise InvalidInput(f"{path}: format {fmt!r} not supported (qcow2 or raw)")
+    if fmt == "raw":
+        # qemu-img calls any file it cannot recognise "raw", so a text file or a truncated
+        # download would register as a disk; a real raw disk is whole 512-byte sectors
+        size = path.stat().st_size
+        if size == 0:
+            raise InvalidInput(f"{path}: is empty, not a disk image")
+        if size % 512:
+            raise InvalidInput(f"{path}: not a disk image (not qcow2, and {size} bytes is not "
+                               "a whole number of 512-byte sectors for a raw disk)")
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise InvalidInput(f"{path}: has a backing file; give a self-contained image")
     data = (info.get("format-specific") or {}).get("data") or {}

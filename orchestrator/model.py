@@ -14,12 +14,13 @@ from __future__ import annotations
 import datetime as _dt
 import re
 from collections.abc import Callable
-from typing import Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    Strict,
     TypeAdapter,
     ValidationError,
     field_validator,
@@ -41,6 +42,10 @@ SSH_PUBLIC_KEY_RE = re.compile(
 MAX_CAPACITY = 100
 _DURATION = TypeAdapter(_dt.timedelta)
 _V = TypeVar("_V")
+# Lax pydantic takes `capacity: true` as 1 and `maxSurge: 1` as true: a YAML slip would
+# silently become a real change, so numbers and switches must be given as such.
+Int = Annotated[int, Strict()]
+Bool = Annotated[bool, Strict()]
 
 
 def check_set_name(name: str) -> str:
@@ -103,27 +108,27 @@ class _Base(BaseModel):
 
 
 class DataDisk(_Base):
-    lun: int = Field(ge=0, le=15)
-    size_gib: int = Field(ge=1, le=1024, alias="sizeGiB")
+    lun: Int = Field(ge=0, le=15)
+    size_gib: Int = Field(ge=1, le=1024, alias="sizeGiB")
 
 
 class HealthProbe(_Base):
     command: str | None = Field(default=None, min_length=1, max_length=4096)
-    port: int = Field(default=22, ge=1, le=65535)
-    interval_seconds: int = Field(default=5, ge=1, le=3600)
-    timeout_seconds: int = Field(default=5, ge=1, le=300)
-    number_of_probes: int = Field(default=1, ge=1, le=10)
-    grace_period_seconds: int = Field(default=300, ge=0, le=7200)
+    port: Int = Field(default=22, ge=1, le=65535)
+    interval_seconds: Int = Field(default=5, ge=1, le=3600)
+    timeout_seconds: Int = Field(default=5, ge=1, le=300)
+    number_of_probes: Int = Field(default=1, ge=1, le=10)
+    grace_period_seconds: Int = Field(default=300, ge=0, le=7200)
 
 
 class RollingUpgradePolicy(_Base):
-    max_batch_instance_percent: int = Field(default=20, ge=5, le=100)
-    max_unhealthy_instance_percent: int = Field(default=20, ge=0, le=100)
-    max_unhealthy_upgraded_instance_percent: int = Field(default=20, ge=0, le=100)
+    max_batch_instance_percent: Int = Field(default=20, ge=5, le=100)
+    max_unhealthy_instance_percent: Int = Field(default=20, ge=0, le=100)
+    max_unhealthy_upgraded_instance_percent: Int = Field(default=20, ge=0, le=100)
     pause_time_between_batches: str = "PT0S"
-    prioritize_unhealthy_instances: bool = False
-    rollback_failed_instances_on_policy_breach: bool = False
-    max_surge: bool = False
+    prioritize_unhealthy_instances: Bool = False
+    rollback_failed_instances_on_policy_breach: Bool = False
+    max_surge: Bool = False
 
     @field_validator("pause_time_between_batches")
     @classmethod
@@ -155,8 +160,8 @@ class UpgradePolicy(_Base):
 
 class Model(_Base):
     image: str
-    vcpus: int = Field(default=1, ge=1, le=64)
-    memory_mib: int = Field(default=256, ge=64, le=262144, alias="memoryMiB")
+    vcpus: Int = Field(default=1, ge=1, le=64)
+    memory_mib: Int = Field(default=256, ge=64, le=262144, alias="memoryMiB")
     data_disks: tuple[DataDisk, ...] = ()
     network: str = "default"
     custom_data: str | None = Field(default=None, max_length=65536)
@@ -214,7 +219,7 @@ class Model(_Base):
 class ScaleSetSpec(_Base):
     name: str
     model: Model
-    capacity: int = Field(ge=0, le=MAX_CAPACITY)
+    capacity: Int = Field(ge=0, le=MAX_CAPACITY)
     upgrade_policy: UpgradePolicy = UpgradePolicy()
     scale_in_policy: ScaleInPolicy = "Default"
 
@@ -229,7 +234,7 @@ class _Metadata(_Base):
 
 
 class _DocumentSpec(Model):
-    capacity: int = Field(ge=0, le=MAX_CAPACITY)
+    capacity: Int = Field(ge=0, le=MAX_CAPACITY)
     upgrade_policy: UpgradePolicy = UpgradePolicy()
     scale_in_policy: ScaleInPolicy = "Default"
 
@@ -264,7 +269,9 @@ _M = TypeVar("_M", bound=BaseModel)
 def validate(cls: type[_M], data: Any, *, where: str = "") -> _M:
     """Validate ``data`` as ``cls``; pydantic's error becomes one InvalidInput line."""
     try:
-        return cls.model_validate(data)
+        # by alias only: the keys of SPEC §6 are camelCase, and `memory_mib` next to
+        # `memoryMiB` would be two spellings of one field with a silent winner
+        return cls.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:
         raise InvalidInput(validation_message(exc, where=where)) from exc
     except InvalidInput as exc:

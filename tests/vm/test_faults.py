@@ -24,6 +24,8 @@ from typing import Any
 
 import pytest
 
+from orchestrator.store import RollingUpgradeRecord, Store
+
 from .conftest import ORCH, Orch, libvirt_objects, virsh
 
 pytestmark = pytest.mark.vm
@@ -133,6 +135,21 @@ def latest(orch: Orch, set_name: str) -> dict[str, Any]:
     return found
 
 
+def upgrade_record(orch: Orch, set_name: str,
+                   upgrade_id: int | None = None) -> RollingUpgradeRecord:
+    """A rolling-upgrade record straight from the state database: the CLI shows only the
+    latest one, and a superseded record must still say what became of it."""
+    store = Store(orch.state_dir / "orchestrator.db")
+    try:
+        if upgrade_id is None:
+            found = store.latest_rolling_upgrade(set_name)
+            assert found is not None, f"{set_name} has no rolling upgrade"
+            return found
+        return store.get_rolling_upgrade(upgrade_id)
+    finally:
+        store.close()
+
+
 def guest_version(orch: Orch, set_name: str, instance_id: int) -> str:
     out = orch.sh(set_name, instance_id, VERSION)
     assert out["exitStatus"] == 0, out
@@ -179,9 +196,10 @@ def wait_domain_state(name: str, wanted: str, *, timeout: float) -> None:
         assert time.monotonic() < deadline, f"{name} still {state!r} after {timeout:g}s"
 
 
-# Where in the batch's instance the process dies: while the guest handles its ACPI shutdown;
-# once it is powered off (the new OS disk being made); right after the domain was started on
-# the new model (its generation recorded, its health not yet awaited nor committed).
+# Where in the batch's instance the process dies: as soon as it says it applies the new
+# generation (the ACPI shutdown just requested, or about to be; the tiny guest is off within
+# ~0.3 s); once it is powered off (the new OS disk being made); right after the domain was
+# started on the new model (its generation recorded, its health not yet awaited nor committed).
 KILL_POINTS = ["shutting-down", "powered-off", "restarted"]
 
 
@@ -195,9 +213,7 @@ def test_sigkill_mid_in_place_batch_is_resumed_by_controller(orch: Orch, set_nam
                                     timeout=120)[1])
         update.wait_for(rf"{set_name}-{batch}: applying generation 2 \(tiny:2\)", timeout=60)
         domain = f"{set_name}-{batch}"
-        if kill_point == "shutting-down":
-            time.sleep(0.3)  # deliberate: the ACPI request is out, the guest is still going down
-        else:
+        if kill_point != "shutting-down":
             wait_domain_state(domain, "shut off", timeout=90)
             if kill_point == "restarted":
                 wait_domain_state(domain, "running", timeout=60)
@@ -210,6 +226,7 @@ def test_sigkill_mid_in_place_batch_is_resumed_by_controller(orch: Orch, set_nam
     interrupted = latest(orch, set_name)
     assert interrupted["runningStatus"]["code"] == "RollingForward", interrupted
     assert interrupted["inFlight"] == [batch], interrupted
+    interrupted_id = upgrade_record(orch, set_name).id
     # the new generation is recorded only once the domain runs it: before that the
     # instance is redone by the resumed upgrade, after it the instance is skipped
     behind = sorted(i["instanceId"] for i in instances(orch, set_name)
@@ -232,6 +249,11 @@ def test_sigkill_mid_in_place_batch_is_resumed_by_controller(orch: Orch, set_nam
 
     status = latest(orch, set_name)
     assert status["runningStatus"]["code"] == "Completed", status
+    # the interrupted record (not shown by get-latest any more) says what became of it
+    superseded = upgrade_record(orch, set_name, interrupted_id)
+    assert superseded.status == "Cancelled" and superseded.end_time, superseded
+    assert "interrupted" in superseded.detail["cancel"], superseded.detail
+    assert "superseded" in superseded.detail["cancel"], superseded.detail
     # get-latest shows the upgrade that took over; it did exactly the instances behind
     assert status["progress"]["successfulInstanceCount"] == len(behind), status
     assert status["progress"]["failedInstanceCount"] == 0, status
@@ -249,10 +271,14 @@ def test_sigkill_mid_surge_batch_is_resumed_without_excess(orch: Orch, set_name:
     update = Streamed(orch, "vmss", "update", "--name", set_name, "--image", "tiny:2")
     try:
         update.wait_for(rf"{set_name}: batch 1: instances \d+ \(surge\)", timeout=120)
-        update.wait_for(rf"{set_name}-\d+: creating", timeout=60)
+        new_id = int(update.wait_for(rf"{set_name}-(\d+): creating", timeout=60)[1])
         update.kill()
     finally:
         update.stop_if_running()
+    assert new_id not in (0, 1)
+    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    print(f"surge replacement {new_id} at kill: {by_id.get(new_id, {}).get('powerState')}")
+    assert by_id[new_id]["powerState"] == "creating", by_id
 
     # watch libvirt while the controller resumes: the surge ceiling must hold throughout
     most = 0
@@ -272,6 +298,8 @@ def test_sigkill_mid_surge_batch_is_resumed_without_excess(orch: Orch, set_name:
         watcher.join(timeout=60)
     print(f"controller run --once: {took:.1f}s; most domains seen: {most}")
     assert most <= capacity + batch_size, proc.stderr
+    assert f"{set_name}-{new_id}: removing a half-created instance" in proc.stderr, proc.stderr
+    assert orch.json("vmss", "show", "--name", set_name)["capacity"] == capacity
 
     now = instances(orch, set_name)
     ids = [i["instanceId"] for i in now]
@@ -320,7 +348,7 @@ def test_hung_sshd_is_unknown_within_bound_then_restart_recovers(orch: Orch, set
     assert took <= 2 * PROBE_TIMEOUT + 5, took
     last = hung_view["lastProbe"]
     assert last["kind"] == "unreachable" and last["exitStatus"] is None, last
-    assert re.search(r"within 5s|tim(ed )?out", last["error"], re.IGNORECASE), last
+    assert re.search(r"within 5s", last["error"]), last
     print(f"last probe of the hung instance: {last}")
 
     # ACPI still works with sshd stopped: restart stops it gracefully and boots it again

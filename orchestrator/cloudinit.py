@@ -109,6 +109,8 @@ def parse_custom_data(text: str) -> dict[str, Any]:
         doc = yaml.safe_load(text)
     except yaml.YAMLError as exc:
         raise InvalidInput(f"customData is not valid YAML: {_first_line(str(exc))}") from exc
+    except RecursionError as exc:
+        raise InvalidInput("customData YAML is nested too deeply") from exc
     if doc is None:
         return {}
     if not isinstance(doc, dict) or not all(isinstance(k, str) for k in doc):

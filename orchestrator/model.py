@@ -16,6 +16,7 @@ import re
 from collections.abc import Callable
 from typing import Annotated, Any, Literal, TypeVar
 
+import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -288,3 +289,34 @@ def validation_message(exc: ValidationError, *, where: str = "") -> str:
         msg = "unknown key"
     more = f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})" if len(errors) > 1 else ""
     return f"{path}: {msg}{more}" if path else f"{msg}{more}"
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            try:
+                duplicate = key in seen
+                seen.add(key)
+            except TypeError as exc:
+                raise yaml.constructor.ConstructorError(
+                    None, None, "a mapping key that is not a plain value", key_node.start_mark
+                ) from exc
+            if duplicate:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice", key_node.start_mark)
+        return super().construct_mapping(node, deep)
+
+
+def parse_yaml_documents(text: str, *, where: str) -> list[Any]:
+    """Every non-empty YAML document of ``text``; InvalidInput (one line) if it is not
+    plain, valid YAML: duplicate keys and absurd nesting are refused too."""
+    try:
+        return [d for d in yaml.load_all(text, Loader=_StrictLoader) if d is not None]
+    except yaml.YAMLError as exc:
+        raise InvalidInput(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    except RecursionError as exc:
+        raise InvalidInput(f"{where}: YAML nested too deeply") from exc

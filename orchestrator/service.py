@@ -171,7 +171,7 @@ class Service:
     def protect(self, set_name: str, instance_id: int, *, scale_in: bool | None,
                 set_actions: bool | None) -> dict[str, Any]:
         """Instance protection, as Azure's protectFromScaleIn / protectFromScaleSetActions."""
-        self.store.get_set(set_name)
+        self.instances_of(set_name, [instance_id])  # bad input is refused before the lock
         with self.locked(set_name):
             inst = self.instances_of(set_name, [instance_id])[0]
             changes: dict[str, bool] = {}
@@ -386,6 +386,7 @@ class Service:
     def delete_instances(self, set_name: str, ids: Sequence[int]) -> dict[str, Any]:
         rec = self.store.get_set(set_name)
         spec = self.spec_of(rec)
+        self.instances_of(set_name, ids)  # bad input is refused before the lock
         with self.locked(set_name):
             victims = self.instances_of(set_name, ids)
             protected = [str(v.instance_id) for v in victims if v.protect_from_scale_set_actions]
@@ -401,7 +402,7 @@ class Service:
     # --- power -------------------------------------------------------------------------------
     def power(self, set_name: str, ids: Sequence[int], action: str, *, wait: bool = True) -> list[dict[str, Any]]:
         """``start``, ``stop``, ``deallocate`` or ``restart`` the instances named."""
-        self.store.get_set(set_name)
+        self.instances_of(set_name, ids)  # bad input is refused before the lock
         with self.locked(set_name):
             instances = self.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]

@@ -144,7 +144,7 @@ class Upgrades:
 
     def update_instances(self, set_name: str, ids: Sequence[int] | None) -> list[dict[str, Any]]:
         """Manual mode's `update-instances`: the latest model to the instances named."""
-        self.store.get_set(set_name)
+        self.service.instances_of(set_name, ids)  # bad input is refused before the lock
         with self.service.locked(set_name):
             instances = self.service.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
@@ -178,6 +178,7 @@ class Upgrades:
                 wait: bool = True) -> list[dict[str, Any]]:
         rec = self.store.get_set(set_name)
         profile = self.service.spec_of(rec).model
+        self.service.instances_of(set_name, ids)  # bad input is refused before the lock
         with self.service.locked(set_name):
             instances = self.service.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]

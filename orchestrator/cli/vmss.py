@@ -9,7 +9,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-import yaml
 
 from orchestrator.cli.app import (
     INSTANCE_COLUMNS,
@@ -24,6 +23,7 @@ from orchestrator.model import (
     ScaleSetDocument,
     ScaleSetSpec,
     check_set_name,
+    parse_yaml_documents,
     validate,
 )
 
@@ -57,15 +57,25 @@ def instance_ids_option(fn: F) -> F:
                         help="Instance ids, space or comma separated.")(fn)
 
 
+MAX_INPUT_BYTES = 65536
+
+
 def _read_text_file(path: Path, what: str) -> str:
+    """A small UTF-8 text file given on the command line; devices, FIFOs and directories are
+    refused, and no more than the limit is ever read (a size can lie: /dev/zero says 0)."""
     try:
-        if path.stat().st_size > 65536:
-            raise InvalidInput(f"{what} file {path} is larger than 64 KiB")
-        return path.read_text(encoding="utf-8")
-    except FileNotFoundError as exc:
-        raise InvalidInput(f"{what} file {path} not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise InvalidInput(f"{what} file {path} cannot be read: {exc}") from exc
+        if not path.is_file():
+            raise InvalidInput(f"{what} file {path} not found or not a regular file")
+        with path.open("rb") as fh:
+            data = fh.read(MAX_INPUT_BYTES + 1)
+    except OSError as exc:
+        raise InvalidInput(f"{what} file {path} cannot be read: {exc.strerror or exc}") from exc
+    if len(data) > MAX_INPUT_BYTES:
+        raise InvalidInput(f"{what} file {path} is larger than 64 KiB")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InvalidInput(f"{what} file {path} is not UTF-8 text") from exc
 
 
 def _disk_sizes(values: Sequence[str]) -> list[dict[str, int]]:
@@ -164,11 +174,11 @@ def vmss_create(app: AppContext, /, **opts: Any) -> None:
     app.show(app.service().create(spec, wait=app.wait))
 
 def load_documents(path: Path) -> list[ScaleSetSpec]:
-    text = _read_text_file(path, "-f") if str(path) != "-" else sys.stdin.read()
-    try:
-        docs = [d for d in yaml.safe_load_all(text) if d is not None]
-    except yaml.YAMLError as exc:
-        raise InvalidInput(f"{path}: not valid YAML: {' '.join(str(exc).split())}") from exc
+    text = (_read_text_file(path, "-f") if str(path) != "-"
+            else sys.stdin.read(MAX_INPUT_BYTES + 1))
+    if len(text) > MAX_INPUT_BYTES:
+        raise InvalidInput("-f: the input is larger than 64 KiB")
+    docs = parse_yaml_documents(text, where=str(path))
     if not docs:
         raise InvalidInput(f"{path}: no documents")
     network = os.environ.get("ORCH_NETWORK")

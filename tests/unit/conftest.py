@@ -3,7 +3,9 @@ registered fake image, and a ``Service`` wired to them with the simulated prober
 
 from __future__ import annotations
 
+import hashlib
 import json
+import sqlite3
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -80,3 +82,21 @@ def make_world(tmp_path: Path, *, boot_seconds: float = 6.5,
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return make_world(tmp_path)
+
+
+def snapshot(state: Path) -> dict[str, str]:
+    """Every file's hash, the database by its logical content (WAL files vary on reads)."""
+    files = {}
+    for p in sorted(state.rglob("*")):
+        if p.is_dir() and not p.is_symlink():
+            files[str(p.relative_to(state)) + "/"] = "dir"
+            continue
+        if p.name.endswith(("-wal", "-shm")):
+            continue
+        if p.suffix == ".db":
+            with sqlite3.connect(p) as db:
+                data = "\n".join(db.iterdump()).encode()
+        else:
+            data = p.read_bytes()
+        files[str(p.relative_to(state))] = hashlib.sha256(data).hexdigest()
+    return files

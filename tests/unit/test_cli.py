@@ -3,15 +3,15 @@ environment problems exit 4; output formats."""
 
 from __future__ import annotations
 
-import hashlib
 import json
-import sqlite3
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from orchestrator.cli import main
+
+from .conftest import snapshot
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
@@ -21,21 +21,6 @@ def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     out, err = capsys.readouterr()
     code = exc.value.code
     return (code if isinstance(code, int) else 1), out, err
-
-
-def snapshot(state: Path) -> dict[str, str]:
-    """Every file's hash, the database by its logical content (WAL files vary on reads)."""
-    files = {}
-    for p in sorted(state.rglob("*")):
-        if not p.is_file() or p.name.endswith(("-wal", "-shm")):
-            continue
-        if p.suffix == ".db":
-            with sqlite3.connect(p) as db:
-                data = "\n".join(db.iterdump()).encode()
-        else:
-            data = p.read_bytes()
-        files[str(p.relative_to(state))] = hashlib.sha256(data).hexdigest()
-    return files
 
 
 @pytest.fixture

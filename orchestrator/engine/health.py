@@ -248,6 +248,7 @@ async def _bounded_probe(
         budget = max(0.0, deadline - clock.monotonic())
         cut_by_deadline = True
     at = clock.now()
+    started = clock.monotonic()
     probe = asyncio.ensure_future(prober.probe(target, settings))
     timer = asyncio.ensure_future(clock.sleep(budget))
     try:
@@ -262,7 +263,8 @@ async def _bounded_probe(
         return probe.result()  # re-raises SecurityError and the like
     if cut_by_deadline:
         return None
-    return _unreachable(at, f"probe did not finish within {settings.timeout_seconds:g}s")
+    return _unreachable(at, f"probe did not finish within {settings.timeout_seconds:g}s",
+                        latency=clock.monotonic() - started)
 
 
 def _initial_records(

@@ -48,6 +48,15 @@ class Orch:
         self.created.append(name)
         return name
 
+    def instances(self, set_name: str) -> list[dict[str, Any]]:
+        found: list[dict[str, Any]] = self.json("vmss", "list-instances", "--name", set_name)
+        return found
+
+    def view(self, set_name: str, instance_id: int) -> dict[str, Any]:
+        found: dict[str, Any] = self.json("vmss", "get-instance-view", "--name", set_name,
+                                          "--instance-id", str(instance_id))
+        return found
+
     def sh(self, set_name: str, instance_id: int, script: str) -> dict[str, Any]:
         result: dict[str, Any] = self.json("vmss", "run-command", "invoke", "--name", set_name,
                                            "--instance-id", str(instance_id), "--scripts", script)

@@ -119,17 +119,6 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     return result, time.monotonic() - started
 
 
-def instances(orch: Orch, set_name: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = orch.json("vmss", "list-instances", "--name", set_name)
-    return found
-
-
-def view(orch: Orch, set_name: str, instance_id: int) -> dict[str, Any]:
-    found: dict[str, Any] = orch.json("vmss", "get-instance-view", "--name", set_name,
-                                      "--instance-id", str(instance_id))
-    return found
-
-
 def latest(orch: Orch, set_name: str) -> dict[str, Any]:
     found: dict[str, Any] = orch.json("vmss", "rolling-upgrade", "get-latest", "--name", set_name)
     return found
@@ -229,7 +218,7 @@ def test_sigkill_mid_in_place_batch_is_resumed_by_controller(orch: Orch, set_nam
     interrupted_id = upgrade_record(orch, set_name).id
     # the new generation is recorded only once the domain runs it: before that the
     # instance is redone by the resumed upgrade, after it the instance is skipped
-    behind = sorted(i["instanceId"] for i in instances(orch, set_name)
+    behind = sorted(i["instanceId"] for i in orch.instances(set_name)
                     if i["modelGeneration"] != 2)
     assert behind == ([0, 1, 2] if kill_point != "restarted"
                       else sorted({0, 1, 2} - {batch})), (kill_point, state_at_kill, behind)
@@ -239,7 +228,7 @@ def test_sigkill_mid_in_place_batch_is_resumed_by_controller(orch: Orch, set_nam
           f"controller run --once: {took:.1f}s")
     assert "resuming an interrupted rolling upgrade" in proc.stderr, proc.stderr
 
-    now = instances(orch, set_name)
+    now = orch.instances(set_name)
     assert [i["instanceId"] for i in now] == [0, 1, 2]
     for inst in now:
         assert inst["image"] == "tiny:2" and inst["latestModelApplied"] is True, inst
@@ -276,7 +265,7 @@ def test_sigkill_mid_surge_batch_is_resumed_without_excess(orch: Orch, set_name:
     finally:
         update.stop_if_running()
     assert new_id not in (0, 1)
-    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
     print(f"surge replacement {new_id} at kill: {by_id.get(new_id, {}).get('powerState')}")
     assert by_id[new_id]["powerState"] == "creating", by_id
 
@@ -301,7 +290,7 @@ def test_sigkill_mid_surge_batch_is_resumed_without_excess(orch: Orch, set_name:
     assert f"{set_name}-{new_id}: removing a half-created instance" in proc.stderr, proc.stderr
     assert orch.json("vmss", "show", "--name", set_name)["capacity"] == capacity
 
-    now = instances(orch, set_name)
+    now = orch.instances(set_name)
     ids = [i["instanceId"] for i in now]
     assert len(ids) == capacity and not {0, 1} & set(ids), now
     for inst in now:
@@ -326,7 +315,7 @@ def banner_within(ip: str, seconds: float) -> bool:
 def test_hung_sshd_is_unknown_within_bound_then_restart_recovers(orch: Orch, set_name: str) -> None:
     create(orch, set_name, 2, "--upgrade-policy-mode", "Manual")
     hung = 0
-    ip = view(orch, set_name, hung)["ipAddress"]
+    ip = orch.view(set_name, hung)["ipAddress"]
     assert banner_within(ip, 5.0)
     # stop the listening dropbear only, after run-command's own session (a child) has ended
     out = orch.sh(set_name, hung, "setsid sh -c 'sleep 1; kill -STOP $(cat /run/dropbear.pid)' "
@@ -337,14 +326,14 @@ def test_hung_sshd_is_unknown_within_bound_then_restart_recovers(orch: Orch, set
         assert time.monotonic() < deadline, "dropbear still answers 30 s after SIGSTOP"
         time.sleep(0.2)  # poll interval
 
-    listed, took = timed(lambda: instances(orch, set_name))
+    listed, took = timed(lambda: orch.instances(set_name))
     print(f"list-instances with a hung sshd: {took:.1f}s")
     assert took <= 2 * PROBE_TIMEOUT + 5, took
     by_id = {i["instanceId"]: i for i in listed}
     assert by_id[hung]["healthState"] in ("Unknown", "Unhealthy"), by_id[hung]
     assert by_id[1]["healthState"] == "Healthy", by_id[1]
 
-    (hung_view, took) = timed(lambda: view(orch, set_name, hung))
+    (hung_view, took) = timed(lambda: orch.view(set_name, hung))
     assert took <= 2 * PROBE_TIMEOUT + 5, took
     last = hung_view["lastProbe"]
     assert last["kind"] == "unreachable" and last["exitStatus"] is None, last
@@ -358,7 +347,7 @@ def test_hung_sshd_is_unknown_within_bound_then_restart_recovers(orch: Orch, set
     assert f"{set_name}-{hung}: stopping" in proc.stderr, proc.stderr
     assert "no ACPI shutdown" not in proc.stderr, proc.stderr  # graceful, not destroyed
     assert banner_within(ip, 5.0)
-    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert by_id[hung]["healthState"] == "Healthy" and by_id[1]["healthState"] == "Healthy", by_id
     assert guest_version(orch, set_name, hung) == "1"
     assert_exactly(set_name, [0, 1])
@@ -390,7 +379,7 @@ def test_vm_destroyed_mid_batch_faults_next_batch_then_controller_restarts_it(
     assert [b["instances"] for b in status["batches"]] == [[batch]], status
     assert status["batches"][0]["succeeded"] == [batch], status
 
-    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert by_id[victim]["powerState"] == "stopped", by_id[victim]
     assert by_id[victim]["healthState"] == "Unknown", by_id[victim]
     assert by_id[batch]["image"] == "tiny:2" and by_id[batch]["healthState"] == "Healthy"
@@ -400,7 +389,7 @@ def test_vm_destroyed_mid_batch_faults_next_batch_then_controller_restarts_it(
     proc, took = timed(lambda: controller_once(orch))
     print(f"controller run --once: {took:.1f}s")
     assert f"starting instances [{victim}]" in proc.stderr, proc.stderr
-    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert by_id[victim]["powerState"] == "running", by_id[victim]
     assert by_id[victim]["healthState"] == "Healthy", by_id[victim]
     # the controller does not restart a Faulted upgrade on its own: the user decides

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterator
-from typing import Any
 
 import pytest
 
@@ -54,17 +53,6 @@ def version_and_boot(orch: Orch, set_name: str, instance_id: int) -> tuple[str, 
     return version, boot
 
 
-def instances(orch: Orch, set_name: str) -> list[dict[str, Any]]:
-    found: list[dict[str, Any]] = orch.json("vmss", "list-instances", "--name", set_name)
-    return found
-
-
-def view(orch: Orch, set_name: str, instance_id: int) -> dict[str, Any]:
-    found: dict[str, Any] = orch.json("vmss", "get-instance-view", "--name", set_name,
-                                      "--instance-id", str(instance_id))
-    return found
-
-
 def progress_events(stderr: str) -> list[tuple[float, str]]:
     """The ``[  12.3s] message`` progress lines of a command, in order."""
     events = []
@@ -90,9 +78,9 @@ def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_n
     create(orch, set_name, 3, "--upgrade-policy-mode", "Rolling",
            "--max-batch-instance-percent", "34", "--max-unhealthy-instance-percent", "34",
            "--data-disk-sizes-gb", "1")
-    before = {i["instanceId"]: i for i in instances(orch, set_name)}
+    before = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert sorted(before) == [0, 1, 2]
-    macs = {i: view(orch, set_name, i)["macAddress"] for i in before}
+    macs = {i: orch.view(set_name, i)["macAddress"] for i in before}
     boots = {}
     for i, inst in before.items():
         version, boots[i] = sh_ok(orch, set_name, i, FIND_DATA_DISK + 'mkfs.ext2 -q "$dev" >/dev/null && '
@@ -102,11 +90,11 @@ def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_n
 
     proc = orch.run("vmss", "update", "--name", set_name, "--image", "tiny:2")
 
-    after = {i["instanceId"]: i for i in instances(orch, set_name)}
+    after = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert sorted(after) == [0, 1, 2]
     for i, inst in after.items():
         assert (inst["name"], inst["ipAddress"]) == (before[i]["name"], before[i]["ipAddress"])
-        assert view(orch, set_name, i)["macAddress"] == macs[i]
+        assert orch.view(set_name, i)["macAddress"] == macs[i]
         assert inst["latestModelApplied"] is True and inst["image"] == "tiny:2"
         assert inst["healthState"] == "Healthy" and inst["modelGeneration"] == 2
         # the new image, a new boot, and the same data disk (mounted again after the reboot)
@@ -135,10 +123,10 @@ def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_n
     # reimage of 0: OS disk back to the image (local data lost), data disk, IP, MAC kept,
     # a new host key; the others are not touched
     sh_ok(orch, set_name, 0, MOUNT_DATA + "echo here > /root/marker && echo kept > /mnt/data/kept && sync")
-    key_before = view(orch, set_name, 0)["hostKey"]
+    key_before = orch.view(set_name, 0)["hostKey"]
     _, boot1 = version_and_boot(orch, set_name, 1)
     orch.run("vmss", "reimage", "--name", set_name, "--instance-ids", "0")
-    after0 = view(orch, set_name, 0)
+    after0 = orch.view(set_name, 0)
     assert after0["hostKey"] != key_before
     assert after0["ipAddress"] == before[0]["ipAddress"] and after0["macAddress"] == macs[0]
     assert after0["healthState"] == "Healthy"
@@ -155,11 +143,11 @@ def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_n
 def test_rolling_surge_replaces_instances_and_leaves_nothing(orch: Orch, set_name: str) -> None:
     create(orch, set_name, 3, "--upgrade-policy-mode", "Rolling", "--max-surge", "true",
            "--max-batch-instance-percent", "34", "--max-unhealthy-instance-percent", "34")
-    assert [i["instanceId"] for i in instances(orch, set_name)] == [0, 1, 2]
+    assert [i["instanceId"] for i in orch.instances(set_name)] == [0, 1, 2]
 
     proc = orch.run("vmss", "update", "--name", set_name, "--image", "tiny:2")
 
-    now = instances(orch, set_name)
+    now = orch.instances(set_name)
     assert [i["instanceId"] for i in now] == [3, 4, 5]
     assert all(i["latestModelApplied"] and i["healthState"] == "Healthy" for i in now)
     for inst in now:
@@ -196,13 +184,13 @@ def test_manual_waits_for_update_instances_then_automatic_upgrades_all(orch: Orc
 
     orch.run("vmss", "update", "--name", set_name, "--image", "tiny:2")
     assert orch.json("vmss", "show", "--name", set_name)["generation"] == 2
-    for inst in instances(orch, set_name):
+    for inst in orch.instances(set_name):
         assert inst["latestModelApplied"] is False and inst["image"] == "tiny:1"
         # not even restarted
         assert version_and_boot(orch, set_name, inst["instanceId"]) == ("1", boots[inst["instanceId"]])
 
     orch.run("vmss", "update-instances", "--name", set_name, "--instance-ids", "1")
-    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert by_id[1]["latestModelApplied"] is True and by_id[1]["image"] == "tiny:2"
     assert by_id[1]["healthState"] == "Healthy"
     assert by_id[0]["latestModelApplied"] is False and by_id[0]["image"] == "tiny:1"
@@ -214,7 +202,7 @@ def test_manual_waits_for_update_instances_then_automatic_upgrades_all(orch: Orc
     orch.run("image", "build", "tiny", "--version", "4")
     orch.run("vmss", "update", "--name", set_name, "--upgrade-policy-mode", "Automatic",
              "--image", "tiny:4")
-    now = instances(orch, set_name)
+    now = orch.instances(set_name)
     assert [i["instanceId"] for i in now] == [0, 1]
     assert all(i["latestModelApplied"] and i["image"] == "tiny:4" for i in now)
     assert all(i["healthState"] == "Healthy" and i["modelGeneration"] == 3 for i in now)
@@ -250,7 +238,7 @@ def test_broken_image_faults_after_first_batch(orch: Orch, set_name: str, broken
     assert status["progress"]["failedInstanceCount"] == 1
     assert status["progress"]["successfulInstanceCount"] == 0
 
-    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert by_id[0]["image"] == broken_image and by_id[0]["healthState"] == "Unhealthy"
     assert version_and_boot(orch, set_name, 0)[0] == "3"  # SSH works, only the health check fails
     for i in (1, 2):
@@ -274,7 +262,7 @@ def test_broken_image_rolled_back_on_policy_breach(orch: Orch, set_name: str,
     assert [b["instances"] for b in status["batches"]] == [[0]]
     assert status["rollback"] and f"{set_name}-0 Healthy" in status["rollback"], status
 
-    by_id = {i["instanceId"]: i for i in instances(orch, set_name)}
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert by_id[0]["image"] == "tiny:1" and by_id[0]["healthState"] == "Healthy"
     assert by_id[0]["modelGeneration"] == 1 and by_id[0]["latestModelApplied"] is False
     version, boot0 = version_and_boot(orch, set_name, 0)

@@ -15,7 +15,7 @@ from typing import Any
 from orchestrator.engine import operations as ops
 from orchestrator.errors import Conflict, OrchError
 from orchestrator.hypervisor.base import PowerState
-from orchestrator.upgrades import Upgrades, driver_alive
+from orchestrator.upgrades import Upgrades, driver_alive, pid_alive
 
 
 @dataclass
@@ -54,8 +54,15 @@ class Reconciler:
 
     def _reconcile_set(self, name: str, report: PassReport) -> None:
         store = self.service.store
+        # 0. operations of processes that died are marked so in the journal
+        for op in store.list_operations(name):
+            if op.status == "running" and not pid_alive(op.pid):
+                store.end_operation(op.id, "interrupted",
+                                    {**op.detail, "error": f"process {op.pid} stopped"},
+                                    now=self.service.engine.now())
+                self._act(report, f"{name}: {op.kind} (operation {op.id}) was interrupted")
         # 1. instances left half-made or half-deleted by an interrupted command
-        with self.service.locked(name):
+        with self.service.locked(name, "resume"):
             for inst in store.list_instances(name):
                 if inst.status == "deleting":
                     self._act(report, f"{inst.name}: finishing an interrupted delete")

@@ -39,6 +39,7 @@ from orchestrator.errors import (
     InvalidInput,
     NotFound,
     OperationFailed,
+    OrchError,
 )
 from orchestrator.hypervisor.base import Hypervisor, PowerState
 from orchestrator.images import Image, Registry
@@ -76,8 +77,11 @@ class Service:
 
     # --- locking and keys ----------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, set_name: str) -> Iterator[None]:
-        """One writer per set: a second concurrent writer gets Conflict (exit 3)."""
+    def locked(self, set_name: str, kind: str) -> Iterator[None]:
+        """One writer per set: a second concurrent writer gets Conflict (exit 3). Each locked
+        section is an operation in the journal (``operations``): ``running`` with our pid
+        while it lasts, then ``succeeded`` or ``failed``; one left ``running`` by a killed
+        process is found by the reconciler (its pid is gone) and marked ``interrupted``."""
         lock_dir = self.state_dir / "locks"
         lock_dir.mkdir(parents=True, exist_ok=True)
         path = lock_dir / f"{set_name}.lock"
@@ -86,13 +90,29 @@ class Service:
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError as exc:
-                holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "another process"
+                holder = os.pread(fd, 128, 0).decode(errors="replace").strip() or "another process"
                 raise Conflict(f"scale set {set_name} is locked by pid {holder}") from exc
             os.ftruncate(fd, 0)
-            os.pwrite(fd, str(os.getpid()).encode(), 0)
-            yield
+            os.pwrite(fd, f"{os.getpid()} ({kind})".encode(), 0)
+            op_id = self.store.start_operation(set_name, kind, {}, now=self.engine.now())
+            try:
+                yield
+            except BaseException as exc:
+                error = exc.one_line() if isinstance(exc, OrchError) else type(exc).__name__
+                with contextlib.suppress(Exception):  # a dead store must not hide the cause
+                    self.store.end_operation(op_id, "failed", {"error": error},
+                                             now=self.engine.now())
+                raise
+            self.store.end_operation(op_id, "succeeded", {}, now=self.engine.now())
         finally:
             os.close(fd)
+
+    def operations_view(self, set_name: str) -> list[dict[str, Any]]:
+        self.store.get_set(set_name)
+        return [{"id": op.id, "kind": op.kind, "status": op.status, "pid": op.pid,
+                 "startedAt": op.started_at, "endedAt": op.ended_at,
+                 "error": op.detail.get("error")}
+                for op in self.store.list_operations(set_name)]
 
     def _key_path(self, set_name: str) -> Path:
         return self.state_dir / "sets" / set_name / "id_ed25519"
@@ -153,7 +173,7 @@ class Service:
         self._check_placement(spec.model)
         for warning in spec.upgrade_policy.rolling_upgrade_policy.warnings():
             self.progress(f"warning: {warning}")
-        with self.locked(spec.name):
+        with self.locked(spec.name, "create"):
             self.store.add_set(spec.name, spec.to_json_dict(), now=self.engine.now())
             try:
                 key = self.ensure_admin_key(spec.name)
@@ -172,7 +192,7 @@ class Service:
                 set_actions: bool | None) -> dict[str, Any]:
         """Instance protection, as Azure's protectFromScaleIn / protectFromScaleSetActions."""
         self.instances_of(set_name, [instance_id])  # bad input is refused before the lock
-        with self.locked(set_name):
+        with self.locked(set_name, "protect"):
             inst = self.instances_of(set_name, [instance_id])[0]
             changes: dict[str, bool] = {}
             if scale_in is not None:
@@ -306,7 +326,7 @@ class Service:
         spec = self.spec_of(rec)
         new_spec = validate(ScaleSetSpec, {**spec.to_json_dict(), "capacity": capacity},
                             where="capacity")
-        with self.locked(set_name):
+        with self.locked(set_name, "scale"):
             instances = self.store.list_instances(set_name)
             current = len(instances)
             if capacity > current:
@@ -380,14 +400,14 @@ class Service:
 
     def delete(self, set_name: str) -> None:
         self.store.get_set(set_name)
-        with self.locked(set_name):
+        with self.locked(set_name, "delete"):
             self._delete_everything(set_name)
 
     def delete_instances(self, set_name: str, ids: Sequence[int]) -> dict[str, Any]:
         rec = self.store.get_set(set_name)
         spec = self.spec_of(rec)
         self.instances_of(set_name, ids)  # bad input is refused before the lock
-        with self.locked(set_name):
+        with self.locked(set_name, "delete-instances"):
             victims = self.instances_of(set_name, ids)
             protected = [str(v.instance_id) for v in victims if v.protect_from_scale_set_actions]
             if protected:
@@ -403,7 +423,7 @@ class Service:
     def power(self, set_name: str, ids: Sequence[int], action: str, *, wait: bool = True) -> list[dict[str, Any]]:
         """``start``, ``stop``, ``deallocate`` or ``restart`` the instances named."""
         self.instances_of(set_name, ids)  # bad input is refused before the lock
-        with self.locked(set_name):
+        with self.locked(set_name, action):
             instances = self.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
             if protected and action != "start":

@@ -88,7 +88,7 @@ class Upgrades:
             self.service.registry.verify(new.model.image)
         for warning in new.upgrade_policy.rolling_upgrade_policy.warnings():
             self.service.progress(f"warning: {warning}")
-        with self.service.locked(new.name):
+        with self.service.locked(new.name, "update"):
             if new.capacity != current.capacity:
                 raise InvalidInput("change the capacity with `orch vmss scale` (or apply)")
             rec = self.store.update_spec(new.name, new.to_json_dict(),
@@ -145,7 +145,7 @@ class Upgrades:
     def update_instances(self, set_name: str, ids: Sequence[int] | None) -> list[dict[str, Any]]:
         """Manual mode's `update-instances`: the latest model to the instances named."""
         self.service.instances_of(set_name, ids)  # bad input is refused before the lock
-        with self.service.locked(set_name):
+        with self.service.locked(set_name, "update-instances"):
             instances = self.service.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
             if protected and ids is not None:
@@ -159,7 +159,7 @@ class Upgrades:
 
     def upgrade_all(self, set_name: str) -> None:
         """Automatic mode: every instance at once, no ordering or availability guarantee."""
-        with self.service.locked(set_name):
+        with self.service.locked(set_name, "automatic-upgrade"):
             generation = self.store.get_set(set_name).generation
             todo = [i for i in self.store.list_instances(set_name)
                     if i.model_generation != generation and not i.protect_from_scale_set_actions]
@@ -179,7 +179,7 @@ class Upgrades:
         rec = self.store.get_set(set_name)
         profile = self.service.spec_of(rec).model
         self.service.instances_of(set_name, ids)  # bad input is refused before the lock
-        with self.service.locked(set_name):
+        with self.service.locked(set_name, "reimage"):
             instances = self.service.instances_of(set_name, ids)
             protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
             if protected:
@@ -253,7 +253,7 @@ class Upgrades:
                 detail={**latest.detail, "cancel": "interrupted: the process driving it "
                         f"(pid {latest.detail.get('pid')}) stopped; superseded"})
         rolling = spec.upgrade_policy.rolling_upgrade_policy
-        with self.service.locked(set_name):
+        with self.service.locked(set_name, "rolling-upgrade"):
             surge = rolling.max_surge
             fallback_note = None
             if surge:
@@ -480,8 +480,11 @@ def rolling_status(rec: RollingUpgradeRecord) -> dict[str, Any]:
 
 
 def driver_alive(rec: RollingUpgradeRecord) -> bool:
-    pid = rec.detail.get("pid")
-    if not isinstance(pid, int):
+    return pid_alive(rec.detail.get("pid"))
+
+
+def pid_alive(pid: object) -> bool:
+    if not isinstance(pid, int) or pid <= 0:
         return False
     try:
         os.kill(pid, 0)

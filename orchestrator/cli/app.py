@@ -37,6 +37,8 @@ SET_COLUMNS = [
     ("name", "NAME"), ("capacity", "CAPACITY"), ("generation", "GENERATION"),
     ("instanceCount", "INSTANCES"), ("latestModelInstances", "ON LATEST"),
 ]
+OPERATION_COLUMNS = [("id", "ID"), ("kind", "OPERATION"), ("status", "STATUS"), ("pid", "PID"),
+                     ("startedAt", "STARTED"), ("endedAt", "ENDED"), ("error", "ERROR")]
 IMAGE_COLUMNS = [("ref", "IMAGE"), ("sha256", "SHA256"), ("sizeMiB", "SIZE MiB"),
                  ("kernelBoot", "KERNEL BOOT"), ("createdAt", "CREATED")]
 

@@ -12,6 +12,7 @@ import click
 
 from orchestrator.cli.app import (
     INSTANCE_COLUMNS,
+    OPERATION_COLUMNS,
     SET_COLUMNS,
     AppContext,
     F,
@@ -354,6 +355,15 @@ def vmss_scale(app: AppContext, name: str, new_capacity: int) -> None:
 def vmss_list_instances(app: AppContext, name: str) -> None:
     """List the instances of a scale set with power and health state."""
     app.show(app.service().list_instances(name), columns=INSTANCE_COLUMNS)
+
+
+@vmss.command("list-operations")
+@_name_option
+@pass_app
+def vmss_list_operations(app: AppContext, name: str) -> None:
+    """The journal of a set: every operation, its status (running, succeeded, failed,
+    interrupted), the process that ran it and its error."""
+    app.show(app.service().operations_view(name), columns=OPERATION_COLUMNS)
 
 
 @vmss.command("get-instance-view")

@@ -86,6 +86,7 @@ class Killer:
             setattr(hv, verb, getattr(type(hv), verb).__get__(hv))
         store.transaction = real_transaction  # type: ignore[method-assign]
         # the dead process's pid is gone too (here it is the test's own, still alive)
+        store._db.execute("UPDATE operations SET pid=? WHERE status='running'", (DEAD_PID,))
         latest = store.latest_rolling_upgrade(SET)
         if latest is not None and latest.status == "RollingForward":
             store.update_rolling_upgrade(latest, detail={**latest.detail, "pid": DEAD_PID})
@@ -192,6 +193,8 @@ def test_killed_at_every_point_then_resumed(tmp_path: Path, name: str) -> None:
         killer.revive()
         report = Reconciler(up).run_pass()
         assert report.problems == [], (name, at, report.problems)
+        journal = [op.status for op in w.store.list_operations(SET)]
+        assert "running" not in journal and "interrupted" in journal, (name, at, journal)
         check_invariants(w, f"{name} killed before mutating call {at}")
         # a second pass finds nothing to do
         again = Reconciler(up).run_pass()

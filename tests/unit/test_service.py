@@ -251,6 +251,20 @@ class TestPower:
 class TestLockAndApply:
     def test_second_writer_gets_conflict(self, world: World) -> None:
         world.service.create(spec(capacity=1))
-        with world.service.locked("web"), pytest.raises(Conflict, match="locked by pid"):
+        with world.service.locked("web", "test"), pytest.raises(Conflict, match=r"locked by pid \d+ \(test\)"):
             world.service.scale("web", 2)
 
+
+
+class TestJournal:
+    def test_every_locked_operation_is_journaled_with_its_outcome(self, world: World) -> None:
+        world.service.create(spec(capacity=1))
+        world.service.scale("web", 2)
+        world.prober.unhealthy.add("web-2")
+        with pytest.raises(OperationFailed):
+            world.service.scale("web", 3)
+        ops = world.service.operations_view("web")
+        assert [(o["kind"], o["status"]) for o in ops] == [
+            ("create", "succeeded"), ("scale", "succeeded"), ("scale", "failed")]
+        assert "web-2 Unhealthy" in ops[-1]["error"]
+        assert all(o["endedAt"] for o in ops)

@@ -397,3 +397,54 @@ def test_vm_destroyed_mid_batch_faults_next_batch_then_controller_restarts_it(
     assert latest(orch, set_name)["runningStatus"]["code"] == "Faulted"
     assert guest_version(orch, set_name, victim) == "1"
     assert_exactly(set_name, [0, 1, 2])
+
+
+# --- 5. libvirtd restarted in the middle of an upgrade --------------------------------------------
+def _lab_libvirtd_pid() -> int:
+    """The lab's libvirtd (the tests run inside `orch lab exec`, which names the lab's state)."""
+    lab_state = os.environ["ORCH_STATE_DIR"]
+    with open(os.path.join(lab_state, "lab", "libvirtd.pid")) as fh:
+        return int(fh.read().strip())
+
+
+def test_libvirtd_restarted_mid_upgrade_is_ridden_out(orch: Orch, set_name: str) -> None:
+    create(orch, set_name, 2, "--upgrade-policy-mode", "Rolling",
+           "--max-batch-instance-percent", "50", "--max-unhealthy-instance-percent", "50")
+    update = Streamed(orch, "vmss", "update", "--name", set_name, "--image", "tiny:2")
+    try:
+        update.wait_for(rf"{set_name}: batch 2: ", timeout=120)  # batch 2 acts on libvirt now
+        pid = _lab_libvirtd_pid()
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 30
+        while os.path.exists(f"/proc/{pid}") and "Z" not in _proc_state(pid):
+            assert time.monotonic() < deadline, "libvirtd did not stop"
+        down_at = time.monotonic()
+        # batch 2 now meets a daemon that is gone; it comes back a few seconds later
+        while time.monotonic() - down_at < 3:
+            if update.proc.poll() is not None:
+                break
+            time.sleep(0.2)  # the outage itself: deliberately a few seconds long
+        up = subprocess.run([ORCH, "lab", "up", "-o", "json"], capture_output=True, text=True,
+                            timeout=120, check=False)
+        assert up.returncode == 0, up.stderr
+        code = update.finish(timeout=300)
+    finally:
+        update.stop_if_running()
+    print(f"update across a libvirtd restart: exit {code} after "
+          f"{time.monotonic() - update.started:.1f}s")
+    assert code == 0, update.text
+    assert "libvirt unavailable" in update.text, update.text  # the outage was met, and waited out
+    status = latest(orch, set_name)
+    assert status["runningStatus"]["code"] == "Completed", status
+    for inst in orch.instances(set_name):
+        assert (inst["image"], inst["healthState"]) == ("tiny:2", "Healthy"), inst
+        assert guest_version(orch, set_name, inst["instanceId"]) == "2"
+    assert_exactly(set_name, [0, 1])
+
+
+def _proc_state(pid: int) -> str:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return "gone"

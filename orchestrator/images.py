@@ -12,6 +12,7 @@ directories 0755 and files 0644 so that libvirt's qemu user can read them.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from orchestrator import locks
 from orchestrator.errors import (
     Conflict,
     EnvironmentProblem,
@@ -97,6 +99,10 @@ class Registry:
     def __init__(self, store: Store, state_dir: Path) -> None:
         self.store = store
         self.root = state_dir / "images"
+        self.lock_path = state_dir / "locks" / "images.lock"
+        # made with the state, so that a refused command finds it there and changes nothing
+        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
+        self.lock_path.touch(mode=0o600, exist_ok=True)
 
     # --- queries -------------------------------------------------------------------------
     def list(self) -> list[Image]:
@@ -127,8 +133,18 @@ class Registry:
         return image
 
     # --- build -------------------------------------------------------------------------
+    def _locked(self, purpose: str) -> contextlib.AbstractContextManager[None]:
+        """One writer of the registry at a time (two builds of one NAME:VERSION must not
+        race to register it); readers need no lock."""
+        return locks.hold(self.lock_path, what="the image registry", purpose=purpose)
+
     def build(self, recipe: str, version: str, *, broken: bool = False,
               progress: Callable[[str], None] = lambda s: None, now: str) -> Image:
+        with self._locked(f"build {recipe}:{version}"):
+            return self._build(recipe, version, broken=broken, progress=progress, now=now)
+
+    def _build(self, recipe: str, version: str, *, broken: bool,
+               progress: Callable[[str], None], now: str) -> Image:
         if recipe not in RECIPES:
             raise InvalidInput(f"unknown image recipe {recipe!r} (known: {', '.join(RECIPES)})")
         self._check_new(recipe, version)
@@ -151,6 +167,15 @@ class Registry:
 
     # --- import ------------------------------------------------------------------------
     def import_image(self, name: str, version: str, *, file: Path, kernel: Path | None = None,
+                     initrd: Path | None = None, cmdline: str | None = None,
+                     ssh_user: str = "root", health_command: str | None = None,
+                     now: str) -> Image:
+        with self._locked(f"import {name}:{version}"):
+            return self._import(name, version, file=file, kernel=kernel, initrd=initrd,
+                                cmdline=cmdline, ssh_user=ssh_user,
+                                health_command=health_command, now=now)
+
+    def _import(self, name: str, version: str, *, file: Path, kernel: Path | None = None,
                      initrd: Path | None = None, cmdline: str | None = None,
                      ssh_user: str = "root", health_command: str | None = None,
                      now: str) -> Image:
@@ -188,6 +213,10 @@ class Registry:
             return self._register(name, version, out, manifest, now=now)
 
     def delete(self, ref: str, *, in_use: bool) -> None:
+        with self._locked(f"delete {ref}"):
+            self._delete(ref, in_use=in_use)
+
+    def _delete(self, ref: str, *, in_use: bool) -> None:
         image = self.get(ref)
         if in_use:
             raise Conflict(f"image {ref} is used by a scale set; delete or update the set first")

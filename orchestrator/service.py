@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as _dt
-import fcntl
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -21,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import ssh
+from orchestrator import locks, ssh
 from orchestrator.clock import Clock, iso
 from orchestrator.engine import operations as ops
 from orchestrator.engine.health import (
@@ -35,7 +34,6 @@ from orchestrator.engine.health import (
     wait_settled,
 )
 from orchestrator.errors import (
-    Conflict,
     InvalidInput,
     NotFound,
     OperationFailed,
@@ -82,18 +80,8 @@ class Service:
         section is an operation in the journal (``operations``): ``running`` with our pid
         while it lasts, then ``succeeded`` or ``failed``; one left ``running`` by a killed
         process is found by the reconciler (its pid is gone) and marked ``interrupted``."""
-        lock_dir = self.state_dir / "locks"
-        lock_dir.mkdir(parents=True, exist_ok=True)
-        path = lock_dir / f"{set_name}.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError as exc:
-                holder = os.pread(fd, 128, 0).decode(errors="replace").strip() or "another process"
-                raise Conflict(f"scale set {set_name} is locked by pid {holder}") from exc
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()} ({kind})".encode(), 0)
+        path = self.state_dir / "locks" / f"{set_name}.lock"
+        with locks.hold(path, what=f"scale set {set_name}", purpose=kind):
             op_id = self.store.start_operation(set_name, kind, {}, now=self.engine.now())
             try:
                 yield
@@ -104,8 +92,6 @@ class Service:
                                              now=self.engine.now())
                 raise
             self.store.end_operation(op_id, "succeeded", {}, now=self.engine.now())
-        finally:
-            os.close(fd)
 
     def operations_view(self, set_name: str) -> list[dict[str, Any]]:
         self.store.get_set(set_name)

@@ -85,13 +85,17 @@ def world(tmp_path: Path) -> World:
 
 
 def snapshot(state: Path) -> dict[str, str]:
-    """Every file's hash, the database by its logical content (WAL files vary on reads)."""
+    """Every file's hash, the database by its logical content (WAL files vary on reads),
+    lock files by their presence (they name their last holder)."""
     files = {}
     for p in sorted(state.rglob("*")):
         if p.is_dir() and not p.is_symlink():
             files[str(p.relative_to(state)) + "/"] = "dir"
             continue
         if p.name.endswith(("-wal", "-shm")):
+            continue
+        if p.parent.name == "locks":  # runtime: who holds the lock, not state
+            files[str(p.relative_to(state))] = "lock"
             continue
         if p.suffix == ".db":
             with sqlite3.connect(p) as db:

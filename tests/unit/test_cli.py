@@ -132,3 +132,18 @@ def test_controller_once_with_nothing_to_do(capsys: pytest.CaptureFixture[str], 
     code, out, err = run(capsys, "controller", "run", "--once", "-o", "json")
     assert code == 0, err
     assert json.loads(out) == {"actions": [], "problems": []}
+
+
+def test_image_registry_has_one_writer(capsys: pytest.CaptureFixture[str], env: Path,
+                                       tmp_path: Path) -> None:
+    from orchestrator import locks
+
+    disk = tmp_path / "disk.qcow2"
+    subprocess.run(["qemu-img", "create", "-q", "-f", "qcow2", str(disk), "16M"], check=True)
+    assert run(capsys, "image", "list")[0] == 0  # an initialised state
+    with locks.hold(env / "locks" / "images.lock", what="the image registry", purpose="test"):
+        code, _, err = run(capsys, "image", "import", "--name", "tiny", "--version", "1",
+                           "--file", str(disk))
+    assert code == 3 and "locked by pid" in err and "(test)" in err
+    assert run(capsys, "image", "import", "--name", "tiny", "--version", "1",
+               "--file", str(disk))[0] == 0

@@ -13,6 +13,8 @@ DHCP-host XML is built here with ElementTree, never by string formatting.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -151,12 +153,25 @@ def _prefix_from_netmask(netmask: str) -> int:
     return bits.count("1")
 
 
+def _storage(method: Callable[..., Any]) -> Callable[..., Any]:
+    """Storage calls one at a time: libvirt refuses a pool refresh (and other pool work)
+    while a volume job of another thread runs ("pool has asynchronous jobs running")."""
+
+    @functools.wraps(method)
+    def locked(self: LibvirtHypervisor, *args: Any, **kwargs: Any) -> Any:
+        with self._storage_lock:
+            return method(self, *args, **kwargs)
+
+    return locked
+
+
 class LibvirtHypervisor:
     """``Hypervisor`` on one libvirt connection, opened on first use and reopened if it died."""
 
     def __init__(self, uri: str) -> None:
         self._uri = uri
         self._conn: Any = None
+        self._storage_lock = threading.RLock()
 
     @property
     def uri(self) -> str:
@@ -322,6 +337,7 @@ class LibvirtHypervisor:
         return sorted(out, key=lambda d: d.name)
 
     # --- storage ---------------------------------------------------------------------------
+    @_storage
     def pool_info(self, pool: str) -> PoolInfo:
         p = self._pool(pool)
         with self._errors(f"storage pool {pool}"):
@@ -345,6 +361,7 @@ class LibvirtHypervisor:
             vol = p.createXML(xml, 0)
             return self._volume_info(vol)
 
+    @_storage
     def create_overlay(
         self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
     ) -> VolumeInfo:
@@ -356,10 +373,12 @@ class LibvirtHypervisor:
         )
         return self._create(pool, name, xml)
 
+    @_storage
     def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
         _check_volume_name(name)
         return self._create(pool, name, _volume_xml(name, capacity_bytes=capacity_bytes, fmt="qcow2"))
 
+    @_storage
     def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
         _check_volume_name(name)
         if fmt not in _UPLOAD_FORMATS:
@@ -396,6 +415,7 @@ class LibvirtHypervisor:
                     pass  # the stream is already dead; the original error matters
                 raise
 
+    @_storage
     def delete_volume(self, pool: str, name: str) -> None:
         _check_volume_name(name)
         p = self._pool(pool)
@@ -405,6 +425,7 @@ class LibvirtHypervisor:
         except NotFound:
             return
 
+    @_storage
     def list_volumes(self, pool: str) -> list[VolumeInfo]:
         p = self._pool(pool)
         out: list[VolumeInfo] = []

@@ -441,8 +441,7 @@ class Upgrades:
                              + image.virtual_size + 2**20)
         pool = self.service.hv.pool_info(self.service.engine.settings.pool)
         net = self.service.hv.network_info(model.network)
-        reserved = {r.ip for r in self.service.hv.list_reservations(model.network)}
-        free_ips = _range_size(net.dhcp_start, net.dhcp_end) - len(reserved)
+        free_ips = len(ops.free_addresses(self.service.engine, model.network))
         lacks = []
         if have_mem is not None and need_mem > have_mem:
             lacks.append(f"{need_mem // 2**20} MiB of memory ({have_mem // 2**20} MiB available)")
@@ -450,7 +449,7 @@ class Upgrades:
             lacks.append(f"{need_disk // 2**20} MiB in pool {pool.name} "
                          f"({pool.available_bytes // 2**20} MiB free)")
         if batch > free_ips:
-            lacks.append(f"{batch} free addresses on {net.name} ({max(free_ips, 0)} free)")
+            lacks.append(f"{batch} free addresses on {net.name} ({free_ips} free)")
         return "; ".join(lacks) or None
 
 
@@ -505,8 +504,3 @@ def _mem_available() -> int | None:
         return None
     return None
 
-
-def _range_size(start: str, end: str) -> int:
-    import ipaddress
-
-    return int(ipaddress.IPv4Address(end)) - int(ipaddress.IPv4Address(start)) + 1

@@ -26,7 +26,7 @@ from pathlib import Path
 from orchestrator import cloudinit, ssh
 from orchestrator.clock import Clock, iso
 from orchestrator.errors import HypervisorError, NotFound, OperationFailed, OrchError
-from orchestrator.hypervisor.base import Hypervisor, PowerState, Reservation
+from orchestrator.hypervisor.base import Hypervisor, NetworkInfo, PowerState, Reservation
 from orchestrator.hypervisor.domainxml import (
     BackingStore,
     DirectKernelBoot,
@@ -109,7 +109,11 @@ def allocate(engine: Engine, *, set_name: str, instance_id: int, model: Model, g
     host_key = ssh.generate_keypair(f"{instance_name(set_name, instance_id)} host key")
     with engine.store.transaction():
         taken_ips, taken_macs = _taken(engine, model.network)
-        ip = _free_ip(net.dhcp_start, net.dhcp_end, taken_ips | {net.gateway}, model.network)
+        free = _free_in(net, taken_ips)
+        if not free:
+            raise OperationFailed(f"network {model.network} has no free address in "
+                                  f"{net.dhcp_start}-{net.dhcp_end}")
+        ip = free[0]
         rec = InstanceRecord(
             set_name=set_name,
             instance_id=instance_id,
@@ -172,13 +176,17 @@ def _random_mac(taken: set[str]) -> str:
     raise OperationFailed("could not find a free MAC address")
 
 
-def _free_ip(start: str, end: str, taken: set[str], network: str) -> str:
-    first, last = ipaddress.IPv4Address(start), ipaddress.IPv4Address(end)
-    for value in range(int(first), int(last) + 1):
-        candidate = str(ipaddress.IPv4Address(value))
-        if candidate not in taken:
-            return candidate
-    raise OperationFailed(f"network {network} has no free address in {start}-{end}")
+def free_addresses(engine: Engine, network: str) -> list[str]:
+    """The addresses of the network's DHCP range a new instance may get, lowest first: not
+    the gateway, not reserved, not held by an instance, not leased to another MAC."""
+    return _free_in(engine.hv.network_info(network), _taken(engine, network)[0])
+
+
+def _free_in(net: NetworkInfo, taken: set[str]) -> list[str]:
+    first = int(ipaddress.IPv4Address(net.dhcp_start))
+    last = int(ipaddress.IPv4Address(net.dhcp_end))
+    return [ip for ip in (str(ipaddress.IPv4Address(v)) for v in range(first, last + 1))
+            if ip not in taken and ip != net.gateway]
 
 
 # --- provisioning ------------------------------------------------------------------------

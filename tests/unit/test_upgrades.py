@@ -233,6 +233,18 @@ class TestRolling:
         assert gens(world) == {0: (1, "tiny:1"), 1: (1, "tiny:1"), 2: (1, "tiny:1")}
         assert world.store.latest_rolling_upgrade("web") is None
 
+    def test_surge_counts_addresses_as_allocation_does(self, world: World) -> None:
+        up = make_set(world, rolling={"maxSurge": True})
+        # every address the set does not hold is leased to some other machine
+        held = {i.ip for i in world.store.list_instances("web")}
+        for last in range(2, 255):
+            ip = f"192.168.122.{last}"
+            if ip not in held:
+                world.hv.add_lease("default", ip, "52:54:00:ff:ff:ff")
+        with pytest.raises(InvalidInput, match=r"free addresses on default \(0 free\)"):
+            up.update("web", {"model": {"image": "tiny:2"}})
+        assert world.store.latest_rolling_upgrade("web") is None
+
     def test_surge_fallback_is_reported(self, world: World) -> None:
         up = make_set(world, rolling={"maxSurge": True})
         world.hv.set_pool_capacity("default", 4 * 2**30)

@@ -52,15 +52,38 @@ class Reconciler:
         report.actions.append(line)
         self.service.progress(line)
 
+    def _observed_wins(self, name: str, report: PassReport) -> None:
+        """Where libvirt and the store disagree, libvirt's objects are the facts: what it
+        holds of this set that no store row names is removed (nothing else will ever
+        remove it), and an active instance whose domain is gone is defined again."""
+        service = self.service
+        instances = service.store.list_instances(name)
+        networks = {i.network for i in instances} | {service.spec_of(
+            service.store.get_set(name)).model.network}
+        orphans = ops.find_orphans(service.engine, name,
+                                   known={i.instance_id for i in instances}, networks=networks)
+        if orphans:
+            self._act(report, f"{name}: removing what no instance owns: {orphans.describe()}")
+            problems = ops.remove_orphans(service.engine, orphans)
+            report.problems.extend(f"{name}: {p}" for p in problems)
+        for inst in instances:
+            if inst.status == "active" and service.hv.domain_state(inst.name) is PowerState.MISSING:
+                self._act(report, f"{inst.name}: its domain is gone from libvirt; defining it "
+                                  "again on its remaining disks")
+                self.upgrades.recreate_missing(name, inst)
+
     def _reconcile_set(self, name: str, report: PassReport) -> None:
         store = self.service.store
         # 0. operations of processes that died are marked so in the journal
         for op in store.list_operations(name):
             if op.status == "running" and not pid_alive(op.pid):
+                now = self.service.engine.now()
+                cut = store.interrupt_steps(op.id, now=now)
+                where = "".join(f"; during {st.step} of {st.instance}" for st in cut)
                 store.end_operation(op.id, "interrupted",
-                                    {**op.detail, "error": f"process {op.pid} stopped"},
-                                    now=self.service.engine.now())
-                self._act(report, f"{name}: {op.kind} (operation {op.id}) was interrupted")
+                                    {**op.detail, "error": f"process {op.pid} stopped{where}"},
+                                    now=now)
+                self._act(report, f"{name}: {op.kind} (operation {op.id}) was interrupted{where}")
         # 1. instances left half-made or half-deleted by an interrupted command
         with self.service.locked(name, "resume"):
             for inst in store.list_instances(name):
@@ -73,6 +96,7 @@ class Reconciler:
                 elif inst.status in (ops.REIMAGING, ops.REIMAGING_ALL_DISKS):
                     self._act(report, f"{inst.name}: finishing an interrupted reimage")
                     self.upgrades.finish_reimage(name, inst)
+            self._observed_wins(name, report)
         # 2. a rolling upgrade whose process died goes on (done instances are skipped)
         latest = store.latest_rolling_upgrade(name)
         if latest is not None and latest.status == "RollingForward" and not driver_alive(latest):

@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from orchestrator import locks, ssh
 from orchestrator.clock import Clock, iso
@@ -45,6 +45,7 @@ from orchestrator.model import Model, ScaleSetSpec, check_set_name, validate
 from orchestrator.store import InstanceRecord, SetRecord, Store
 
 Progress = Callable[[str], None]
+_T = TypeVar("_T")
 
 
 @dataclass
@@ -83,6 +84,7 @@ class Service:
         path = self.state_dir / "locks" / f"{set_name}.lock"
         with locks.hold(path, what=f"scale set {set_name}", purpose=kind):
             op_id = self.store.start_operation(set_name, kind, {}, now=self.engine.now())
+            outer, self.engine.operation_id = self.engine.operation_id, op_id
             try:
                 yield
             except BaseException as exc:
@@ -91,14 +93,40 @@ class Service:
                     self.store.end_operation(op_id, "failed", {"error": error},
                                              now=self.engine.now())
                 raise
+            finally:
+                self.engine.operation_id = outer
             self.store.end_operation(op_id, "succeeded", {}, now=self.engine.now())
 
     def operations_view(self, set_name: str) -> list[dict[str, Any]]:
         self.store.get_set(set_name)
         return [{"id": op.id, "kind": op.kind, "status": op.status, "pid": op.pid,
                  "startedAt": op.started_at, "endedAt": op.ended_at,
-                 "error": op.detail.get("error")}
+                 "error": op.detail.get("error"),
+                 "steps": [{"instance": st.instance, "step": st.step, "status": st.status,
+                            "startedAt": st.started_at, "endedAt": st.ended_at,
+                            "error": st.error} for st in self.store.list_steps(op.id)]}
                 for op in self.store.list_operations(set_name)]
+
+    def in_threads(self, step: str, fn: Callable[[InstanceRecord], _T],
+                   instances: Sequence[InstanceRecord]) -> list[_T | Exception]:
+        """Run ``fn`` on each instance in worker threads (libvirt connections are
+        thread-safe, the store is not), each a journaled step whose start and end are
+        written from this thread. Returns each result or the exception it raised."""
+        if not instances:
+            return []
+        step_ids = [self.engine.open_step(inst, step) for inst in instances]
+
+        def capture(inst: InstanceRecord) -> _T | Exception:
+            try:
+                return fn(inst)
+            except Exception as exc:  # noqa: BLE001 - handed back to the caller, which decides
+                return exc
+
+        with ThreadPoolExecutor(max_workers=min(8, len(instances))) as pool:
+            results = list(pool.map(capture, instances))
+        for step_id, result in zip(step_ids, results, strict=True):
+            self.engine.close_step(step_id, result if isinstance(result, Exception) else None)
+        return results
 
     def _key_path(self, set_name: str) -> Path:
         return self.state_dir / "sets" / set_name / "id_ed25519"
@@ -213,11 +241,12 @@ class Service:
                                          generation=generation, image=image))
             for inst in made:
                 self.progress(f"{inst.name}: creating ({inst.ip}, {image.ref})")
-            if made:
-                with ThreadPoolExecutor(max_workers=min(8, len(made))) as pool:
-                    # list() re-raises the first failure once every worker has finished
-                    list(pool.map(lambda i: ops.provision(self.engine, i, spec.model, image,
-                                                          admin_key=key.public_openssh), made))
+            results = self.in_threads(
+                "provision", lambda i: ops.provision(self.engine, i, spec.model, image,
+                                                     admin_key=key.public_openssh), made)
+            for result in results:
+                if isinstance(result, BaseException):
+                    raise result
             made = [self.record_boot(i) for i in made]
         except BaseException:
             for inst in made:
@@ -354,25 +383,27 @@ class Service:
         return candidates[:count]
 
     def teardown_and_forget(self, inst: InstanceRecord) -> None:
+        with self.engine.step(inst, "teardown"):
+            self._teardown(inst)
+        self.store.delete_instance(inst.set_name, inst.instance_id)
+
+    def _teardown(self, inst: InstanceRecord) -> None:
         problems = ops.teardown(self.engine, inst)
         if problems:
             raise OperationFailed(f"{inst.name}: could not remove everything: {'; '.join(problems)}")
-        self.store.delete_instance(inst.set_name, inst.instance_id)
 
     def delete_instances_now(self, set_name: str, victims: Sequence[InstanceRecord]) -> None:
-        """Tear the victims down concurrently (libvirt connections are thread-safe; the
-        store is only touched from this thread), then forget those fully removed."""
+        """Tear the victims down concurrently, then forget those fully removed."""
         marked = [self.store.update_instance(v, status="deleting") for v in victims]
-        if not marked:
-            return
         for inst in marked:
             self.progress(f"{inst.name}: deleting")
-        with ThreadPoolExecutor(max_workers=min(8, len(marked))) as pool:
-            results = list(pool.map(lambda i: ops.teardown(self.engine, i), marked))
         failures: list[str] = []
-        for inst, problems in zip(marked, results, strict=True):
-            if problems:
-                failures.append(f"{inst.name}: could not remove everything: {'; '.join(problems)}")
+        for inst, result in zip(marked, self.in_threads("teardown", self._teardown, marked),
+                                strict=True):
+            if isinstance(result, OrchError):
+                failures.append(result.message)
+            elif isinstance(result, BaseException):
+                raise result
             else:
                 self.store.delete_instance(inst.set_name, inst.instance_id)
         if failures:
@@ -416,8 +447,12 @@ class Service:
                 raise InvalidInput(f"instances {', '.join(protected)} are protected from scale set actions")
             booted: list[InstanceRecord] = []
 
+            async def stop(inst: InstanceRecord) -> None:
+                with self.engine.step(inst, "power-off"):
+                    await ops.power_off(self.engine, inst.name)
+
             async def stop_all() -> None:
-                await asyncio.gather(*(ops.power_off(self.engine, i.name) for i in instances))
+                await asyncio.gather(*(stop(i) for i in instances))
 
             if action in ("stop", "deallocate", "restart"):
                 for inst in instances:
@@ -429,7 +464,8 @@ class Service:
                 if action in ("start", "restart"):
                     if self.hv.domain_state(inst.name) is not PowerState.RUNNING:
                         self.progress(f"{inst.name}: starting")
-                        self.hv.start(inst.name)
+                        with self.engine.step(inst, "start"):
+                            self.hv.start(inst.name)
                         inst = self.record_boot(inst)
                     booted.append(inst)
                 else:

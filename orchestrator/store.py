@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import Conflict, EnvironmentProblem, NotFound
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -54,6 +54,11 @@ CREATE TABLE IF NOT EXISTS rolling_upgrades (
     last_action TEXT NOT NULL, target_generation INTEGER NOT NULL, policy TEXT NOT NULL,
     progress TEXT NOT NULL, error TEXT, detail TEXT NOT NULL DEFAULT '{}',
     start_time TEXT NOT NULL, end_time TEXT);
+CREATE TABLE IF NOT EXISTS steps (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, operation_id INTEGER NOT NULL, set_name TEXT NOT NULL,
+    instance TEXT NOT NULL, step TEXT NOT NULL, status TEXT NOT NULL, error TEXT,
+    started_at TEXT NOT NULL, ended_at TEXT);
+CREATE INDEX IF NOT EXISTS steps_of_operation ON steps(operation_id);
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, instance_id INTEGER,
     at TEXT NOT NULL, message TEXT NOT NULL);
@@ -160,6 +165,23 @@ class OperationRecord:
     status: str  # running | succeeded | failed
     detail: dict[str, Any]
     pid: int | None
+    started_at: str
+    ended_at: str | None
+
+
+@dataclass(frozen=True)
+class StepRecord:
+    """One per-instance step of an operation, written before it acts (``started``) and
+    after (``done`` or ``failed``); one still ``started`` when its process died is marked
+    ``interrupted`` by the reconciler."""
+
+    id: int
+    operation_id: int
+    set_name: str
+    instance: str
+    step: str
+    status: str  # started | done | failed | interrupted
+    error: str | None
     started_at: str
     ended_at: str | None
 
@@ -429,6 +451,35 @@ class Store:
                 "SELECT * FROM operations WHERE set_name=? ORDER BY id", (set_name,)
             )
         return [_operation(r) for r in rows]
+
+    def start_step(self, operation_id: int, *, set_name: str, instance: str, step: str,
+                   now: str) -> int:
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT INTO steps(operation_id, set_name, instance, step, status, started_at)"
+                " VALUES (?,?,?,?,?,?)",
+                (operation_id, set_name, instance, step, "started", now),
+            )
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+
+    def end_step(self, step_id: int, status: str, *, error: str | None = None, now: str) -> None:
+        with self.transaction():
+            self._db.execute("UPDATE steps SET status=?, error=?, ended_at=? WHERE id=?",
+                             (status, error, now, step_id))
+
+    def list_steps(self, operation_id: int) -> list[StepRecord]:
+        rows = self._db.execute("SELECT * FROM steps WHERE operation_id=? ORDER BY id",
+                                (operation_id,))
+        return [StepRecord(**dict(r)) for r in rows]
+
+    def interrupt_steps(self, operation_id: int, *, now: str) -> list[StepRecord]:
+        """Mark the steps of a dead operation that never ended; returns them as they were."""
+        with self.transaction():
+            open_steps = [s for s in self.list_steps(operation_id) if s.status == "started"]
+            self._db.execute("UPDATE steps SET status='interrupted', ended_at=? "
+                             "WHERE operation_id=? AND status='started'", (now, operation_id))
+        return open_steps
 
     def add_event(self, set_name: str, message: str, *, now: str, instance_id: int | None = None) -> None:
         with self.transaction():

@@ -220,6 +220,21 @@ class Upgrades:
 
         asyncio.run(run())
 
+    def recreate_missing(self, set_name: str, inst: InstanceRecord) -> None:
+        """An instance the store holds as active whose domain libvirt no longer has (undefined
+        by hand, lost with the host's libvirt config): defined again with the same name, MAC,
+        IP and host key, on the volumes that remain (its OS and data disks are kept; missing
+        ones are made anew), and started if the user wants it running."""
+        model = self._model(set_name, inst.model_generation)
+        image = self.service.registry.verify(inst.image)
+        key = self.service.admin_key(set_name)
+        running = inst.power_intent == "running"
+        with self.service.engine.step(inst, "recreate"):
+            ops.provision(self.service.engine, inst, model, image, admin_key=key.public_openssh,
+                          start=running)
+        if running:
+            self.service.record_boot(inst)
+
     def commit_healthy(self, set_name: str) -> list[str]:
         """Instances left uncommitted by an interrupted upgrade: the healthy ones keep their
         new model (the previous OS disk goes); others keep it for a rollback."""

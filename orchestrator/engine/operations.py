@@ -14,14 +14,17 @@ host entry carries ``name``; the domain carries ownership metadata.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import functools
 import ipaddress
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Concatenate, ParamSpec, TypeVar
 
 from orchestrator import cloudinit, ssh
 from orchestrator.clock import Clock, iso
@@ -59,13 +62,71 @@ class Engine:
     clock: Clock
     settings: Settings
     log: Callable[[str], None] = field(default=lambda s: None)
+    # the journal's operation the steps taken now belong to (set by ``Service.locked``)
+    operation_id: int | None = None
 
     def now(self) -> str:
         return iso(self.clock.now())
 
+    def open_step(self, inst: InstanceRecord, name: str) -> int | None:
+        """Journal the start of one step on one instance, before it acts (None: no
+        operation is being journaled). Only from the thread that owns the store."""
+        if self.operation_id is None:
+            return None
+        return self.store.start_step(self.operation_id, set_name=inst.set_name,
+                                     instance=inst.name, step=name, now=self.now())
+
+    def close_step(self, step_id: int | None, error: BaseException | None = None) -> None:
+        """Journal the end of a step: ``done``, or ``failed`` with ``error``."""
+        if step_id is None:
+            return
+        if error is None:
+            self.store.end_step(step_id, "done", now=self.now())
+            return
+        with contextlib.suppress(Exception):  # a dead store must not hide the cause
+            self.store.end_step(step_id, "failed", error=_one_line(error), now=self.now())
+
+    @contextlib.contextmanager
+    def step(self, inst: InstanceRecord, name: str) -> Iterator[None]:
+        """One journaled step around a block: a step left ``started`` names where a killed
+        process stopped."""
+        step_id = self.open_step(inst, name)
+        try:
+            yield
+        except GeneratorExit:
+            raise  # the coroutine is being discarded with its process: leave it started
+        except BaseException as exc:
+            self.close_step(step_id, exc)
+            raise
+        self.close_step(step_id)
+
     @property
     def console_dir(self) -> Path:
         return self.settings.state_dir / "console"
+
+
+def _one_line(exc: BaseException) -> str:
+    return exc.one_line() if isinstance(exc, OrchError) else type(exc).__name__
+
+
+_P = ParamSpec("_P")
+_R = TypeVar("_R")
+
+
+def journaled(name: str) -> Callable[
+        [Callable[Concatenate[Engine, InstanceRecord, _P], Awaitable[_R]]],
+        Callable[Concatenate[Engine, InstanceRecord, _P], Awaitable[_R]]]:
+    """An async per-instance step recorded in the journal as ``name`` (``Engine.step``)."""
+    def wrap(fn: Callable[Concatenate[Engine, InstanceRecord, _P], Awaitable[_R]]
+             ) -> Callable[Concatenate[Engine, InstanceRecord, _P], Awaitable[_R]]:
+        @functools.wraps(fn)
+        async def run(engine: Engine, inst: InstanceRecord, /, *args: _P.args,
+                      **kwargs: _P.kwargs) -> _R:
+            with engine.step(inst, name):
+                return await fn(engine, inst, *args, **kwargs)
+        return run
+    return wrap
+
 
 
 @dataclass(frozen=True)
@@ -237,8 +298,9 @@ def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Imag
 
 
 def provision(engine: Engine, inst: InstanceRecord, model: Model, image: Image,
-              *, admin_key: str) -> None:
-    """Create what ``inst`` needs and boot it; steps already done are skipped."""
+              *, admin_key: str, start: bool = True) -> None:
+    """Create what ``inst`` needs and boot it (unless ``start`` is false); steps already
+    done are skipped, and volumes that exist (an OS disk, data disks) are kept."""
     pool = engine.settings.pool
     names = InstanceNames(inst.name)
     existing = {v.name for v in engine.hv.list_volumes(pool)}
@@ -256,7 +318,8 @@ def provision(engine: Engine, inst: InstanceRecord, model: Model, image: Image,
     engine.console_dir.mkdir(parents=True, exist_ok=True)
     _check_not_foreign(engine, inst)
     engine.hv.define_domain(build_domain(engine, inst, model, image))
-    engine.hv.start(inst.name)
+    if start:
+        engine.hv.start(inst.name)
 
 
 def _check_not_foreign(engine: Engine, inst: InstanceRecord) -> None:
@@ -326,6 +389,73 @@ def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
     return problems
 
 
+@dataclass(frozen=True)
+class Orphans:
+    """What libvirt holds for a set that the store does not know: owned domains, volumes
+    and DHCP reservations of instanceIds the store has no row for."""
+
+    domains: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    reservations: tuple[tuple[str, Reservation], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.domains or self.volumes or self.reservations)
+
+    def describe(self) -> str:
+        parts = [f"{len(things)} {what}" for what, things in (
+            ("domain(s)", self.domains), ("volume(s)", self.volumes),
+            ("DHCP reservation(s)", self.reservations)) if things]
+        return ", ".join(parts)
+
+
+def find_orphans(engine: Engine, set_name: str, *, known: set[int],
+                 networks: set[str]) -> Orphans:
+    """Objects of ``set_name`` in libvirt whose instanceId is not in ``known``: a domain by
+    its ownership metadata, a volume or reservation by a name only this set's instances
+    get (``<set>-<id>-os<k>.qcow2`` cannot belong to set ``<set>-<id>``)."""
+    def orphan_id(match: re.Match[str] | None) -> bool:
+        return match is not None and int(match.group(1)) not in known
+
+    prefix = re.escape(set_name)
+    domains = tuple(d.name for d in engine.hv.list_domains()
+                    if d.owner is not None and d.owner.set_name == set_name
+                    and d.owner.instance_id not in known)
+    volumes = tuple(v.name for v in engine.hv.list_volumes(engine.settings.pool) if orphan_id(
+        re.fullmatch(prefix + r"-(\d+)-(?:os\d*\.qcow2|seed\.iso|data\d+\.qcow2)", v.name)))
+    reservations = tuple((net, r) for net in sorted(networks)
+                         for r in engine.hv.list_reservations(net)
+                         if orphan_id(re.fullmatch(prefix + r"-(\d+)", r.name)))
+    return Orphans(domains, volumes, reservations)
+
+
+def remove_orphans(engine: Engine, orphans: Orphans) -> list[str]:
+    """Remove what ``find_orphans`` found; returns the problems met (collected)."""
+    problems: list[str] = []
+    for name in orphans.domains:
+        try:
+            engine.hv.destroy(name)
+            engine.hv.undefine(name)
+        except NotFound:
+            pass
+        except OrchError as exc:
+            problems.append(f"domain {name}: {exc.message}")
+    for vol in orphans.volumes:
+        try:
+            engine.hv.delete_volume(engine.settings.pool, vol)
+        except NotFound:
+            pass
+        except OrchError as exc:
+            problems.append(f"volume {vol}: {exc.message}")
+    for net, reservation in orphans.reservations:
+        try:
+            engine.hv.remove_reservation(net, reservation)
+        except NotFound:
+            pass
+        except OrchError as exc:
+            problems.append(f"reservation {reservation.name}: {exc.message}")
+    return problems
+
+
 # --- model changes, rollback, reimage --------------------------------------------------------
 def _fresh_overlay(engine: Engine, name: str, image: Image) -> None:
     """A new overlay on ``image``; one left by an interrupted attempt is replaced."""
@@ -353,6 +483,7 @@ def _drop_volume(engine: Engine, name: str) -> None:
         engine.hv.delete_volume(engine.settings.pool, name)
 
 
+@journaled("apply-model")
 async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, generation: int,
                       image: Image) -> InstanceRecord:
     """Bring one instance to ``model`` in place: same instanceId, name, MAC, IP, data disks.
@@ -385,10 +516,13 @@ async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, gen
 
 def commit_model(engine: Engine, inst: InstanceRecord) -> InstanceRecord:
     """The instance proved healthy on its new model: the previous OS disk can go."""
-    _drop_volume(engine, inst.prev_os_volume)
-    return engine.store.update_instance(inst, prev_os_volume="", prev_generation=0, prev_image="")
+    with engine.step(inst, "commit-model"):
+        _drop_volume(engine, inst.prev_os_volume)
+        return engine.store.update_instance(inst, prev_os_volume="", prev_generation=0,
+                                            prev_image="")
 
 
+@journaled("rollback")
 async def rollback(engine: Engine, inst: InstanceRecord, *, model: Model,
                    image: Image) -> InstanceRecord:
     """Return an instance to its previous generation (``model``/``image`` are that
@@ -433,6 +567,7 @@ async def reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile
                                 admin_key=admin_key)
 
 
+@journaled("reimage")
 async def finish_reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile: Model,
                          image: Image, admin_key: str) -> InstanceRecord:
     """Carry out the reimage recorded on ``inst``; every step is safe to repeat."""

@@ -3,9 +3,12 @@ creates and deletes, recorded model changes, dead rolling-upgrade drivers, crash
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from orchestrator.engine import operations as ops
+from orchestrator.errors import HypervisorError, OrchError
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.reconcile import Reconciler
@@ -103,3 +106,113 @@ def test_stopped_by_the_user_stays_stopped(world: World, upgrades: Upgrades) -> 
     world.service.power("web", [0], "stop")
     Reconciler(upgrades).run_pass()
     assert world.hv.domain_state("web-0") is PowerState.STOPPED
+
+
+# --- the step journal ------------------------------------------------------------------------
+def _steps(world: World, kind: str) -> list[tuple[str, str, str]]:
+    op = [o for o in world.service.operations_view("web") if o["kind"] == kind][-1]
+    return [(s["instance"], s["step"], s["status"]) for s in op["steps"]]
+
+
+def test_each_step_is_journaled_before_and_after(world: World, upgrades: Upgrades) -> None:
+    create(world)
+    assert _steps(world, "create") == [("web-0", "provision", "done"),
+                                       ("web-1", "provision", "done")]
+    upgrades.update("web", {"model": {"image": "tiny:2"}})
+    steps = _steps(world, "rolling-upgrade")
+    for name in ("web-0", "web-1"):
+        assert steps.index((name, "apply-model", "done")) < steps.index(
+            (name, "commit-model", "done"))
+    world.hv.fail_next("start", HypervisorError("no start"))
+    with pytest.raises(OrchError):
+        world.service.power("web", [1], "restart")
+    assert _steps(world, "restart") == [("web-1", "power-off", "done"),
+                                        ("web-1", "start", "failed")]
+
+
+class Killed(BaseException):
+    """SIGKILL: nothing the process would have written after it happens."""
+
+
+def test_a_killed_process_leaves_its_step_started_and_the_resume_names_it(
+        world: World, upgrades: Upgrades, monkeypatch: pytest.MonkeyPatch) -> None:
+    create(world)
+    real_define, real_transaction = world.hv.define_domain, world.store.transaction
+    dead = False
+
+    def define(domain: Any) -> None:
+        nonlocal dead
+        if domain.name == "web-0":
+            dead = True
+            raise Killed()
+        real_define(domain)
+
+    def transaction() -> Any:
+        if dead:
+            raise Killed()
+        return real_transaction()
+
+    monkeypatch.setattr(world.hv, "define_domain", define)
+    monkeypatch.setattr(world.store, "transaction", transaction)
+    with pytest.raises(Killed):
+        upgrades.update("web", {"model": {"image": "tiny:2"}})
+    monkeypatch.undo()
+    assert ("web-0", "apply-model", "started") in _steps(world, "rolling-upgrade")
+    # the process is gone: its operation and rolling upgrade name a pid that no longer runs
+    world.store._db.execute("UPDATE operations SET pid=? WHERE status='running'", (2**22 + 7,))
+    latest = world.store.latest_rolling_upgrade("web")
+    assert latest is not None
+    world.store.update_rolling_upgrade(latest, detail={**latest.detail, "pid": 2**22 + 7})
+
+    report = Reconciler(upgrades).run_pass()
+    assert any("interrupted; during apply-model of web-0" in a for a in report.actions), report
+    op = next(o for o in world.service.operations_view("web") if o["kind"] == "rolling-upgrade")
+    assert op["status"] == "interrupted" and "apply-model of web-0" in op["error"]
+    assert ("web-0", "apply-model", "interrupted") in [
+        (s["instance"], s["step"], s["status"]) for s in op["steps"]]
+    assert {i.model_generation for i in world.store.list_instances("web")} == {2}
+
+
+# --- observed libvirt state wins ----------------------------------------------------------
+def test_objects_of_the_set_no_instance_owns_are_removed(world: World,
+                                                         upgrades: Upgrades) -> None:
+    create(world)
+    before = world.resources()
+    # what a lost store row leaves: instance 7's domain, disks and reservation
+    spec = world.service.spec_of(world.store.get_set("web"))
+    image = world.registry.get("tiny:1")
+    inst = ops.allocate(world.service.engine, set_name="web", instance_id=7, model=spec.model,
+                        generation=1, image=image)
+    ops.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 AAAA x")
+    world.store.delete_instance("web", 7)
+    # look-alikes that are not the set's: another set named web-0's volume, a foreign domain
+    world.hv.create_volume("default", name="web-0-data-notes.qcow2", capacity_bytes=1)
+    assert world.resources() != before
+
+    report = Reconciler(upgrades).run_pass()
+    assert any("1 domain(s), 2 volume(s), 1 DHCP reservation(s)" in a
+               for a in report.actions), report
+    domains, volumes, reservations = world.resources()
+    assert (domains, volumes - {"web-0-data-notes.qcow2"}, reservations) == before
+    assert "web-0-data-notes.qcow2" in volumes
+    assert Reconciler(upgrades).run_pass().actions == []
+
+
+def test_an_instance_whose_domain_vanished_is_defined_again_on_its_disks(
+        world: World, upgrades: Upgrades) -> None:
+    create(world)
+    inst = world.store.find_instance("web", 1)
+    assert inst is not None
+    world.hv.destroy("web-1")
+    world.hv.undefine("web-1")  # virsh undefine by hand: the disks stay
+    volumes_before = world.resources()[1]
+
+    report = Reconciler(upgrades).run_pass()
+    assert any("web-1: its domain is gone" in a for a in report.actions), report
+    assert world.hv.domain_state("web-1") is PowerState.RUNNING
+    assert world.resources()[1] == volumes_before  # the same OS disk, nothing new
+    owner = world.hv.domain_owner("web-1")
+    assert owner is not None and (owner.set_name, owner.instance_id) == ("web", 1)
+    again = world.store.find_instance("web", 1)
+    assert again is not None and (again.mac, again.ip) == (inst.mac, inst.ip)
+    assert Reconciler(upgrades).run_pass().actions == []

@@ -66,11 +66,25 @@ class Reconciler:
             self._act(report, f"{name}: removing what no instance owns: {orphans.describe()}")
             problems = ops.remove_orphans(service.engine, orphans)
             report.problems.extend(f"{name}: {p}" for p in problems)
+        owners = {d.name: d.owner for d in service.hv.list_domains()}
         for inst in instances:
-            if inst.status == "active" and service.hv.domain_state(inst.name) is PowerState.MISSING:
+            if inst.status != "active":
+                continue
+            if inst.name not in owners:
                 self._act(report, f"{inst.name}: its domain is gone from libvirt; defining it "
                                   "again on its remaining disks")
                 self.upgrades.recreate_missing(name, inst)
+                continue
+            owner = owners[inst.name]
+            if owner is None or owner.generation == inst.model_generation:
+                continue
+            if self.upgrades.adopt_generation(name, inst, owner.generation):
+                self._act(report, f"{inst.name}: its domain runs generation {owner.generation}, "
+                                  f"not {inst.model_generation}; recorded as such")
+            else:
+                report.problems.append(
+                    f"{inst.name}: its domain says generation {owner.generation}, the store "
+                    f"{inst.model_generation}, and the disks of the former are missing")
 
     def _reconcile_set(self, name: str, report: PassReport) -> None:
         store = self.service.store

@@ -19,7 +19,7 @@ from typing import Any
 from orchestrator.engine import operations as ops
 from orchestrator.engine import policy
 from orchestrator.engine.health import HealthRecord, HealthState
-from orchestrator.errors import Conflict, InvalidInput, OperationFailed, OrchError
+from orchestrator.errors import Conflict, InvalidInput, NotFound, OperationFailed, OrchError
 from orchestrator.model import Model, RollingUpgradePolicy, ScaleSetSpec, validate
 from orchestrator.service import Service, raise_unhealthy
 from orchestrator.store import InstanceRecord, RollingUpgradeRecord, Store
@@ -234,6 +234,19 @@ class Upgrades:
                           start=running)
         if running:
             self.service.record_boot(inst)
+
+    def adopt_generation(self, set_name: str, inst: InstanceRecord, generation: int) -> bool:
+        """Record the generation the instance's domain was defined with (see
+        ``ops.adopt_generation``); False if that cannot be done safely."""
+        try:
+            model = self._model(set_name, generation)
+        except NotFound:
+            return False
+        image = self.service.registry.get(model.image)
+        with self.service.engine.step(inst, "adopt-generation"):
+            adopted = ops.adopt_generation(self.service.engine, inst, generation=generation,
+                                           image=image)
+        return adopted is not None
 
     def commit_healthy(self, set_name: str) -> list[str]:
         """Instances left uncommitted by an interrupted upgrade: the healthy ones keep their

@@ -494,16 +494,11 @@ async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, gen
     """
     _check_not_foreign(engine, inst)
     await power_off(engine, inst.name)
-    changes: dict[str, object] = {
-        "prev_generation": inst.model_generation, "prev_image": inst.image,
-        "model_generation": generation, "image": image.ref, "prev_os_volume": "",
-    }
+    changes = _model_changes(inst, generation=generation, image=image)
     # an OS disk kept from an earlier change that was never committed is of no use now
     _drop_volume(engine, inst.prev_os_volume)
-    if image.ref != inst.image:
-        new_volume = InstanceNames(inst.name).next_os_volume(inst.os_volume)
-        _fresh_overlay(engine, new_volume, image)
-        changes.update(os_volume=new_volume, prev_os_volume=inst.os_volume)
+    if changes["os_volume"] != inst.os_volume:
+        _fresh_overlay(engine, str(changes["os_volume"]), image)
     _ensure_data_disks(engine, inst, model)
     # Recorded only once the domain runs the new model: after a crash before that, the
     # instance still shows its old generation, so the next upgrade redoes it (every step
@@ -511,6 +506,35 @@ async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, gen
     candidate = dataclasses.replace(inst, **changes)  # type: ignore[arg-type]
     engine.hv.define_domain(build_domain(engine, candidate, model, image))
     engine.hv.start(inst.name)
+    return engine.store.update_instance(inst, **changes)
+
+
+def _model_changes(inst: InstanceRecord, *, generation: int, image: Image) -> dict[str, object]:
+    """What ``apply_model`` records of an instance brought to ``generation``: a new image
+    gets the next OS disk, the current one kept for rollback."""
+    changes: dict[str, object] = {
+        "prev_generation": inst.model_generation, "prev_image": inst.image,
+        "model_generation": generation, "image": image.ref, "prev_os_volume": "",
+        "os_volume": inst.os_volume,
+    }
+    if image.ref != inst.image:
+        changes.update(os_volume=InstanceNames(inst.name).next_os_volume(inst.os_volume),
+                       prev_os_volume=inst.os_volume)
+    return changes
+
+
+def adopt_generation(engine: Engine, inst: InstanceRecord, *, generation: int,
+                     image: Image) -> InstanceRecord | None:
+    """The domain says ``generation`` where the store says another: a process was killed
+    between redefining the domain and recording it (``apply_model``, ``rollback``).
+    Libvirt's word is taken: the store records what ``apply_model`` would have, uncommitted,
+    so the kept OS disk still allows a rollback. None if the disks that state needs are
+    not there (then nothing is changed)."""
+    changes = _model_changes(inst, generation=generation, image=image)
+    present = {v.name for v in engine.hv.list_volumes(engine.settings.pool)}
+    needed = {str(changes["os_volume"]), str(changes["prev_os_volume"])} - {""}
+    if not needed <= present:
+        return None
     return engine.store.update_instance(inst, **changes)
 
 

@@ -216,3 +216,40 @@ def test_an_instance_whose_domain_vanished_is_defined_again_on_its_disks(
     again = world.store.find_instance("web", 1)
     assert again is not None and (again.mac, again.ip) == (inst.mac, inst.ip)
     assert Reconciler(upgrades).run_pass().actions == []
+
+
+def test_a_domain_redefined_by_a_killed_update_is_recorded_at_its_generation(
+        world: World, upgrades: Upgrades, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Manual mode: nobody would redo the update, so the store must learn what libvirt
+    runs (uncommitted: the old OS disk is kept for a rollback)."""
+    create(world, mode="Manual")
+    upgrades.update("web", {"model": {"image": "tiny:2"}})
+    old = world.store.find_instance("web", 0)
+    assert old is not None and old.model_generation == 1
+
+    def killed_after_start(name: str) -> None:
+        raise Killed()  # the domain is defined on generation 2; nothing more is recorded
+
+    monkeypatch.setattr(world.hv, "start", killed_after_start)
+    monkeypatch.setattr(world.store, "update_instance", lambda *a, **k: (_ for _ in ()).throw(
+        Killed()))
+    with pytest.raises(Killed):
+        upgrades.update_instances("web", [0])
+    monkeypatch.undo()
+    owner = world.hv.domain_owner("web-0")
+    assert owner is not None and owner.generation == 2
+    assert world.store.find_instance("web", 0) == old
+
+    report = Reconciler(upgrades).run_pass()
+    assert any("web-0: its domain runs generation 2, not 1" in a for a in report.actions), report
+    inst = world.store.find_instance("web", 0)
+    assert inst is not None
+    assert (inst.model_generation, inst.image) == (2, "tiny:2")
+    assert world.hv.domain_state("web-0") is PowerState.RUNNING  # started as the user wants
+    # recorded uncommitted, then found healthy on its new model in the same pass: committed,
+    # the old OS disk removed
+    assert any("web-0: healthy on its new model" in a for a in report.actions), report
+    volumes = world.resources()[1]
+    assert inst.os_volume in volumes and old.os_volume not in volumes
+    assert inst.prev_os_volume == "" and inst.prev_generation == 0
+    assert Reconciler(upgrades).run_pass().actions == []

@@ -86,9 +86,21 @@ class Reconciler:
                     f"{inst.name}: its domain says generation {owner.generation}, the store "
                     f"{inst.model_generation}, and the disks of the former are missing")
 
-    def _reconcile_set(self, name: str, report: PassReport) -> None:
+    def interrupted(self, name: str) -> bool:
+        """Whether a killed process left work on this set: an operation still marked
+        running whose process is gone, or an instance half-created, -deleted or -reimaged."""
         store = self.service.store
-        # 0. operations of processes that died are marked so in the journal
+        return any(op.status == "running" and not pid_alive(op.pid)
+                   for op in store.list_operations(name)) or any(
+            i.status != "active" for i in store.list_instances(name))
+
+    def resume_interrupted(self, name: str, report: PassReport | None = None) -> PassReport:
+        """Finish or undo what a killed process left on the set; the caller holds its lock.
+        Run by the reconciler, and by every command that takes a set's lock before it acts
+        (``Service.after_lock``), so the next command on a set resumes it."""
+        report = report if report is not None else PassReport()
+        store = self.service.store
+        # operations of processes that died are marked so, with the steps they were in
         for op in store.list_operations(name):
             if op.status == "running" and not pid_alive(op.pid):
                 now = self.service.engine.now()
@@ -98,19 +110,30 @@ class Reconciler:
                                     {**op.detail, "error": f"process {op.pid} stopped{where}"},
                                     now=now)
                 self._act(report, f"{name}: {op.kind} (operation {op.id}) was interrupted{where}")
-        # 1. instances left half-made or half-deleted by an interrupted command
-        with self.service.locked(name, "resume"):
-            for inst in store.list_instances(name):
-                if inst.status == "deleting":
-                    self._act(report, f"{inst.name}: finishing an interrupted delete")
-                    self.service.teardown_and_forget(inst)
-                elif inst.status == "creating":
-                    self._act(report, f"{inst.name}: removing a half-created instance")
-                    self.service.teardown_and_forget(inst)
-                elif inst.status in (ops.REIMAGING, ops.REIMAGING_ALL_DISKS):
-                    self._act(report, f"{inst.name}: finishing an interrupted reimage")
-                    self.upgrades.finish_reimage(name, inst)
-            self._observed_wins(name, report)
+        # instances left half-made or half-deleted by an interrupted command
+        for inst in store.list_instances(name):
+            if inst.status == "deleting":
+                self._act(report, f"{inst.name}: finishing an interrupted delete")
+                self.service.teardown_and_forget(inst)
+            elif inst.status == "creating":
+                self._act(report, f"{inst.name}: removing a half-created instance")
+                self.service.teardown_and_forget(inst)
+            elif inst.status in (ops.REIMAGING, ops.REIMAGING_ALL_DISKS):
+                self._act(report, f"{inst.name}: finishing an interrupted reimage")
+                self.upgrades.finish_reimage(name, inst)
+        self._observed_wins(name, report)
+        return report
+
+    def on_lock(self, name: str) -> None:
+        """``Service.after_lock``: resume the set first if a killed process left work."""
+        if self.interrupted(name):
+            self.resume_interrupted(name)
+
+    def _reconcile_set(self, name: str, report: PassReport) -> None:
+        store = self.service.store
+        # 0-1. interrupted operations and half-done instances; libvirt's view wins
+        with self.service.locked(name, "resume", resume=False):
+            self.resume_interrupted(name, report)
         # 2. a rolling upgrade whose process died goes on (done instances are skipped)
         latest = store.latest_rolling_upgrade(name)
         if latest is not None and latest.status == "RollingForward" and not driver_alive(latest):

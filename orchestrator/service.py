@@ -53,6 +53,9 @@ class Service:
     engine: ops.Engine
     prober: Prober
     progress: Progress = lambda line: None
+    # run once a set's lock is taken, before the command acts: the CLI wires the
+    # reconciler's resume here, so the next command on a set finishes interrupted work
+    after_lock: Callable[[str], None] | None = None
 
     @property
     def store(self) -> Store:
@@ -76,7 +79,7 @@ class Service:
 
     # --- locking and keys ----------------------------------------------------------------
     @contextlib.contextmanager
-    def locked(self, set_name: str, kind: str) -> Iterator[None]:
+    def locked(self, set_name: str, kind: str, *, resume: bool = True) -> Iterator[None]:
         """One writer per set: a second concurrent writer gets Conflict (exit 3). Each locked
         section is an operation in the journal (``operations``): ``running`` with our pid
         while it lasts, then ``succeeded`` or ``failed``; one left ``running`` by a killed
@@ -86,6 +89,8 @@ class Service:
             op_id = self.store.start_operation(set_name, kind, {}, now=self.engine.now())
             outer, self.engine.operation_id = self.engine.operation_id, op_id
             try:
+                if resume and self.after_lock is not None:
+                    self.after_lock(set_name)
                 yield
             except BaseException as exc:
                 error = exc.one_line() if isinstance(exc, OrchError) else type(exc).__name__

@@ -91,7 +91,9 @@ class AppContext:
         from orchestrator.engine.operations import Engine, Settings
         from orchestrator.hypervisor.libvirt import LibvirtHypervisor
         from orchestrator.hypervisor.retry import Retrying
+        from orchestrator.reconcile import Reconciler
         from orchestrator.service import Service
+        from orchestrator.upgrades import Upgrades
 
         clock = RealClock()
         engine = Engine(
@@ -104,7 +106,10 @@ class AppContext:
                               domain_type=self.resolved_domain_type()),
             log=self.progress,
         )
-        return Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
+        service = Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
+        # the next command on a set first finishes what a killed one left (SPEC §7)
+        service.after_lock = Reconciler(Upgrades(service)).on_lock
+        return service
 
     def upgrades(self) -> Any:
         from orchestrator.upgrades import Upgrades

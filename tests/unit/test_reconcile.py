@@ -253,3 +253,33 @@ def test_a_domain_redefined_by_a_killed_update_is_recorded_at_its_generation(
     assert inst.os_volume in volumes and old.os_volume not in volumes
     assert inst.prev_os_volume == "" and inst.prev_generation == 0
     assert Reconciler(upgrades).run_pass().actions == []
+
+
+def test_the_next_command_on_a_set_resumes_what_a_killed_one_left(
+        world: World, upgrades: Upgrades) -> None:
+    create(world, capacity=2)
+    world.service.after_lock = Reconciler(upgrades).on_lock  # as the CLI wires it
+    # a scale-out killed after provisioning instance 2, before it was recorded as made
+    spec = world.service.spec_of(world.store.get_set("web"))
+    image = world.registry.get("tiny:1")
+    [new_id] = world.store.take_instance_ids("web", 1)
+    op_id = world.store.start_operation("web", "scale", {}, now="x")
+    world.service.engine.operation_id = op_id
+    inst = ops.allocate(world.service.engine, set_name="web", instance_id=new_id,
+                        model=spec.model, generation=1, image=image)
+    with world.service.engine.step(inst, "provision"):
+        ops.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 x")
+    world.service.engine.operation_id = None
+    world.store._db.execute("UPDATE operations SET pid=? WHERE id=?", (2**22 + 7, op_id))
+
+    world.service.power("web", [0], "restart")  # any command that takes the set's lock
+    assert any(f"scale (operation {op_id}) was interrupted" in line for line in world.lines)
+    assert any("web-2: removing a half-created instance" in line for line in world.lines)
+    assert [i.instance_id for i in world.store.list_instances("web")] == [0, 1]
+    assert "web-2" not in world.resources()[0]
+    ops_by_id = {o["id"]: o for o in world.service.operations_view("web")}
+    assert ops_by_id[op_id]["status"] == "interrupted"
+    restart = [o for o in ops_by_id.values() if o["kind"] == "restart"][-1]
+    assert restart["status"] == "succeeded"
+    assert [(s["instance"], s["step"]) for s in restart["steps"]] == [
+        ("web-2", "teardown"), ("web-0", "power-off"), ("web-0", "start")]

@@ -119,6 +119,31 @@ class TestCreate:
             world.service.create(spec(capacity=1))
         assert world.resources() == (set(), set(), set())
 
+    def test_removed_image_file_is_refused(self, world: World) -> None:
+        world.registry.get("tiny:1").disk.unlink()
+        with pytest.raises(InvalidInput, match="missing or not a regular file"):
+            world.service.create(spec(capacity=1))
+        assert world.resources() == (set(), set(), set())
+
+    @pytest.mark.parametrize("harm", ["changed", "removed"])
+    def test_update_to_a_harmed_image_touches_no_instance(self, world: World, harm: str) -> None:
+        from orchestrator.upgrades import Upgrades
+
+        world.service.create(validate(ScaleSetSpec, {
+            "name": "web", "capacity": 2, "model": {"image": "tiny:1"},
+            "upgradePolicy": {"mode": "Automatic"}}))
+        world.register_image("tiny", "2")
+        disk = world.registry.get("tiny:2").disk
+        if harm == "changed":
+            disk.write_bytes(b"tampered")
+        else:
+            disk.unlink()
+        calls = len(world.hv.calls)
+        with pytest.raises(InvalidInput, match="tiny:2"):
+            Upgrades(world.service).update("web", {"model": {"image": "tiny:2"}})
+        assert world.hv.calls[calls:] == []
+        assert world.store.get_set("web").generation == 1
+
     def test_unknown_network_changes_nothing(self, world: World) -> None:
         with pytest.raises(InvalidInput, match="network nowhere"):
             world.service.create(spec(capacity=1, network="nowhere"))

@@ -224,7 +224,8 @@ class Upgrades:
         """An instance the store holds as active whose domain libvirt no longer has (undefined
         by hand, lost with the host's libvirt config): defined again with the same name, MAC,
         IP and host key, on the volumes that remain (its OS and data disks are kept; missing
-        ones are made anew), and started if the user wants it running."""
+        ones are made anew), and started if the user wants it running (then its health
+        is awaited, as after any start)."""
         model = self._model(set_name, inst.model_generation)
         image = self.service.registry.verify(inst.image)
         key = self.service.admin_key(set_name)
@@ -233,7 +234,8 @@ class Upgrades:
             ops.provision(self.service.engine, inst, model, image, admin_key=key.public_openssh,
                           start=running)
         if running:
-            self.service.record_boot(inst)
+            booted = self.service.record_boot(inst)
+            asyncio.run(self.service.await_health(set_name, [booted]))
 
     def adopt_generation(self, set_name: str, inst: InstanceRecord, generation: int) -> bool:
         """Record the generation the instance's domain was defined with (see

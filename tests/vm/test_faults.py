@@ -448,3 +448,39 @@ def _proc_state(pid: int) -> str:
             return fh.read().rsplit(")", 1)[1].split()[0]
     except OSError:
         return "gone"
+
+
+# --- 6. libvirt changed behind the controller's back: libvirt's objects are the facts -----------
+FIND_DATA_DISK = ('dev=; for d in /sys/block/vd*; do '
+                  '[ "$(cat "$d/serial" 2>/dev/null)" = orch-lun0 ] && dev=/dev/${d##*/}; done; '
+                  '[ -n "$dev" ] || { echo "no disk with serial orch-lun0" >&2; exit 3; }; ')
+MOUNT_DATA = FIND_DATA_DISK + ("mkdir -p /mnt/data && { grep -q ' /mnt/data ' /proc/mounts || "
+                               'mount -t ext2 "$dev" /mnt/data; } && ')
+
+
+def test_undefined_domain_is_defined_again_on_its_disks_and_leftovers_go(
+        orch: Orch, set_name: str) -> None:
+    create(orch, set_name, 2, "--upgrade-policy-mode", "Manual", "--data-disk-sizes-gb", "1")
+    out = orch.sh(set_name, 1, FIND_DATA_DISK + 'mkfs.ext2 -q "$dev" >/dev/null && '
+                  + MOUNT_DATA + "echo data > /mnt/data/kept && "
+                  "echo os > /root/kept && sync")
+    assert out["exitStatus"] == 0, out
+    volumes_before = sorted(libvirt_objects(f"{set_name}-1-")["volumes"])
+    # by hand: instance 1's domain undefined (its disks stay), and a volume of an instance
+    # the set never had, as a lost store row would leave
+    virsh("destroy", f"{set_name}-1")
+    virsh("undefine", f"{set_name}-1")
+    virsh("vol-create-as", "orchlab", f"{set_name}-9-os0.qcow2", "1M", "--format", "qcow2")
+
+    proc, took = timed(lambda: controller_once(orch))
+    print(f"controller run --once: {took:.1f}s")
+    assert f"{set_name}-1: its domain is gone from libvirt" in proc.stderr, proc.stderr
+    assert f"{set_name}: removing what no instance owns: 1 volume(s)" in proc.stderr, proc.stderr
+    by_id = {i["instanceId"]: i for i in orch.instances(set_name)}
+    assert by_id[1]["powerState"] == "running" and by_id[1]["healthState"] == "Healthy", by_id
+    out = orch.sh(set_name, 1, MOUNT_DATA + "cat /mnt/data/kept /root/kept")
+    assert (out["exitStatus"], out["stdout"].split()) == (0, ["data", "os"]), out
+    assert sorted(libvirt_objects(f"{set_name}-1-")["volumes"]) == volumes_before
+    assert libvirt_objects(f"{set_name}-9-")["volumes"] == []
+    assert sorted(libvirt_objects(f"{set_name}-")["domains"]) == [f"{set_name}-0",
+                                                                  f"{set_name}-1"]

@@ -80,4 +80,5 @@ nightly: setup test-packages lab
 
 check: venv
 	@$(VENV)/bin/mypy
-	@$(VENV)/bin/ruff check orchestrator tests
+	@$(VENV)/bin/mypy scripts/nightly_report.py
+	@$(VENV)/bin/ruff check orchestrator tests scripts

@@ -90,6 +90,26 @@ def _fmt(value: str) -> str:
     return f"{num:.1f}"
 
 
+def _grouped(properties: list[tuple[str, str]]) -> dict[str, list[str]]:
+    """Values by figure name, names in the order first recorded (a figure recorded once per
+    instance, e.g. ``boot_seconds``, repeats)."""
+    grouped: dict[str, list[str]] = {}
+    for name, value in properties:
+        grouped.setdefault(name, []).append(value)
+    return grouped
+
+
+def _values(values: list[str]) -> str:
+    """One value as recorded; several numbers as count, min, median and max."""
+    if len(values) == 1:
+        return _fmt(values[0])
+    nums = [n for n in map(_number, values) if n is not None]
+    if len(nums) < len(values):
+        return ", ".join(values)
+    return (f"{len(nums)} values: min {min(nums):.1f}, median {statistics.median(nums):.1f}, "
+            f"max {max(nums):.1f}")
+
+
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
@@ -120,8 +140,10 @@ def render(run: Run, *, source: str = "") -> str:
         lines += ["No test recorded a figure (pytest's `record_property`).", ""]
     else:
         lines += ["| Test | Figure | Value |", "|---|---|---:|"]
-        lines += [f"| `{_cell(c.test_id)}` | {_cell(name)} | {_cell(_fmt(value))} |"
-                  for c, name, value in recorded]
+        for c in run.cases:
+            for name, values in _grouped(c.properties).items():
+                lines.append(f"| `{_cell(c.test_id)}` | {_cell(name)} | "
+                             f"{_cell(_values(values))} |")
         lines.append("")
         by_name: dict[str, list[float]] = {}
         for _, name, value in recorded:

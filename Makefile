@@ -12,25 +12,36 @@ export ORCH_STATE_DIR := $(STATE_DIR)
 DEB_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config dnsmasq-base genisoimage busybox-static dropbear-bin cpio e2fsprogs iproute2 \
 	iptables python3-venv python3-dev gcc
+# only for the tests: `vagrant validate` of the test bed's Vagrantfile (tests/tooling)
+TEST_DEB_PACKAGES := vagrant vagrant-libvirt
 
-.PHONY: help setup packages venv images lab demo test test-fast check clean-demo
-
-help:
-	@echo "make demo   - set up everything, boot a scale set of 3 VMs in the lab, show them"
-	@echo "make test   - set up everything, run all tests (unit, libvirt adapter, real VMs)"
-	@echo "make setup  - Debian packages, $(VENV), images tiny:1 and tiny:2 (idempotent)"
-	@echo "make check  - mypy and ruff"
-
-setup: packages venv images
-
-packages:
-	@missing=$$(for p in $(DEB_PACKAGES); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
+# Installs the Debian packages named in $(1) that are missing, without recommends.
+define apt_install_missing
+	@missing=$$(for p in $(1); do dpkg-query -W -f='$${Status}\n' $$p 2>/dev/null \
 		| grep -q '^install ok installed$$' || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "installing Debian packages:" $$missing; \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 			--no-install-recommends $$missing >/dev/null; \
 	fi
+endef
+
+.PHONY: help setup packages test-packages venv images lab demo test test-fast nightly check clean-demo
+
+help:
+	@echo "make demo   - set up everything, boot a scale set of 3 VMs in the lab, show them"
+	@echo "make test   - set up everything, run all tests (unit, libvirt adapter, real VMs)"
+	@echo "make nightly - the long real-VM suite (vm + nightly markers), reports in reports/"
+	@echo "make setup  - Debian packages, $(VENV), images tiny:1 and tiny:2 (idempotent)"
+	@echo "make check  - mypy and ruff"
+
+setup: packages venv images
+
+packages:
+	$(call apt_install_missing,$(DEB_PACKAGES))
+
+test-packages:
+	$(call apt_install_missing,$(TEST_DEB_PACKAGES))
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
@@ -49,12 +60,25 @@ lab: setup
 demo: setup lab
 	@bash scripts/demo.sh
 
-test: setup lab
-	@$(ORCH) lab exec -- $(VENV)/bin/pytest -q -p no:cacheprovider tests
+# Everything but the tests marked `nightly` (within 30 minutes on 2 cores).
+test: setup test-packages lab
+	@$(ORCH) lab exec -- $(VENV)/bin/pytest -q -p no:cacheprovider -m "not nightly" tests
 
-test-fast: venv
-	@$(VENV)/bin/pytest -q -m "not vm" tests
+test-fast: venv test-packages
+	@$(VENV)/bin/pytest -q -m "not vm and not nightly" tests
+
+# The long real-VM suite: every test marked `vm` or `nightly`, in the lab. Writes JUnit XML
+# and a Markdown summary to reports/ (also when tests fail); exits with pytest's status.
+NIGHTLY_MARK ?= vm or nightly
+nightly: setup test-packages lab
+	@mkdir -p reports
+	@rc=0; $(ORCH) lab exec -- $(VENV)/bin/pytest -q -p no:cacheprovider -m "$(NIGHTLY_MARK)" \
+		--junitxml=reports/nightly-junit.xml tests || rc=$$?; \
+	$(PY) scripts/nightly_report.py reports/nightly-junit.xml -o reports/nightly.md \
+		&& echo "report: reports/nightly.md (JUnit XML: reports/nightly-junit.xml)"; \
+	exit $$rc
 
 check: venv
 	@$(VENV)/bin/mypy
-	@$(VENV)/bin/ruff check orchestrator tests
+	@$(VENV)/bin/mypy scripts/nightly_report.py
+	@$(VENV)/bin/ruff check orchestrator tests scripts

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,43 @@ def libvirt_objects(prefix: str) -> dict[str, list[str]]:
     hosts = [line for line in virsh("net-dumpxml", "orchlab").splitlines()
              if "<host " in line and f"name='{prefix}" in line]
     return {"domains": domains, "volumes": volumes, "hosts": hosts}
+
+
+def assert_exactly(set_name: str, ids: list[int]) -> None:
+    """libvirt holds exactly the instances ``ids`` of the set: a domain, one OS volume, the
+    seed volume and one DHCP reservation each; nothing else with the set's prefix."""
+    held = libvirt_objects(f"{set_name}-")
+    names = [f"{set_name}-{i}" for i in ids]
+    assert sorted(held["domains"]) == sorted(names), held
+    for name in names:
+        own = [v for v in held["volumes"] if v.startswith(f"{name}-")]
+        assert len([v for v in own if re.fullmatch(rf"{re.escape(name)}-os\d+\.qcow2", v)]) == 1, own
+        assert f"{name}-seed.iso" in own, own
+        assert len(own) == 2, own
+        assert len([h for h in held["hosts"] if f"name='{name}'" in h]) == 1, held["hosts"]
+    assert len(held["volumes"]) == 2 * len(ids), held["volumes"]
+    assert len(held["hosts"]) == len(ids), held["hosts"]
+
+
+def healthy_after(stderr: str, set_name: str) -> dict[int, float]:
+    """Seconds each instance of ``set_name`` took to become Healthy, by instanceId, from a
+    command's progress lines (``[  12.3s] web-0: Healthy after 6.5s``): the boot, from the
+    start of the health wait (the domain just started) to the first passing probe."""
+    found: dict[int, float] = {}
+    for m in re.finditer(rf"\] {re.escape(set_name)}-(\d+): Healthy after ([0-9.]+)s$",
+                         stderr, re.MULTILINE):
+        found[int(m[1])] = float(m[2])
+    return found
+
+
+def record_boots(record_property: Callable[[str, object], None], stderr: str,
+                 set_name: str) -> dict[int, float]:
+    """Records each boot time of a command as a ``boot_seconds`` property (JUnit XML, read
+    by scripts/nightly_report.py); returns them."""
+    boots = healthy_after(stderr, set_name)
+    for seconds in boots.values():
+        record_property("boot_seconds", seconds)
+    return boots
 
 
 @pytest.fixture(scope="session")

@@ -26,7 +26,7 @@ import pytest
 
 from orchestrator.store import RollingUpgradeRecord, Store
 
-from .conftest import ORCH, Orch, libvirt_objects, virsh
+from .conftest import ORCH, Orch, assert_exactly, libvirt_objects, virsh
 
 pytestmark = pytest.mark.vm
 
@@ -154,22 +154,6 @@ def domain_state(name: str) -> str:
     proc = subprocess.run(["virsh", "-q", "-c", "qemu:///system", "domstate", name],
                           capture_output=True, text=True, timeout=60, check=False)
     return proc.stdout.strip() or proc.stderr.strip()
-
-
-def assert_exactly(set_name: str, ids: list[int]) -> None:
-    """libvirt holds exactly the instances ``ids`` of the set: a domain, one OS volume, the
-    seed volume and one DHCP reservation each; nothing else with the set's prefix."""
-    held = libvirt_objects(f"{set_name}-")
-    names = [f"{set_name}-{i}" for i in ids]
-    assert sorted(held["domains"]) == sorted(names), held
-    for name in names:
-        own = [v for v in held["volumes"] if v.startswith(f"{name}-")]
-        assert len([v for v in own if re.fullmatch(rf"{re.escape(name)}-os\d+\.qcow2", v)]) == 1, own
-        assert f"{name}-seed.iso" in own, own
-        assert len(own) == 2, own
-        assert len([h for h in held["hosts"] if f"name='{name}'" in h]) == 1, held["hosts"]
-    assert len(held["volumes"]) == 2 * len(ids), held["volumes"]
-    assert len(held["hosts"]) == len(ids), held["hosts"]
 
 
 def create(orch: Orch, set_name: str, count: int, *flags: str) -> None:

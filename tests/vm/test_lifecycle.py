@@ -3,21 +3,26 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import pytest
 
-from .conftest import Orch, libvirt_objects, virsh
+from .conftest import Orch, libvirt_objects, record_boots, virsh
 
 pytestmark = pytest.mark.vm
 
 
-def test_lifecycle_on_real_vms(orch: Orch) -> None:
+def test_lifecycle_on_real_vms(orch: Orch,
+                               record_property: Callable[[str, object], None]) -> None:
     name = orch.new_set_name()
     started = time.monotonic()
-    orch.run("vmss", "create", "--name", name, "--image", "tiny:1", "--instance-count", "2",
-             "--data-disk-sizes-gb", "1", "--upgrade-policy-mode", "Rolling")
+    created = orch.run("vmss", "create", "--name", name, "--image", "tiny:1",
+                       "--instance-count", "2", "--data-disk-sizes-gb", "1",
+                       "--upgrade-policy-mode", "Rolling")
     create_seconds = time.monotonic() - started
     print(f"create of 2 to all Healthy: {create_seconds:.1f}s")
+    record_property("create_wall_seconds", round(create_seconds, 1))
+    assert sorted(record_boots(record_property, created.stderr, name)) == [0, 1], created.stderr
 
     instances = orch.json("vmss", "list-instances", "--name", name)
     assert [i["instanceId"] for i in instances] == [0, 1]

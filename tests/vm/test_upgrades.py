@@ -10,15 +10,17 @@ Each test boots at most 3 instances (the host has 2 cores and runs them under TC
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 
 import pytest
 
-from .conftest import Orch, libvirt_objects
+from .conftest import Orch, libvirt_objects, record_boots
 
 pytestmark = pytest.mark.vm
 
 NOTHING: dict[str, list[str]] = {"domains": [], "volumes": [], "hosts": []}
+Record = Callable[[str, object], None]  # pytest's record_property: figures for the nightly report
 
 # The data disk is found by the serial the controller gives it, not by a guessed vdX name.
 FIND_DATA_DISK = ('dev=; for d in /sys/block/vd*; do '
@@ -74,7 +76,8 @@ def create(orch: Orch, set_name: str, count: int, *flags: str) -> None:
 
 
 # --- Rolling, in place; then reimage --------------------------------------------------------
-def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_name: str) -> None:
+def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_name: str,
+                                                               record_property: Record) -> None:
     create(orch, set_name, 3, "--upgrade-policy-mode", "Rolling",
            "--max-batch-instance-percent", "34", "--max-unhealthy-instance-percent", "34",
            "--data-disk-sizes-gb", "1")
@@ -88,7 +91,10 @@ def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_n
                                   + VERSION_AND_BOOT).split()
         assert version == "1"
 
+    started = time.monotonic()
     proc = orch.run("vmss", "update", "--name", set_name, "--image", "tiny:2")
+    record_property("upgrade_in_place_wall_seconds", round(time.monotonic() - started, 1))
+    assert sorted(record_boots(record_property, proc.stderr, set_name)) == [0, 1, 2], proc.stderr
 
     after = {i["instanceId"]: i for i in orch.instances(set_name)}
     assert sorted(after) == [0, 1, 2]
@@ -140,12 +146,16 @@ def test_rolling_in_place_keeps_identity_and_data_then_reimage(orch: Orch, set_n
 
 
 # --- Rolling with MaxSurge -------------------------------------------------------------------
-def test_rolling_surge_replaces_instances_and_leaves_nothing(orch: Orch, set_name: str) -> None:
+def test_rolling_surge_replaces_instances_and_leaves_nothing(orch: Orch, set_name: str,
+                                                             record_property: Record) -> None:
     create(orch, set_name, 3, "--upgrade-policy-mode", "Rolling", "--max-surge", "true",
            "--max-batch-instance-percent", "34", "--max-unhealthy-instance-percent", "34")
     assert [i["instanceId"] for i in orch.instances(set_name)] == [0, 1, 2]
 
+    started = time.monotonic()
     proc = orch.run("vmss", "update", "--name", set_name, "--image", "tiny:2")
+    record_property("upgrade_surge_wall_seconds", round(time.monotonic() - started, 1))
+    assert sorted(record_boots(record_property, proc.stderr, set_name)) == [3, 4, 5], proc.stderr
 
     now = orch.instances(set_name)
     assert [i["instanceId"] for i in now] == [3, 4, 5]

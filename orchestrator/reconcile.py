@@ -9,6 +9,7 @@ commands that started it. Observed libvirt state wins over the store where they 
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -39,6 +40,11 @@ class Reconciler:
 
     def run_pass(self) -> PassReport:
         report = PassReport()
+        # a create killed before its set was recorded: nothing to resume, only the journal
+        known = {rec.name for rec in self.service.store.list_sets()}
+        for gone in sorted({op.set_name for op in self.service.store.list_operations()
+                            if op.status == "running"} - known):
+            self._mark_dead_operations(gone, report)
         for rec in self.service.store.list_sets():
             try:
                 self._reconcile_set(rec.name, report)
@@ -94,22 +100,14 @@ class Reconciler:
                    for op in store.list_operations(name)) or any(
             i.status != "active" for i in store.list_instances(name))
 
-    def resume_interrupted(self, name: str, report: PassReport | None = None) -> PassReport:
+    def resume_interrupted(self, name: str, report: PassReport | None = None) -> bool:
         """Finish or undo what a killed process left on the set; the caller holds its lock.
         Run by the reconciler, and by every command that takes a set's lock before it acts
-        (``Service.after_lock``), so the next command on a set resumes it."""
+        (``Service.after_lock``), so the next command on a set resumes it. True if a
+        killed process's operation was found."""
         report = report if report is not None else PassReport()
         store = self.service.store
-        # operations of processes that died are marked so, with the steps they were in
-        for op in store.list_operations(name):
-            if op.status == "running" and not pid_alive(op.pid):
-                now = self.service.engine.now()
-                cut = store.interrupt_steps(op.id, now=now)
-                where = "".join(f"; during {st.step} of {st.instance}" for st in cut)
-                store.end_operation(op.id, "interrupted",
-                                    {**op.detail, "error": f"process {op.pid} stopped{where}"},
-                                    now=now)
-                self._act(report, f"{name}: {op.kind} (operation {op.id}) was interrupted{where}")
+        found = self._mark_dead_operations(name, report)
         # instances left half-made or half-deleted by an interrupted command
         for inst in store.list_instances(name):
             if inst.status == "deleting":
@@ -122,29 +120,56 @@ class Reconciler:
                 self._act(report, f"{inst.name}: finishing an interrupted reimage")
                 self.upgrades.finish_reimage(name, inst)
         self._observed_wins(name, report)
-        return report
+        return found
+
+    def _mark_dead_operations(self, name: str, report: PassReport) -> bool:
+        """Operations of processes that died are marked so, with the steps they were in.
+        True if there was one."""
+        store = self.service.store
+        found = False
+        for op in store.list_operations(name):
+            if op.status == "running" and not pid_alive(op.pid):
+                now = self.service.engine.now()
+                cut = store.interrupt_steps(op.id, now=now)
+                where = "".join(f"; during {st.step} of {st.instance}" for st in cut)
+                store.end_operation(op.id, "interrupted",
+                                    {**op.detail, "error": f"process {op.pid} stopped{where}"},
+                                    now=now)
+                self._act(report, f"{name}: {op.kind} (operation {op.id}) was interrupted{where}")
+                found = True
+        return found
 
     def on_lock(self, name: str) -> None:
         """``Service.after_lock``: resume the set first if a killed process left work."""
         if self.interrupted(name):
             self.resume_interrupted(name)
 
+    def _surge_running(self, name: str) -> bool:
+        """A live rolling upgrade may hold capacity + batch instances for a while."""
+        latest = self.service.store.latest_rolling_upgrade(name)
+        return latest is not None and latest.status == "RollingForward" and driver_alive(latest)
+
     def _reconcile_set(self, name: str, report: PassReport) -> None:
         store = self.service.store
         # 0-1. interrupted operations and half-done instances; libvirt's view wins
         with self.service.locked(name, "resume", resume=False):
-            self.resume_interrupted(name, report)
+            interrupted = self.resume_interrupted(name, report)
         # 2. a rolling upgrade whose process died goes on (done instances are skipped)
         latest = store.latest_rolling_upgrade(name)
         if latest is not None and latest.status == "RollingForward" and not driver_alive(latest):
             self._act(report, f"{name}: resuming an interrupted rolling upgrade")
             self.upgrades.start_rolling(name)
-        # 3. capacity: instances missing after an interrupted create or scale
+        # 3. capacity: instances missing after an interrupted create or scale, or made by a
+        # scale-out killed before it recorded the new capacity (undone: capacity is the intent)
         rec = store.get_set(name)
         spec = self.service.spec_of(rec)
         count = len(store.list_instances(name))
         if count < spec.capacity:
             self._act(report, f"{name}: {count} of {spec.capacity} instances; creating the rest")
+            self.service.scale(name, spec.capacity)
+        elif count > spec.capacity and not self._surge_running(name):
+            self._act(report, f"{name}: {count} instances for a capacity of {spec.capacity}; "
+                              "removing the extra ones")
             self.service.scale(name, spec.capacity)
         # 4. model changes not yet rolled out (recorded with --no-wait, or interrupted)
         behind = [i for i in store.list_instances(name)
@@ -181,3 +206,14 @@ class Reconciler:
             for committed in self.upgrades.commit_healthy(name):
                 self._act(report, f"{committed}: healthy on its new model; previous OS disk "
                                   "removed")
+        # 7. instances a killed command booted but never saw settle are waited on, as the
+        # command would have (bounded by their grace period)
+        if interrupted:
+            waiting = [i for i in store.list_instances(name)
+                       if i.status == "active" and i.power_intent == "running"
+                       and i.health.get("state") in (None, "Initializing")
+                       and self.service.hv.domain_state(i.name) is PowerState.RUNNING]
+            if waiting:
+                self._act(report, f"{name}: waiting for instances "
+                                  f"{[i.instance_id for i in waiting]} to settle")
+                asyncio.run(self.service.await_health(name, waiting))

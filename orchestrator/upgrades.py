@@ -20,6 +20,7 @@ from orchestrator.engine import operations as ops
 from orchestrator.engine import policy
 from orchestrator.engine.health import HealthRecord, HealthState
 from orchestrator.errors import Conflict, InvalidInput, NotFound, OperationFailed, OrchError
+from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import Model, RollingUpgradePolicy, ScaleSetSpec, validate
 from orchestrator.service import Service, raise_unhealthy
 from orchestrator.store import InstanceRecord, RollingUpgradeRecord, Store
@@ -248,20 +249,28 @@ class Upgrades:
         with self.service.engine.step(inst, "adopt-generation"):
             adopted = ops.adopt_generation(self.service.engine, inst, generation=generation,
                                            image=image)
-        return adopted is not None
+        if adopted is None:
+            return False
+        # started by the dead process at a time nobody recorded: its grace period starts now
+        self.service.record_boot(adopted)
+        return True
 
     def commit_healthy(self, set_name: str) -> list[str]:
-        """Instances left uncommitted by an interrupted upgrade: the healthy ones keep their
-        new model (the previous OS disk goes); others keep it for a rollback."""
+        """Instances left uncommitted by an interrupted upgrade: each running one is waited
+        on until settled (Healthy, or its grace period over, counted from its boot); the
+        healthy ones keep their new model (the previous OS disk goes), others keep it for
+        a rollback."""
         pending = [i for i in self.store.list_instances(set_name)
-                   if i.status == "active" and (i.prev_os_volume or i.prev_generation)]
+                   if i.status == "active" and (i.prev_os_volume or i.prev_generation)
+                   and self.service.hv.domain_state(i.name) is PowerState.RUNNING]
         if not pending:
             return []
-        states = asyncio.run(self.service.probe_round(set_name, pending))
+        final = asyncio.run(self.service.await_health(set_name, pending))
         done = []
         for inst in pending:
-            if states.get(inst.instance_id) is HealthState.HEALTHY:
-                ops.commit_model(self.service.engine, inst)
+            fresh = self.store.find_instance(set_name, inst.instance_id)
+            if fresh is not None and final[inst.instance_id].state is HealthState.HEALTHY:
+                ops.commit_model(self.service.engine, fresh)
                 done.append(inst.name)
         return done
 
@@ -273,7 +282,9 @@ class Upgrades:
             raise InvalidInput(f"scale set {set_name} has upgrade policy {spec.upgrade_policy.mode}; "
                                "rolling upgrades need mode Rolling")
         latest = self.store.latest_rolling_upgrade(set_name)
+        superseded = None
         if latest is not None and latest.status == "RollingForward":
+            superseded = latest
             if driver_alive(latest):
                 raise Conflict(f"a rolling upgrade of {set_name} is already running "
                                f"(pid {latest.detail.get('pid')})")
@@ -284,6 +295,8 @@ class Upgrades:
                         f"(pid {latest.detail.get('pid')}) stopped; superseded"})
         rolling = spec.upgrade_policy.rolling_upgrade_policy
         with self.service.locked(set_name, "rolling-upgrade"):
+            if superseded is not None:
+                asyncio.run(self._finish_surge_batch(set_name, superseded))
             surge = rolling.max_surge
             fallback_note = None
             if surge:
@@ -371,7 +384,9 @@ class Upgrades:
             upgrade = self.store.update_rolling_upgrade(
                 upgrade, progress=_progress(successful, failed, len(batch),
                                             pending_count - len(batch)),
-                detail={**upgrade.detail, "inFlight": list(verdict.batch)})
+                detail={**upgrade.detail, "inFlight": [i.instance_id for i in batch],
+                        # a surge batch's replacements get the ids from here on, in batch order
+                        "firstNewId": self.store.get_set(set_name).next_instance_id})
             outcomes = await (self._surge_batch(set_name, batch) if surge
                               else self._apply(set_name, batch))
             for o in outcomes:
@@ -400,6 +415,29 @@ class Upgrades:
                                                             target, frozenset(attempted)):
                 self.service.progress(f"{set_name}: pausing {rolling.pause_time_between_batches}")
                 await self.service.clock.sleep(rolling.pause_seconds)
+
+    async def _finish_surge_batch(self, set_name: str, dead: RollingUpgradeRecord) -> None:
+        """The surge batch a killed driver left in flight is finished as ``_surge_batch``
+        would have: each replacement that exists is awaited; a healthy one takes its old
+        instance's place (the old one goes), an unhealthy one goes. A replacement never
+        made leaves its old instance for the next batches. Without this the resumed
+        upgrade would count the replacements as upgraded instances and keep the old ones
+        too: more instances than capacity for good."""
+        old_ids = dead.detail.get("inFlight") or []
+        first_new = dead.detail.get("firstNewId")
+        if not dead.detail.get("surge") or not old_ids or not isinstance(first_new, int):
+            return
+        by_id = {i.instance_id: i for i in self.store.list_instances(set_name)}
+        pairs = [(by_id.get(old), by_id[first_new + k]) for k, old in enumerate(old_ids)
+                 if first_new + k in by_id and by_id[first_new + k].status == "active"]
+        if not pairs:
+            return
+        self.service.progress(f"{set_name}: finishing the interrupted surge batch "
+                              f"(instances {', '.join(str(i) for i in old_ids)})")
+        final = await self.service.await_health(set_name, [new for _, new in pairs])
+        going = [old if final[new.instance_id].state is HealthState.HEALTHY else new
+                 for old, new in pairs]
+        self.service.delete_instances_now(set_name, [i for i in going if i is not None])
 
     async def _members(self, set_name: str) -> list[policy.Member]:
         """Every instance with fresh health (one probe round over the running ones)."""

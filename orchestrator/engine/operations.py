@@ -516,6 +516,8 @@ def _model_changes(inst: InstanceRecord, *, generation: int, image: Image) -> di
         "prev_generation": inst.model_generation, "prev_image": inst.image,
         "model_generation": generation, "image": image.ref, "prev_os_volume": "",
         "os_volume": inst.os_volume,
+        # booted anew: the health of the previous model says nothing of this one
+        "health": {},
     }
     if image.ref != inst.image:
         changes.update(os_volume=InstanceNames(inst.name).next_os_volume(inst.os_volume),
@@ -558,7 +560,7 @@ async def rollback(engine: Engine, inst: InstanceRecord, *, model: Model,
     inst = engine.store.update_instance(
         inst, model_generation=inst.prev_generation, image=inst.prev_image,
         os_volume=inst.prev_os_volume or inst.os_volume, prev_os_volume="",
-        prev_generation=0, prev_image="")
+        prev_generation=0, prev_image="", health={})
     engine.hv.define_domain(build_domain(engine, inst, model, image))
     _drop_volume(engine, failed_volume)
     engine.hv.start(inst.name)

@@ -1,7 +1,8 @@
-"""Crash injection: every operation is killed at every point where it changes the hypervisor,
+"""Crash injection: every operation is killed at every point where it changes the hypervisor
+and, separately, before every store write (each a journal point),
 then `orch controller run --once` resumes, and the invariants of SPEC §7 are checked.
 
-A kill is modelled as a SIGKILL would be: at the chosen hypervisor call a ``Killed``
+A kill is modelled as a SIGKILL would be: at the chosen point a ``Killed``
 (BaseException, so no ``except OrchError`` swallows it) is raised, and from then on every
 hypervisor call and every store write of the dead "process" raises ``Killed`` too, so no
 clean-up code of the dead process has any effect. Its set lock is released (as the kernel
@@ -9,7 +10,9 @@ releases a dead process's flock). A fresh controller on the same store and hyper
 runs a reconcile pass.
 
 The points are generated, not hand-picked: each operation is first run to completion while
-its mutating hypervisor calls are counted, then killed before each of them in turn.
+its mutating hypervisor calls (or its store writes) are counted, then killed before each
+of them in turn. After the resume, no journal step may be left open, and each interrupted
+operation names the step it died in.
 """
 
 from __future__ import annotations
@@ -43,13 +46,25 @@ class Killed(BaseException):
 
 @dataclass
 class Killer:
-    """Counts the mutating hypervisor calls of a world; raises Killed before call ``at``
-    and keeps the dead process from touching the hypervisor or the store afterwards."""
+    """Counts the kill points of a world (its mutating hypervisor calls, or its store
+    writes: each a journal point); raises Killed before point ``at`` and keeps the dead
+    process from touching the hypervisor or the store afterwards."""
 
     world: World
     at: int | None = None
+    points: str = "hypervisor"  # or "store"
     count: int = 0
     dead: bool = False
+
+    def _point(self, kind: str, what: str) -> None:
+        if self.dead:
+            raise Killed(f"{what} after death")
+        if kind != self.points:
+            return
+        if self.at is not None and self.count == self.at:
+            self.dead = True
+            raise Killed(f"killed before {what} {self.at}")
+        self.count += 1
 
     def install(self) -> None:
         hv = self.world.hv
@@ -60,8 +75,7 @@ class Killer:
 
         @contextlib.contextmanager
         def transaction() -> Iterator[None]:
-            if self.dead:
-                raise Killed("store write after death")
+            self._point("store", "store write")
             with real_transaction():
                 yield
 
@@ -70,12 +84,7 @@ class Killer:
 
     def _wrap(self, fn: Callable[..., Any]) -> Callable[..., Any]:
         def wrapped(*args: Any, **kwargs: Any) -> Any:
-            if self.dead:
-                raise Killed("hypervisor call after death")
-            if self.at is not None and self.count == self.at:
-                self.dead = True
-                raise Killed(f"killed before mutating call {self.at}")
-            self.count += 1
+            self._point("hypervisor", "mutating call")
             return fn(*args, **kwargs)
         return wrapped
 
@@ -137,11 +146,11 @@ def _world(tmp: Path) -> tuple[World, Upgrades]:
     return w, Upgrades(w.service)
 
 
-def count_points(tmp: Path, name: str) -> int:
+def count_points(tmp: Path, name: str, points: str) -> int:
     setup, operation = SCENARIOS[name]
     w, up = _world(tmp)
     setup(w, up)
-    killer = Killer(w)
+    killer = Killer(w, points=points)
     killer.install()
     operation(w, up)
     return killer.count
@@ -178,24 +187,36 @@ def check_invariants(w: World, name: str) -> None:
     assert set(states.values()) == {"Healthy"}, (name, states)
 
 
+@pytest.mark.parametrize("points", ["hypervisor", "store"])
 @pytest.mark.parametrize("name", sorted(SCENARIOS))
-def test_killed_at_every_point_then_resumed(tmp_path: Path, name: str) -> None:
-    points = count_points(tmp_path / "count", name)
-    assert points > 0
-    for at in range(points):
+def test_killed_at_every_point_then_resumed(tmp_path: Path, name: str, points: str) -> None:
+    count = count_points(tmp_path / "count", name, points)
+    assert count > 0
+    for at in range(count):
         w, up = _world(tmp_path / f"kill-{at}")
         setup, operation = SCENARIOS[name]
         setup(w, up)
-        killer = Killer(w, at=at)
+        killer = Killer(w, at=at, points=points)
         killer.install()
         with pytest.raises(Killed):
             operation(w, up)
         killer.revive()
+        open_steps = {st.operation_id: st for op in w.store.list_operations(SET)
+                      for st in w.store.list_steps(op.id) if st.status == "started"}
         report = Reconciler(up).run_pass()
         assert report.problems == [], (name, at, report.problems)
-        journal = [op.status for op in w.store.list_operations(SET)]
-        assert "running" not in journal and "interrupted" in journal, (name, at, journal)
-        check_invariants(w, f"{name} killed before mutating call {at}")
+        ops = {op.id: op for op in w.store.list_operations(SET)}
+        journal = [op.status for op in ops.values()]
+        if points == "hypervisor" or any(s == "interrupted" for s in journal):
+            assert "running" not in journal and "interrupted" in journal, (name, at, journal)
+        assert "running" not in journal, (name, at, journal)
+        # the journal says where each dead operation stopped, and leaves no step open
+        for op_id, st in open_steps.items():
+            assert f"during {st.step} of {st.instance}" in ops[op_id].detail["error"], (
+                name, at, ops[op_id].detail)
+        assert not [st for op_id in ops for st in w.store.list_steps(op_id)
+                    if st.status == "started"], (name, at)
+        check_invariants(w, f"{name} killed before {points} point {at}")
         # a second pass finds nothing to do
         again = Reconciler(up).run_pass()
         assert again.actions == [] and again.problems == [], (name, at, again.actions)

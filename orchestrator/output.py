@@ -1,20 +1,22 @@
 """Rendering for the command line: tables (rich), JSON, YAML, and progress lines.
 
-Owned here: how data looks on stdout (``render``) and how progress of long work looks on
-stderr (``ProgressPrinter``). Called by ``cli`` only; knows nothing of the domain.
+Owned here: how data looks on stdout (``render``), and ``ProgressPrinter``, the callable that
+hands progress lines of long work to ``logs`` (which owns how they look on stderr). Called by
+``cli`` only; knows nothing of the domain.
 """
 
 from __future__ import annotations
 
 import json
 import sys
-import time
 from collections.abc import Sequence
 from typing import Any
 
 import yaml
 from rich.console import Console
 from rich.table import Table
+
+from orchestrator import logs
 
 FORMATS = ("table", "json", "yaml")
 
@@ -67,25 +69,12 @@ def _kv_table(data: dict[str, Any], title: str | None) -> Table:
 
 
 class ProgressPrinter:
-    """Progress of long work on stderr: coloured lines with elapsed time on a terminal,
-    plain ``[  12.3s] message`` lines otherwise (logs, CI)."""
+    """The ``Progress`` callable the service, engine and upgrades get: each line goes to the
+    ``orchestrator`` logger (``logs``), which prints it on stderr as text or JSON."""
 
     def __init__(self, *, quiet: bool = False) -> None:
-        self.started = time.monotonic()
         self.quiet = quiet
-        self.tty = sys.stderr.isatty()
-        self.console = Console(stderr=True, highlight=False) if self.tty else None
 
     def __call__(self, line: str) -> None:
-        if self.quiet:
-            return
-        elapsed = time.monotonic() - self.started
-        if self.console is not None:
-            self.console.print(f"[dim]{elapsed:7.1f}s[/dim] {_escape(line)}")
-        else:
-            sys.stderr.write(f"[{elapsed:7.1f}s] {line}\n")
-            sys.stderr.flush()
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", "\\[")
+        if not self.quiet:
+            logs.progress(line)

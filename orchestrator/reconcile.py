@@ -13,6 +13,7 @@ import asyncio
 from dataclasses import dataclass, field
 from typing import Any
 
+from orchestrator import logs
 from orchestrator.engine import operations as ops
 from orchestrator.errors import Conflict, OrchError
 from orchestrator.hypervisor.base import PowerState
@@ -47,7 +48,8 @@ class Reconciler:
             self._mark_dead_operations(gone, report)
         for rec in self.service.store.list_sets():
             try:
-                self._reconcile_set(rec.name, report)
+                with logs.scope(rec.name):
+                    self._reconcile_set(rec.name, report)
             except Conflict as exc:
                 report.problems.append(f"{rec.name}: skipped: {exc.message}")
             except OrchError as exc:

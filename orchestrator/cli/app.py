@@ -1,10 +1,11 @@
 """The ``orch`` command group, its global options and the application context.
 
 Owned here: global options and their environment variables (``--state-dir``,
-``--libvirt-uri``, ``--domain-type``, ``-o``, ``--no-wait``, ``-v``), how a command reaches
-the service (``AppContext``), table columns, and the mapping of errors to one line on
-stderr plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). Called
-by the command modules of this package; ``main`` is the console script.
+``--libvirt-uri``, ``--domain-type``, ``-o``, ``--no-wait``, ``-v``, ``--metrics-file``,
+``--log-format``), how a command reaches the service (``AppContext``), table columns, writing
+the metrics file once a command has ended (``AppContext.write_metrics``), and the mapping of
+errors to one line on stderr plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict,
+4 environment). Called by the command modules of this package; ``main`` is the console script.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from typing import Any, NoReturn, TypeVar
 import click
 
 from orchestrator import lab as lab_mod
+from orchestrator import logs, metrics
 from orchestrator.clock import RealClock
 from orchestrator.errors import EnvironmentProblem, OrchError
 from orchestrator.images import Registry
@@ -57,6 +59,7 @@ class AppContext:
     output: str
     wait: bool
     verbose: int
+    metrics_file: Path | None = None
     progress: ProgressPrinter = field(default_factory=ProgressPrinter)
     _store: Store | None = None
 
@@ -119,8 +122,31 @@ class AppContext:
     def show(self, data: Any, *, columns: Sequence[tuple[str, str]] | None = None) -> None:
         render(data, self.output, columns=columns)
 
+    def write_metrics(self) -> None:
+        """Write the metrics file, if one is configured, from the store as it is now. Called
+        when a command ends (whatever its exit code) and after each controller pass. A state
+        dir without a database is not created for it (the file then lists no sets); a
+        failure is one warning line on stderr and never changes the command's exit code."""
+        if self.metrics_file is None:
+            return
+        try:
+            store = self._store
+            if store is None and (self.state_dir / "orchestrator.db").is_file():
+                store = self.store
+            metrics.write(store, self.metrics_file)
+        except Exception as exc:  # noqa: BLE001 - metrics must not fail the command
+            text = exc.one_line() if isinstance(exc, OrchError) else f"{type(exc).__name__}: {exc}"
+            logs.warning(f"metrics file not written: {text}")
+
 
 pass_app = click.make_pass_decorator(AppContext)
+
+
+def _configure_logs(fmt: str) -> str:
+    """--log-format is eager: configured before other options, so that even their usage
+    errors come out in the chosen format."""
+    logs.configure(fmt)
+    return fmt
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
@@ -137,14 +163,29 @@ pass_app = click.make_pass_decorator(AppContext)
               help="Output format.")
 @click.option("--no-wait", is_flag=True, help="Return once the operation is recorded and started.")
 @click.option("-v", "--verbose", count=True, help="More detail (tracebacks on internal errors).")
+@click.option("--metrics-file", type=click.Path(path_type=Path), envvar="ORCH_METRICS_FILE",
+              default=None,
+              help="Write Prometheus metrics here after every command and controller pass, "
+                   "atomically (node_exporter textfile collector: a *.prom file in its "
+                   "directory) [env ORCH_METRICS_FILE]. Its directory must exist.")
+@click.option("--log-format", type=click.Choice(logs.LOG_FORMATS), envvar="ORCH_LOG_FORMAT",
+              default="text", show_default=True, is_eager=True,
+              callback=lambda ctx, param, value: _configure_logs(value),
+              help="Progress and log lines on stderr: text, or one JSON object per line "
+                   "[env ORCH_LOG_FORMAT].")
 @click.pass_context
 def cli(ctx: click.Context, state_dir: Path | None, libvirt_uri: str, domain_type: str,
-        output: str, no_wait: bool, verbose: int) -> None:
+        output: str, no_wait: bool, verbose: int, metrics_file: Path | None,
+        log_format: str) -> None:
     """orchestrator: scale sets of QEMU/KVM virtual machines on libvirt, upgraded the way
     Azure Virtual Machine Scale Sets are."""
-    ctx.obj = AppContext(state_dir=state_dir or default_state_dir(), libvirt_uri=libvirt_uri,
-                         domain_type=domain_type, output=output, wait=not no_wait,
-                         verbose=verbose)
+    if metrics_file is not None:
+        metrics.check_path(metrics_file)  # bad input: exit 2 before anything changes
+    app = AppContext(state_dir=state_dir or default_state_dir(), libvirt_uri=libvirt_uri,
+                     domain_type=domain_type, output=output, wait=not no_wait,
+                     verbose=verbose, metrics_file=metrics_file)
+    ctx.obj = app
+    ctx.call_on_close(app.write_metrics)
 
 
 # --- global options on every command -------------------------------------------------------
@@ -185,12 +226,15 @@ def install_common_options() -> None:
 
 # --- entry point ----------------------------------------------------------------------------
 def fail(message: str, code: int) -> NoReturn:
-    sys.stderr.write(f"error: {' '.join(message.split())}\n")
+    logs.error(" ".join(message.split()), exit_code=code)
     sys.exit(code)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     verbose = "-v" in (argv if argv is not None else sys.argv[1:])
+    env_format = os.environ.get("ORCH_LOG_FORMAT", "text")
+    logs.configure(env_format if env_format in logs.LOG_FORMATS else "text")
+    logs.set_scope(None)
     try:
         cli.main(args=list(argv) if argv is not None else None, prog_name="orch",
                  standalone_mode=False)
@@ -207,7 +251,9 @@ def main(argv: Sequence[str] | None = None) -> None:
     except BrokenPipeError:
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the last line of defence: a bug is one line too
-        if verbose:
+        if verbose and logs.current_format() == "json":
+            logs.log_traceback(exc)
+        elif verbose:
             traceback.print_exc()
         fail(f"internal error: {type(exc).__name__}: {exc} (run with -v for a traceback)", 1)
 

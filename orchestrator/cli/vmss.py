@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import click
 
+from orchestrator import logs
 from orchestrator.cli.app import (
     INSTANCE_COLUMNS,
     OPERATION_COLUMNS,
@@ -21,12 +23,20 @@ from orchestrator.cli.app import (
 )
 from orchestrator.errors import InvalidInput, OperationFailed
 from orchestrator.model import (
+    SET_NAME_RE,
     ScaleSetDocument,
     ScaleSetSpec,
     check_set_name,
     parse_yaml_documents,
     validate,
 )
+
+
+def _log_scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    """Progress lines of this command carry the set named by --name (``logs``)."""
+    if value is not None and SET_NAME_RE.fullmatch(value):
+        logs.set_scope(value)
+    return value
 
 
 # --- scale sets ---------------------------------------------------------------------------
@@ -153,7 +163,8 @@ def _policy_options(fn: F) -> F:
 
 
 @vmss.command("create")
-@click.option("--name", required=True, help="Scale set name: a-z, 0-9, '-', up to 40.")
+@click.option("--name", required=True, help="Scale set name: a-z, 0-9, '-', up to 40.",
+              callback=_log_scope)
 @click.option("--image", required=True, help="NAME:VERSION of a registered image.")
 @click.option("--instance-count", type=int, default=2, show_default=True)
 @click.option("--network", envvar="ORCH_NETWORK", default="default", show_default=True,
@@ -206,7 +217,8 @@ def vmss_apply(app: AppContext, file: Path) -> None:
     upgrades = app.upgrades()
     results = []
     for spec in specs:
-        results.append(upgrades.apply(spec, wait=app.wait))
+        with logs.scope(spec.name):
+            results.append(upgrades.apply(spec, wait=app.wait))
     app.show(results, columns=SET_COLUMNS)
 
 
@@ -219,7 +231,7 @@ def vmss_list(app: AppContext) -> None:
 
 def _name_option(fn: F) -> F:
     return click.option("--name", required=True, help="Scale set name.",
-                        callback=lambda c, p, v: check_set_name(v))(fn)
+                        callback=lambda c, p, v: _log_scope(c, p, check_set_name(v)))(fn)
 
 
 @vmss.command("update")
@@ -459,21 +471,26 @@ def controller() -> None:
 @pass_app
 def controller_run(app: AppContext, once: bool, interval: float) -> None:
     """Carry out pending and interrupted work; with --once, exit when done (exit 1 if a set
-    had a problem), else keep watching until interrupted."""
-    import threading
-
+    had a problem), else keep watching until interrupted. The metrics file (--metrics-file)
+    is written after every pass."""
     from orchestrator.reconcile import Reconciler
 
     reconciler = Reconciler(app.upgrades())
-    stop = threading.Event()
     while True:
         report = reconciler.run_pass()
         for line in report.problems:
             app.progress(f"problem: {line}")
+        app.write_metrics()
         if once:
             app.show(report.as_dict())
             if report.problems:
                 raise OperationFailed(f"{len(report.problems)} problem(s): {report.problems[0]}")
             return
-        if stop.wait(interval):
+        if pause_between_passes(interval):
             return
+
+
+def pause_between_passes(seconds: float) -> bool:
+    """Wait until the controller's next pass is due; True ends the loop. The one seam the
+    tests replace to run passes without waiting."""
+    return threading.Event().wait(seconds)

@@ -1,0 +1,182 @@
+"""Log lines on stderr: progress of long work, warnings and the final error, as text or as
+JSON lines (``--log-format {text,json}``, env ``ORCH_LOG_FORMAT``).
+
+Owned here: the ``orchestrator`` logger's one handler and its two formats (``configure``),
+the scale set a command or a reconcile pass works on (``scope``), and how a progress line
+becomes a log record (``progress``): ``warning: ...`` and ``problem: ...`` lines are
+warnings, the rest info; ``set`` comes from the scope and ``instance`` from a leading
+``<set>-<instanceId>:``. Text is what ``orch`` always printed (a coloured line with the
+elapsed time on a terminal, ``[  12.3s] message`` otherwise); JSON is one object per line
+with ``time``, ``level``, ``message`` and, where known, ``set``, ``instance``, ``exitCode``.
+
+Called by ``cli.app`` (``configure`` from the global option, the error line of ``main``),
+``output.ProgressPrinter`` (every progress line), ``cli.vmss`` and ``reconcile`` (``scope``).
+What goes to stdout (tables, JSON, YAML results) never passes through here.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import re
+import sys
+import time
+from collections.abc import Iterator
+
+from rich.console import Console
+
+LOG_FORMATS = ("text", "json")
+LOGGER_NAME = "orchestrator"
+
+_logger = logging.getLogger(LOGGER_NAME)
+_state: dict[str, str | None] = {"format": "text", "set": None}
+_INSTANCE_PREFIX = re.compile(r"^(?P<instance>[a-z][a-z0-9-]{0,39}-\d+):")
+
+
+class _StderrHandler(logging.Handler):
+    """Writes each record to the ``sys.stderr`` of the moment (tests swap it)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            sys.stderr.write(self.format(record) + "\n")
+            sys.stderr.flush()
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+class _RichStderrHandler(logging.Handler):
+    """On a terminal: the dimmed elapsed time, then the message (rich markup escaped)."""
+
+    def __init__(self, started: float) -> None:
+        super().__init__()
+        self.started = started
+        self.console = Console(stderr=True, highlight=False)
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            elapsed = time.monotonic() - self.started
+            text = record.getMessage().replace("[", "\\[")
+            self.console.print(f"[dim]{elapsed:7.1f}s[/dim] {text}")
+        except Exception:  # noqa: BLE001 - logging must never break the command
+            self.handleError(record)
+
+
+class TextFormatter(logging.Formatter):
+    """``[  12.3s] message``: seconds since ``configure``."""
+
+    def __init__(self, started: float) -> None:
+        super().__init__()
+        self.started = started
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"[{time.monotonic() - self.started:7.1f}s] {record.getMessage()}"
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record: time (UTC, ms), level, message, then set, instance and
+    exitCode when the record carries them."""
+
+    EXTRA_KEYS = ("set", "instance", "exitCode")
+
+    def format(self, record: logging.LogRecord) -> str:
+        data: dict[str, object] = {
+            "time": _dt.datetime.fromtimestamp(record.created, tz=_dt.UTC)
+            .isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+            "level": record.levelname.lower(),
+            "message": record.getMessage(),
+        }
+        for key in self.EXTRA_KEYS:
+            value = getattr(record, key, None)
+            if value is not None:
+                data[key] = value
+        if record.exc_info:
+            data["traceback"] = self.formatException(record.exc_info)
+        return json.dumps(data, ensure_ascii=False)
+
+
+def configure(fmt: str, *, tty: bool | None = None) -> None:
+    """(Re)install the one handler of the ``orchestrator`` logger; ``fmt`` is ``text`` or
+    ``json``. ``tty`` overrides whether stderr is a terminal (for tests)."""
+    if fmt not in LOG_FORMATS:
+        raise ValueError(f"unknown log format {fmt!r}")
+    started = time.monotonic()
+    is_tty = sys.stderr.isatty() if tty is None else tty
+    handler: logging.Handler
+    if fmt == "json":
+        handler = _StderrHandler()
+        handler.setFormatter(JsonFormatter())
+    elif is_tty:
+        handler = _RichStderrHandler(started)
+    else:
+        handler = _StderrHandler()
+        handler.setFormatter(TextFormatter(started))
+    for old in list(_logger.handlers):
+        _logger.removeHandler(old)
+    _logger.addHandler(handler)
+    _logger.setLevel(logging.INFO)
+    _logger.propagate = False
+    _state["format"] = fmt
+
+
+def current_format() -> str:
+    return _state["format"] or "text"
+
+
+def set_scope(set_name: str | None) -> None:
+    """The scale set the rest of this command works on (its ``--name``)."""
+    _state["set"] = set_name
+
+
+@contextlib.contextmanager
+def scope(set_name: str) -> Iterator[None]:
+    """Records logged inside carry ``set``: one set of a pass or of a multi-set file."""
+    before = _state["set"]
+    _state["set"] = set_name
+    try:
+        yield
+    finally:
+        _state["set"] = before
+
+
+def fields_of(line: str) -> dict[str, str]:
+    """``set`` and ``instance`` of a progress line, as far as they are known."""
+    fields: dict[str, str] = {}
+    set_name = _state["set"]
+    if set_name is not None:
+        fields["set"] = set_name
+        match = _INSTANCE_PREFIX.match(line)
+        if match and re.fullmatch(re.escape(set_name) + r"-\d+", match["instance"]):
+            fields["instance"] = match["instance"]
+    return fields
+
+
+def progress(line: str) -> None:
+    """One progress line (see the module docstring for its level and fields)."""
+    if not _logger.handlers:
+        configure(current_format())
+    level = logging.WARNING if line.startswith(("warning: ", "problem: ")) else logging.INFO
+    _logger.log(level, line, extra=fields_of(line))
+
+
+def warning(line: str) -> None:
+    """A warning of orch itself, e.g. the metrics file could not be written."""
+    progress(line if line.startswith("warning: ") else f"warning: {line}")
+
+
+def error(message: str, *, exit_code: int) -> None:
+    """The one error line a failed command ends with."""
+    if not _logger.handlers:
+        configure(current_format())
+    if current_format() == "json":
+        _logger.error(message, extra={**fields_of(message), "exitCode": exit_code})
+    else:
+        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.flush()
+
+
+def log_traceback(exc: BaseException) -> None:
+    """With ``-v``: the traceback of an internal error, as one record (JSON format)."""
+    _logger.error("traceback of %s", type(exc).__name__,
+                  exc_info=(type(exc), exc, exc.__traceback__), extra=fields_of(""))

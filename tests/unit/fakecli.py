@@ -1,0 +1,57 @@
+"""The ``orch`` command line against the fake world of ``conftest``: the CLI's own store,
+registry, options and output, with the fake hypervisor, prober and clock in place of libvirt
+and SSH (``AppContext.service`` is the one thing replaced)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from orchestrator.cli import main
+from orchestrator.cli.app import AppContext
+from orchestrator.engine.operations import Engine, Settings
+from orchestrator.service import Service
+
+from .conftest import World
+
+
+@dataclass
+class FakeCli:
+    world: World
+    capsys: pytest.CaptureFixture[str]
+
+    @property
+    def state_dir(self) -> Path:
+        return self.world.state_dir
+
+    def run(self, *args: str) -> tuple[int, str, str]:
+        """``orch ARGS``: (exit code, stdout, stderr)."""
+        self.capsys.readouterr()
+        with pytest.raises(SystemExit) as exc:
+            main(list(args))
+            raise SystemExit(0)
+        out, err = self.capsys.readouterr()
+        code = exc.value.code
+        return (code if isinstance(code, int) else 1), out, err
+
+
+def install(world: World, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> FakeCli:
+    monkeypatch.setenv("ORCH_STATE_DIR", str(world.state_dir))
+    # unreachable on purpose: nothing here may reach a real libvirt
+    monkeypatch.setenv("ORCH_LIBVIRT_URI", "qemu+unix:///system?socket=/nonexistent/sock")
+    for name in ("ORCH_METRICS_FILE", "ORCH_LOG_FORMAT", "ORCH_NETWORK", "ORCH_POOL"):
+        monkeypatch.delenv(name, raising=False)
+
+    def service(app: AppContext) -> Service:
+        engine = Engine(hv=world.hv, store=app.store, registry=app.registry, clock=world.clock,
+                        settings=Settings(state_dir=world.state_dir, pool="default",
+                                          domain_type="qemu"),
+                        log=app.progress)
+        return Service(engine=engine, prober=world.prober, progress=app.progress)
+
+    monkeypatch.setattr(AppContext, "service", service)
+    return FakeCli(world, capsys)
+

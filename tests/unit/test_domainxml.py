@@ -23,6 +23,12 @@ from orchestrator.hypervisor.domainxml import (
     owner_metadata_xml,
     parse_owner,
 )
+from orchestrator.engine.operations import build_domain
+from orchestrator.images import Image
+from orchestrator.model import Model, validate
+from orchestrator.store import ImageRecord, InstanceRecord
+
+from .conftest import World
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -202,3 +208,36 @@ def _with_metadata(*children: tuple[str, str]) -> str:
 )
 def test_malformed_metadata_is_none(xml: str) -> None:
     assert parse_owner(xml) is None
+
+
+# --- one path for both boot styles: the domain an instance gets from each kind of image ------
+def _instance_domain(world: World, manifest: dict[str, object]) -> str:
+    """The XML ``build_domain`` makes for instance 3 of set web on an image with
+    ``manifest``, with the temp state dir shown as /var/lib/orchestrator."""
+    directory = "/var/lib/orchestrator/images/cloud/1"
+    image = Image(ImageRecord("cloud", "1", "0" * 64, directory,
+                              {"disk": "disk.qcow2", "virtualSize": 2**30, **manifest}, "x"))
+    inst = InstanceRecord(
+        set_name="web", instance_id=3, name="web-3", status="active", mac="52:54:00:00:00:03",
+        ip="192.168.122.5", network="default", model_generation=2, image="cloud:1",
+        host_key_public="", host_key_private="", seed_instance_id="web-3-x",
+        protect_from_scale_in=False, protect_from_scale_set_actions=False,
+        power_intent="running", health={}, created_at="x", os_volume="web-3-os1.qcow2")
+    model = validate(Model, {"image": "cloud:1", "vcpus": 2, "memoryMiB": 512,
+                             "dataDisks": [{"lun": 0, "sizeGiB": 1}]})
+    domain = build_domain(world.service.engine, inst, model, image)
+    xml = ET.fromstring(domain.to_xml())
+    if xml.find("./uuid") is not None:
+        xml.remove(xml.find("./uuid"))  # type: ignore[arg-type]
+    return ET.tostring(xml, encoding="unicode").replace(str(world.state_dir),
+                                                        "/var/lib/orchestrator") + "\n"
+
+
+def test_an_image_without_kernel_boots_its_own_disk(world: World) -> None:
+    """Downloaded cloud images and debian-12: BIOS, the bootloader inside the image."""
+    check_golden("instance-bios.xml", _instance_domain(world, {"sshUser": "debian"}))
+
+
+def test_an_image_with_kernel_boots_it_directly(world: World) -> None:
+    check_golden("instance-kernel.xml", _instance_domain(world, {
+        "kernel": "vmlinuz", "initrd": "initrd.img", "cmdline": "console=ttyS0 root=/dev/vda rw"}))

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.operations import build_domain
 from orchestrator.hypervisor.domainxml import (
     METADATA_NS,
     BackingStore,
@@ -23,7 +24,6 @@ from orchestrator.hypervisor.domainxml import (
     owner_metadata_xml,
     parse_owner,
 )
-from orchestrator.engine.operations import build_domain
 from orchestrator.images import Image
 from orchestrator.model import Model, validate
 from orchestrator.store import ImageRecord, InstanceRecord

@@ -234,12 +234,41 @@ def _name_option(fn: F) -> F:
                         callback=lambda c, p, v: _log_scope(c, p, check_set_name(v)))(fn)
 
 
+def _update_options(fn: F) -> F:
+    """The model and policy change flags of `update`, shared with `plan` (which simulates
+    what `update` would do with them)."""
+    for decl in reversed([
+        click.option("--image", help="NAME:VERSION: a new image (a new model generation)."),
+        _policy_options,
+        click.option("--allow-surge-fallback", is_flag=True,
+                     help="If the host lacks room for a MaxSurge batch, upgrade in place "
+                          "(reported)."),
+    ]):
+        fn = decl(fn)
+    return fn
+
+
+def _update_changes(opts: dict[str, Any], current: ScaleSetSpec) -> dict[str, Any]:
+    """The changes the flags of ``_update_options`` ask for, as ``Upgrades.update`` takes
+    them; files named by flags (custom data, keys) are read and checked here."""
+    changes: dict[str, Any] = {
+        "model": _model_changes(opts, current_probe=current.model.health_probe.to_json_dict()),
+        "rollingUpgradePolicy": _rolling_changes(opts),
+    }
+    if opts["upgrade_policy_mode"]:
+        changes["mode"] = opts["upgrade_policy_mode"]
+    if opts["scale_in_policy"]:
+        changes["scaleInPolicy"] = opts["scale_in_policy"]
+    return changes
+
+
+def _changes_nothing(changes: dict[str, Any]) -> bool:
+    return not changes["model"] and not changes["rollingUpgradePolicy"] and len(changes) == 2
+
+
 @vmss.command("update")
 @_name_option
-@click.option("--image", help="NAME:VERSION: a new image (a new model generation).")
-@_policy_options
-@click.option("--allow-surge-fallback", is_flag=True,
-              help="If the host lacks room for a MaxSurge batch, upgrade in place (reported).")
+@_update_options
 @click.option("--instance-id", type=click.IntRange(min=0),
               help="With --protect-*: the instance whose protection changes.")
 @click.option("--protect-from-scale-in", type=click.BOOL, default=None)
@@ -258,16 +287,8 @@ def vmss_update(app: AppContext, /, **opts: Any) -> None:
                                        set_actions=protect[1]))
         return
     upgrades = app.upgrades()
-    current = upgrades.service.spec_of(upgrades.store.get_set(opts["name"]))
-    changes: dict[str, Any] = {
-        "model": _model_changes(opts, current_probe=current.model.health_probe.to_json_dict()),
-        "rollingUpgradePolicy": _rolling_changes(opts),
-    }
-    if opts["upgrade_policy_mode"]:
-        changes["mode"] = opts["upgrade_policy_mode"]
-    if opts["scale_in_policy"]:
-        changes["scaleInPolicy"] = opts["scale_in_policy"]
-    if not changes["model"] and not changes["rollingUpgradePolicy"] and len(changes) == 2:
+    changes = _update_changes(opts, upgrades.service.spec_of(upgrades.store.get_set(opts["name"])))
+    if _changes_nothing(changes):
         raise InvalidInput("nothing to update: give at least one property to change")
     app.show(upgrades.update(opts["name"], changes, wait=app.wait,
                              allow_surge_fallback=opts["allow_surge_fallback"]))

@@ -226,6 +226,21 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
+    def backup_to(self, path: Path) -> None:
+        """Copy the whole database into a new file ``path`` (0600; it must not exist) with
+        sqlite3's backup API: a consistent snapshot taken under a read lock, this database
+        only read. Called by ``plan``, which simulates an update on the copy."""
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
+            os.close(fd)
+            target = sqlite3.connect(path)
+            try:
+                self._db.backup(target)
+            finally:
+                target.close()
+        except (OSError, sqlite3.Error) as exc:
+            raise EnvironmentProblem(f"cannot copy state database to {path}: {exc}") from exc
+
     @contextlib.contextmanager
     def transaction(self) -> Iterator[None]:
         """Group statements; nested uses join the outer transaction."""

@@ -30,6 +30,7 @@ from orchestrator.model import (
     parse_yaml_documents,
     validate,
 )
+from orchestrator.output import render
 
 
 def _log_scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -277,7 +278,8 @@ def _changes_nothing(changes: dict[str, Any]) -> bool:
 def vmss_update(app: AppContext, /, **opts: Any) -> None:
     """Change the model or the upgrade policy. A model change makes a new generation, rolled
     out as the policy says: Automatic at once, Rolling in batches, Manual not until
-    `update-instances`. OS profile changes (custom data, SSH key) reach instances on reimage."""
+    `update-instances`. OS profile changes (custom data, SSH key) reach instances on reimage.
+    `orch vmss plan` with the same flags shows what this would do, changing nothing."""
     protect = (opts["protect_from_scale_in"], opts["protect_from_scale_set_actions"])
     if opts["instance_id"] is not None or protect != (None, None):
         if opts["instance_id"] is None or protect == (None, None):
@@ -292,6 +294,67 @@ def vmss_update(app: AppContext, /, **opts: Any) -> None:
         raise InvalidInput("nothing to update: give at least one property to change")
     app.show(upgrades.update(opts["name"], changes, wait=app.wait,
                              allow_surge_fallback=opts["allow_surge_fallback"]))
+
+
+@vmss.command("plan")
+@_name_option
+@_update_options
+@pass_app
+def vmss_plan(app: AppContext, /, **opts: Any) -> None:
+    """Dry run: what `update` with the same flags would do, batch by batch, with a predicted
+    duration. Without change flags: what `rolling-upgrade start` would do now (an Automatic
+    set: the upgrade of every instance at once that `controller run` makes).
+
+    Nothing is changed: the store is only read and libvirt is only asked which domains
+    run, the pool's free space and the network's addresses. The real upgrade code runs on
+    a copy of the set in a simulated hypervisor with a simulated clock: instances running
+    or stopped as now, those unhealthy now staying unhealthy (also once upgraded), guests
+    booting in the set's median boot-to-Healthy time (else 6.5 s) and shutting down in
+    1.5 s. Outcome: Completed, Faulted (with the reason the real upgrade would give),
+    NothingToDo, or Manual (nothing rolls; `update-instances` would). Bad input, and a
+    MaxSurge the host has no room for, are refused as `update` refuses them (exit 2); a
+    predicted Faulted is a plan made (exit 0). -o json keys: name, mode, maxSurge,
+    fromGeneration, toGeneration, batches, predictedSeconds, outcome, error, thresholds,
+    assumptions, instances, notes."""
+    from orchestrator.plan import make_plan
+
+    service = app.service()
+    changes = _update_changes(opts, service.spec_of(service.store.get_set(opts["name"])))
+    plan = make_plan(service, opts["name"], changes=None if _changes_nothing(changes) else changes,
+                     allow_surge_fallback=opts["allow_surge_fallback"])
+    if app.output != "table":
+        app.show(plan)
+        return
+    _show_plan_table(plan)
+
+
+PLAN_COLUMNS = [("batch", "BATCH"), ("instances", "INSTANCES"), ("action", "ACTION"),
+                ("newInstances", "NEW IDS"), ("startSeconds", "START s"), ("endSeconds", "END s")]
+
+
+def _show_plan_table(plan: dict[str, Any]) -> None:
+    """One row per batch, then the outcome, notes, thresholds and assumptions as lines."""
+    def ids(values: Sequence[int]) -> str:
+        return ", ".join(str(v) for v in values) or "-"
+
+    title = (f"plan for {plan['name']}: {plan['mode']}"
+             + (" with MaxSurge" if plan["mode"] == "Rolling" and plan["maxSurge"] else "")
+             + f", generation {plan['fromGeneration']} -> {plan['toGeneration']}")
+    rows = [{**b, "instances": ids(b["instances"]), "newInstances": ids(b["newInstances"])}
+            for b in plan["batches"]]
+    if rows:
+        render(rows, "table", columns=PLAN_COLUMNS, title=title)
+    else:
+        click.echo(f"{title}: no batch")
+    outcome = plan["outcome"]
+    if outcome in ("Completed", "Faulted"):
+        click.echo(f"outcome: {outcome} after {plan['predictedSeconds']:.1f} s (predicted)"
+                   + (f": {plan['error']}" if plan["error"] else ""))
+    else:
+        click.echo(f"outcome: {outcome}")
+    for line in [*plan["notes"], *plan["thresholds"]]:
+        click.echo(f"  {line}")
+    click.echo(f"  {plan['assumptions']['summary']}")
 
 
 @vmss.command("update-instances")

@@ -458,6 +458,13 @@ FLAG_CASES: dict[str, Case] = {
                                      problem="not registered"),
     "update/protect-without-id": cli("vmss", "update", *W, "--protect-from-scale-in", "true",
                                      problem="--instance-id"),
+    "plan/unknown-set": cli("vmss", "plan", "--name", "nothere", problem="not found"),
+    "plan/unregistered-image": cli("vmss", "plan", *W, "--image", "nope:1",
+                                   problem="not registered"),
+    "plan/image-ref": cli("vmss", "plan", *W, "--image", "tiny", problem="tiny"),
+    "plan/batch-4": cli("vmss", "plan", *W, "--max-batch-instance-percent", "4",
+                        problem="maxBatchInstancePercent"),
+    "plan/memory-0": cli("vmss", "plan", *W, "--memory", "0", problem="memoryMiB"),
     "output/unknown-global": cli("-o", "xml", "vmss", "list", problem="xml"),
     "output/unknown-per-command": cli("image", "list", "-o", "xml", problem="xml"),
     "global/domain-type": cli("--domain-type", "xen", "vmss", "list", problem="xen"),
@@ -559,7 +566,8 @@ def test_hostile_files_are_refused_quickly_and_boundedly(
     ["vmss", "apply", "-f", "{doc}"],
     ["vmss", "scale", "--name", "web", "--new-capacity", "3"],
     ["vmss", "create", "--name", "new", "--image", "tiny:1"],
-], ids=["apply", "scale", "create"])
+    ["vmss", "plan", "--name", "web", "--memory", "512"],
+], ids=["apply", "scale", "create", "plan"])
 def test_valid_input_reaches_libvirt(capsys: pytest.CaptureFixture[str], env: tuple[Path, Path],
                                      tmp_path: Path, args: list[str]) -> None:
     """The same commands with good input get as far as libvirt (exit 4): the corpus's exit 2

@@ -28,7 +28,7 @@ SILENT = {"vmss delete", "image delete"}
 # shown, and read-only: also checked in YAML, which must say the same as the JSON
 READ_ONLY = {"image list", "image show", "vmss list", "vmss show", "vmss list-instances",
              "vmss get-instance-view", "vmss list-operations", "vmss rolling-upgrade get-latest",
-             "lab status"}
+             "vmss plan", "lab status"}
 
 
 def leaf_paths(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
@@ -102,6 +102,7 @@ def test_every_showing_command_prints_json(cli: FakeCli, tmp_path: Path) -> None
     assert [i["healthState"] for i in show("vmss list-instances", "--name", "web")] == [
         "Healthy", "Healthy"]
     assert show("vmss get-instance-view", "--name", "web", "--instance-id", "0")["name"] == "web-0"
+    assert show("vmss plan", "--name", "web", "--image", "tiny:2")["outcome"] == "Completed"
     assert show("vmss update", "--name", "web", "--image", "tiny:2")["generation"] == 2
     latest = show("vmss rolling-upgrade get-latest", "--name", "web")
     assert latest["runningStatus"]["code"] == "Completed"

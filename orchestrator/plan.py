@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Conflict, EnvironmentProblem, InvalidInput, OrchError
+from orchestrator.hypervisor.base import PowerState
 from orchestrator.service import Service
 from orchestrator.simworld import SimWorld, Timings, build_world, measure_timings, observe
 from orchestrator.store import InstanceRecord, RollingUpgradeRecord
@@ -79,6 +80,7 @@ def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
     before = store.list_instances(set_name)
     latest_before = store.latest_rolling_upgrade(set_name)
     mode = upgrades.service.spec_of(first).upgrade_policy.mode
+    assumptions = {**timings.as_dict(), **_health_assumptions(world, before)}
     started = world.clock.monotonic()
     failure: str | None = None
     try:
@@ -107,7 +109,7 @@ def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
         "maxSurge": spec.upgrade_policy.rolling_upgrade_policy.max_surge,
         "fromGeneration": first.generation, "toGeneration": target,
         "batches": [], "predictedSeconds": round(elapsed, 1), "outcome": "NothingToDo",
-        "error": None, "thresholds": [], "assumptions": timings.as_dict(),
+        "error": None, "thresholds": [], "assumptions": assumptions,
         "instances": [], "notes": [],
     }
     todo = [i for i in before
@@ -145,6 +147,25 @@ def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
     return plan
 
 
+def _health_assumptions(world: SimWorld, before: list[InstanceRecord]) -> dict[str, Any]:
+    """What the simulation assumes of the instances' health, as ``simworld`` mirrored it."""
+    unhealthy = [i.instance_id for i in before if i.name in world.prober.unhealthy]
+    stopped = [i.instance_id for i in before
+               if world.hv.domain_state(i.name) is not PowerState.RUNNING]
+    lines = []
+    if unhealthy:
+        lines.append(f"instances {_ids(unhealthy)} are unhealthy now and are assumed to stay "
+                     "unhealthy, also once upgraded")
+    if stopped:
+        lines.append(f"instances {_ids(stopped)} do not run now: they count as unhealthy "
+                     "until their upgrade starts them")
+    return {"unhealthyInstances": unhealthy, "stoppedInstances": stopped, "health": lines}
+
+
+def _ids(values: list[int]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
 def _idle_notes(set_name: str, before: list[InstanceRecord], *, target: int,
                 policy_only: bool) -> list[str]:
     """Why instances not on the latest model stay so in a plan that rolls nothing."""
@@ -165,10 +186,10 @@ def _manual_note(set_name: str, todo: list[InstanceRecord], target: int) -> str:
     if not todo:
         return ("Manual: nothing is rolled; every instance that may be acted on runs the "
                 f"latest model (generation {target})")
-    ids = " ".join(str(i.instance_id) for i in todo)
-    return (f"Manual: nothing is rolled; instances {ids.replace(' ', ', ')} are not on the "
-            f"latest model (generation {target}): `orch vmss update-instances --name "
-            f"{set_name} --instance-ids {ids}` applies it")
+    ids = [i.instance_id for i in todo]
+    return (f"Manual: nothing is rolled; instances {_ids(ids)} are not on the latest model "
+            f"(generation {target}): `orch vmss update-instances --name {set_name} "
+            f"--instance-ids {' '.join(str(i) for i in ids)}` applies it")
 
 
 def _read_rolling(plan: dict[str, Any], rolled: RollingUpgradeRecord,

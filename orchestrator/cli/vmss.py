@@ -354,7 +354,8 @@ def _show_plan_table(plan: dict[str, Any]) -> None:
         click.echo(f"outcome: {outcome}")
     for line in [*plan["notes"], *plan["thresholds"]]:
         click.echo(f"  {line}")
-    click.echo(f"  {plan['assumptions']['summary']}")
+    for line in [*plan["assumptions"]["health"], plan["assumptions"]["summary"]]:
+        click.echo(f"  {line}")
 
 
 @vmss.command("update-instances")

@@ -131,6 +131,19 @@ class TestPredictions:
         mark_unhealthy(world, 3)
         result = plan(cli, "--image", "tiny:2")
         assert batches(result)[0] == first
+        assert result["assumptions"]["unhealthyInstances"] == [3]
+        assert "instances 3 are unhealthy now" in result["assumptions"]["health"][0]
+
+    def test_a_stopped_instance_counts_unhealthy_until_upgraded(
+            self, world: World, cli: FakeCli) -> None:
+        up = make_set(world, prioritizeUnhealthyInstances=True)
+        world.service.power("web", [4], "stop")
+        result = plan(cli, "--image", "tiny:2")
+        assert result["assumptions"]["stoppedInstances"] == [4]
+        assert result["outcome"] == "Completed"
+        assert batches(result) == [[4], [0], [1], [2], [3]]
+        up.update("web", {"model": {"image": "tiny:2"}})
+        assert [b["instances"] for b in up.latest_status("web")["batches"]] == batches(result)
 
     def test_without_change_flags_plans_rolling_upgrade_start(
             self, world: World, cli: FakeCli) -> None:

@@ -92,6 +92,13 @@ class Upgrades:
         with self.service.locked(new.name, "update"):
             if new.capacity != current.capacity:
                 raise InvalidInput("change the capacity with `orch vmss scale` (or apply)")
+            rolling = new.upgrade_policy.rolling_upgrade_policy
+            if (model_changed and new.upgrade_policy.mode == "Rolling" and rolling.max_surge
+                    and not allow_surge_fallback):
+                # refused before the model is recorded: bad input changes nothing
+                shortage = self.surge_shortage(new.name, new)
+                if shortage:
+                    raise InvalidInput(_surge_refusal(shortage))
             rec = self.store.update_spec(new.name, new.to_json_dict(),
                                          new_generation=model_changed, now=self.service.engine.now())
             if model_changed:
@@ -303,8 +310,7 @@ class Upgrades:
                 shortage = self.surge_shortage(set_name)
                 if shortage:
                     if not allow_surge_fallback:
-                        raise InvalidInput(f"maxSurge needs {shortage}; free capacity or pass "
-                                           "--allow-surge-fallback to upgrade in place")
+                        raise InvalidInput(_surge_refusal(shortage))
                     fallback_note = f"maxSurge fell back to in-place: host lacks {shortage}"
                     self.service.progress(f"warning: {fallback_note}")
                     surge = False
@@ -496,10 +502,11 @@ class Upgrades:
             upgrade, status=status, error=error, end_time=self.service.engine.now(),
             detail=detail, progress=progress or upgrade.progress)
 
-    def surge_shortage(self, set_name: str) -> str | None:
-        """What the host lacks for one surge batch (memory, pool space, addresses), or None."""
-        rec = self.store.get_set(set_name)
-        spec = self.service.spec_of(rec)
+    def surge_shortage(self, set_name: str, spec: ScaleSetSpec | None = None) -> str | None:
+        """What the host lacks for one surge batch (memory, pool space, addresses) of the
+        set's recorded spec, or of ``spec`` about to be recorded; None if nothing."""
+        if spec is None:
+            spec = self.service.spec_of(self.store.get_set(set_name))
         batch = policy.batch_size(spec.upgrade_policy.rolling_upgrade_policy, spec.capacity)
         model = spec.model
         image = self.service.registry.get(model.image)
@@ -519,6 +526,11 @@ class Upgrades:
         if batch > free_ips:
             lacks.append(f"{batch} free addresses on {net.name} ({free_ips} free)")
         return "; ".join(lacks) or None
+
+
+def _surge_refusal(shortage: str) -> str:
+    return (f"maxSurge needs {shortage}; free capacity or pass --allow-surge-fallback "
+            "to upgrade in place")
 
 
 def _progress(successful: int, failed: int, in_progress: int, pending: int) -> dict[str, int]:

@@ -232,6 +232,9 @@ class TestRolling:
             up.update("web", {"model": {"image": "tiny:2"}})
         assert gens(world) == {0: (1, "tiny:1"), 1: (1, "tiny:1"), 2: (1, "tiny:1")}
         assert world.store.latest_rolling_upgrade("web") is None
+        # bad input changes nothing: the model is not recorded either
+        rec = world.store.get_set("web")
+        assert rec.generation == 1 and rec.spec["model"]["image"] == "tiny:1"
 
     def test_surge_counts_addresses_as_allocation_does(self, world: World) -> None:
         up = make_set(world, rolling={"maxSurge": True})

@@ -36,7 +36,9 @@ from orchestrator.errors import (
 from orchestrator.model import IMAGE_NAME_RE, IMAGE_VERSION_RE, parse_image_ref
 from orchestrator.store import ImageRecord, Store
 
-RECIPES = ("tiny",)
+RECIPES = ("tiny", "debian-12")
+# recipes whose build.sh takes --broken (an image whose health command fails, for tests)
+_BROKEN_RECIPES = ("tiny",)
 DISK_FILE = "disk.qcow2"
 _HASHED_KEYS = ("disk", "kernel", "initrd")
 
@@ -94,6 +96,19 @@ class Image:
     def virtual_size(self) -> int:
         return int(self.record.manifest.get("virtualSize", 0))
 
+    @property
+    def min_memory_mib(self) -> int:
+        """The least memory the image boots with (manifest ``minMemoryMiB``; 0: no minimum)."""
+        return int(self.record.manifest.get("minMemoryMiB") or 0)
+
+    def check_memory(self, memory_mib: int) -> None:
+        """Refuses (bad input) a model giving this image less memory than it declares it needs."""
+        if memory_mib < self.min_memory_mib:
+            raise InvalidInput(
+                f"image {self.ref} needs at least {self.min_memory_mib} MiB of memory, the model "
+                f"gives it {memory_mib} MiB (--memory {self.min_memory_mib})"
+            )
+
 
 class Registry:
     def __init__(self, store: Store, state_dir: Path) -> None:
@@ -147,6 +162,8 @@ class Registry:
                progress: Callable[[str], None], now: str) -> Image:
         if recipe not in RECIPES:
             raise InvalidInput(f"unknown image recipe {recipe!r} (known: {', '.join(RECIPES)})")
+        if broken and recipe not in _BROKEN_RECIPES:
+            raise InvalidInput(f"--broken is only for the {', '.join(_BROKEN_RECIPES)} recipe")
         self._check_new(recipe, version)
         script = recipes_dir() / recipe / "build.sh"
         if not script.is_file():
@@ -162,6 +179,10 @@ class Registry:
                 raise OperationFailed(
                     f"image recipe {recipe} failed: {lines[-1] if lines else proc.returncode}"
                 )
+            # the recipe's last line says what it built: size, kernel, time
+            summary = proc.stdout.strip().splitlines()
+            if summary:
+                progress(summary[-1])
             manifest = json.loads((out / "manifest.json").read_text())
             return self._register(recipe, version, out, manifest, now=now)
 

@@ -189,6 +189,7 @@ class Service:
         if self.store.find_set(spec.name) is not None:
             raise InvalidInput(f"scale set {spec.name} already exists (use `orch vmss update` or `apply`)")
         image = self.registry.verify(spec.model.image)
+        image.check_memory(spec.model.memory_mib)
         self._check_placement(spec.model)
         for warning in spec.upgrade_policy.rolling_upgrade_policy.warnings():
             self.progress(f"warning: {warning}")

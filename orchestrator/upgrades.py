@@ -86,7 +86,7 @@ class Upgrades:
             raise InvalidInput("changing the network of an existing scale set is not supported")
         model_changed = new.model != current.model
         if model_changed:
-            self.service.registry.verify(new.model.image)
+            self.service.registry.verify(new.model.image).check_memory(new.model.memory_mib)
         for warning in new.upgrade_policy.rolling_upgrade_policy.warnings():
             self.service.progress(f"warning: {warning}")
         with self.service.locked(new.name, "update"):

@@ -25,7 +25,7 @@ set -Eeuo pipefail
 
 readonly SUITE=bookworm
 readonly PACKAGES="linux-image-cloud-amd64 openssh-server cloud-init ifupdown isc-dhcp-client
-systemd-sysv netbase sudo e2fsprogs iproute2 mtools"
+systemd-sysv netbase sudo e2fsprogs iproute2 mtools dbus"
 readonly CACHE=${ORCH_CACHE_DIR:-/var/cache/orchestrator}/debian-12
 readonly CACHE_MAX_DAYS=7
 readonly DISK_MIB=2048
@@ -40,7 +40,9 @@ readonly CMDLINE="root=UUID=$ROOT_UUID ro console=tty0 console=ttyS0,115200n8"
 readonly SSH_USER=debian
 # cloud-init writes result.json into /run when its last stage has finished in this boot.
 readonly HEALTH_COMMAND="test -e /run/cloud-init/result.json"
-readonly MIN_MEMORY_MIB=512
+# Debian's stated minimum without a desktop; measured: boots to cloud-init done in the same
+# time as with 512 MiB under TCG, 45 MiB used afterwards.
+readonly MIN_MEMORY_MIB=256
 readonly SYSLINUX_MBR=/usr/lib/syslinux/mbr/mbr.bin
 
 START=$(date +%s.%N)
@@ -172,7 +174,15 @@ EOF
     cat >"$root/etc/cloud/cloud.cfg.d/90_orchestrator.cfg" <<'EOF'
 # orchestrator: the seed is a NoCloud disk (label cidata); no network metadata services.
 datasource_list: [ NoCloud, None ]
+# The image has no locales package (C.UTF-8 is built into libc; en_US.UTF-8, cloud-init's
+# default, would fail the locale module) and no GRUB (syslinux boots it).
+locale: C.UTF-8
+grub_dpkg:
+  enabled: false
 EOF
+    # e2scrub_reap only matters for ext4 on LVM (none here); it runs at idle priority inside
+    # multi-user.target, which cloud-final waits for: under TCG it delayed "ready" by ~30 s.
+    rm -f -- "$root/etc/systemd/system/multi-user.target.wants/e2scrub_reap.service"
     # apt works in an instance that has a route out; the lists are not part of the image.
     rm -rf -- "$root"/var/lib/apt/lists/* "$root"/var/cache/apt/*.bin
     find "$root/var/log" -type f -exec truncate -s 0 {} +

@@ -31,8 +31,9 @@ class World:
     state_dir: Path
     lines: list[str]
 
-    def register_image(self, name: str, version: str) -> str:
-        """A registered image whose files exist (contents are not a real disk)."""
+    def register_image(self, name: str, version: str, **extra: object) -> str:
+        """A registered image whose files exist (contents are not a real disk); ``extra``
+        goes into its manifest (e.g. ``minMemoryMiB=512``)."""
         directory = self.state_dir / "images" / name / version
         directory.mkdir(parents=True)
         files = {"disk": "disk.qcow2", "kernel": "vmlinuz", "initrd": "initrd.img"}
@@ -44,7 +45,7 @@ class World:
             **files,
             "name": name, "version": version, "cmdline": "console=ttyS0 root=/dev/vda rw",
             "sshUser": "root", "healthCommand": "true", "virtualSize": 64 * 2**20,
-            "sha256": hashes,
+            "sha256": hashes, **extra,
         }
         (directory / "manifest.json").write_text(json.dumps(manifest))
         self.store.add_image(ImageRecord(name, version, hashes["disk"],

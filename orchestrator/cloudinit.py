@@ -77,7 +77,10 @@ class SeedContent:
                 "ed25519_private": self.host_key_private,
                 "ed25519_public": self.host_key_public,
             },
-            "ssh_genkeytypes": [],
+            # cloud-init generates only the listed types whose key file is missing: ed25519
+            # comes from ssh_keys, so nothing is generated. (An empty list means the same to
+            # cloud-init 22.4 but fails its schema, "[] is too short", logged as a WARNING.)
+            "ssh_genkeytypes": ["ed25519"],
             "ssh_deletekeys": True,
             "disable_root": False,
             "write_files": [wf.as_dict() for wf in self.write_files],

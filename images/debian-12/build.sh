@@ -23,6 +23,8 @@
 # needs no new bootstrap. With a warm cache a build takes well under a minute.
 set -Eeuo pipefail
 
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+readonly HERE
 readonly SUITE=bookworm
 readonly PACKAGES="linux-image-cloud-amd64 openssh-server cloud-init ifupdown isc-dhcp-client
 systemd-sysv netbase sudo e2fsprogs iproute2 mtools dbus"
@@ -49,7 +51,7 @@ START=$(date +%s.%N)
 TMP=
 LOG=/dev/null
 STEP="starting"
-BOOTSTRAP_NOTE="cached"
+BOOTSTRAP_NOTE="from the cache"
 
 die() {
     echo "build.sh: error: $*" >&2
@@ -149,7 +151,7 @@ prepare_rootfs_tar() {
         mv -- "$ROOTFS_TAR.tmp" "$ROOTFS_TAR"
         # older keys are of a changed recipe: never used again
         find "$CACHE" -maxdepth 1 -name 'rootfs-*.tar*' ! -path "$ROOTFS_TAR" -delete
-        BOOTSTRAP_NOTE="mmdebstrap $(seconds_since "$started") s"
+        BOOTSTRAP_NOTE="by mmdebstrap in $(seconds_since "$started") s"
     fi
     exec 9>&-
 }
@@ -189,16 +191,7 @@ EOF
     rm -f -- "$root"/var/cache/debconf/*-old "$root"/var/lib/dpkg/*-old
     # A kernel or initrd update inside an instance goes onto the boot partition, as on a
     # cloud image whose boot loader reads /boot.
-    install -D -m 755 /dev/stdin "$root/etc/kernel/postinst.d/zz-orch-bootfs" <<'EOF'
-#!/bin/sh
-# Copies the newest kernel and initrd onto the FAT boot partition that syslinux reads.
-set -e
-dev=$(blkid -L ORCHBOOT) || exit 0
-kernel=$(readlink -f /vmlinuz) && initrd=$(readlink -f /initrd.img) || exit 0
-[ -e "$kernel" ] && [ -e "$initrd" ] || exit 0
-MTOOLS_SKIP_CHECK=1 mcopy -o -i "$dev" "$kernel" ::/vmlinuz
-MTOOLS_SKIP_CHECK=1 mcopy -o -i "$dev" "$initrd" ::/initrd.img
-EOF
+    install -D -m 755 "$HERE/files/zz-orch-bootfs" "$root/etc/kernel/postinst.d/zz-orch-bootfs"
     mkdir -p "$root/etc/initramfs/post-update.d"
     ln -sf ../../kernel/postinst.d/zz-orch-bootfs "$root/etc/initramfs/post-update.d/zz-orch-bootfs"
     cat >"$root/etc/orch-image-release" <<EOF
@@ -300,7 +293,7 @@ main() {
 
     local size
     size=$(du -k --apparent-size "$OUT/disk.qcow2" | cut -f1)
-    echo "debian-12:$VERSION built in $OUT: disk.qcow2 $((size / 1024)).$(((size % 1024) * 10 / 1024)) MiB (virtual $DISK_MIB MiB), kernel $RELEASE, root filesystem $BOOTSTRAP_NOTE, $(seconds_since "$START") s"
+    echo "debian-12:$VERSION built in $(seconds_since "$START") s: disk.qcow2 $((size / 1024)).$(((size % 1024) * 10 / 1024)) MiB (virtual $DISK_MIB MiB), kernel $RELEASE, root filesystem $BOOTSTRAP_NOTE"
 }
 
 main "$@"

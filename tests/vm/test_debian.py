@@ -16,7 +16,7 @@ from typing import Any
 
 import pytest
 
-from .conftest import Orch, libvirt_objects, virsh
+from .conftest import Orch, libvirt_objects, record_boots, virsh
 
 pytestmark = pytest.mark.vm
 
@@ -46,22 +46,25 @@ def build_debian(orch: Orch, version: str, record_property: RecordProperty) -> d
         summary = [line for line in built.stderr.splitlines() if " built in " in line]
         assert summary, built.stderr  # the recipe's own line: size, kernel, time
         print(summary[-1].split("] ", 1)[-1])
-        record_property(f"build_seconds_v{version}", round(seconds, 1))
+        record_property("build_seconds", round(seconds, 1))
     image: dict[str, Any] = orch.json("image", "show", f"debian-12:{version}")
     record_property("image_size_mib", image["sizeMiB"])
     return image
 
 
-def create_one(orch: Orch, tmp_path: Path, *, image: str,
+def create_one(orch: Orch, tmp_path: Path, record_property: RecordProperty, *, image: str,
                policy: str = "Manual") -> tuple[str, float]:
+    """A set of one on ``image`` with CUSTOM_DATA; its name and the create's wall seconds."""
     name = orch.new_set_name()
     custom = tmp_path / "custom-data.yaml"
     custom.write_text(CUSTOM_DATA)
     started = time.monotonic()
-    orch.run("vmss", "create", "--name", name, "--image", image, "--instance-count", "1",
-             "--upgrade-policy-mode", policy, "--custom-data", str(custom),
-             timeout=BOOT_TIMEOUT)
-    return name, time.monotonic() - started
+    proc = orch.run("vmss", "create", "--name", name, "--image", image, "--instance-count", "1",
+                    "--upgrade-policy-mode", policy, "--custom-data", str(custom),
+                    timeout=BOOT_TIMEOUT)
+    seconds = time.monotonic() - started
+    record_boots(record_property, proc.stderr, name)
+    return name, seconds
 
 
 def test_debian_set_comes_up_healthy_with_the_seed(
@@ -70,7 +73,7 @@ def test_debian_set_comes_up_healthy_with_the_seed(
     assert image["kernelBoot"] is False and image["sshUser"] == "debian"
 
     # the model's default memory: the image declares what it needs and the default is enough
-    name, boot_seconds = create_one(orch, tmp_path, image="debian-12:1")
+    name, boot_seconds = create_one(orch, tmp_path, record_property, image="debian-12:1")
     record_property("boot_to_healthy_seconds", round(boot_seconds, 1))
     print(f"create of 1 debian-12 instance to Healthy: {boot_seconds:.1f}s")
     [inst] = orch.instances(name)
@@ -118,12 +121,14 @@ def test_debian_set_rolls_to_the_next_version(
         orch: Orch, tmp_path: Path, record_property: RecordProperty) -> None:
     build_debian(orch, "1", record_property)
     build_debian(orch, "2", record_property)
-    name, _ = create_one(orch, tmp_path, image="debian-12:1", policy="Rolling")
+    name, _ = create_one(orch, tmp_path, record_property, image="debian-12:1", policy="Rolling")
     before = orch.instances(name)[0]
 
     started = time.monotonic()
-    orch.run("vmss", "update", "--name", name, "--image", "debian-12:2", timeout=BOOT_TIMEOUT)
+    proc = orch.run("vmss", "update", "--name", name, "--image", "debian-12:2",
+                    timeout=BOOT_TIMEOUT)
     record_property("roll_seconds", round(time.monotonic() - started, 1))
+    assert record_boots(record_property, proc.stderr, name).keys() == {0}, proc.stderr
     status = orch.json("vmss", "rolling-upgrade", "get-latest", "--name", name)
     assert status["runningStatus"]["code"] == "Completed", status
     assert status["progress"]["successfulInstanceCount"] == 1

@@ -25,6 +25,8 @@ set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
+# shellcheck source-path=SCRIPTDIR source=../lib/recipe.sh
+. "$HERE/../lib/recipe.sh"
 readonly SUITE=bookworm
 readonly PACKAGES="linux-image-cloud-amd64 openssh-server cloud-init ifupdown isc-dhcp-client
 systemd-sysv netbase sudo e2fsprogs iproute2 mtools dbus"
@@ -53,33 +55,11 @@ LOG=/dev/null
 STEP="starting"
 BOOTSTRAP_NOTE="from the cache"
 
-die() {
-    echo "build.sh: error: $*" >&2
-    exit 1
-}
-
-on_error() {
-    local status=$? detail=
-    if [[ -s $LOG ]]; then detail=": $(tail -n 1 "$LOG")"; fi
-    echo "build.sh: error: $STEP failed (exit $status, line $1)$detail" >&2
-    exit "$status"
-}
-
-cleanup() {
-    if [[ -n $TMP && -d $TMP ]]; then rm -rf -- "$TMP"; fi
-}
-
-# Runs a noisy tool with its output in the log, so a failure prints one line.
-quiet() { "$@" >>"$LOG" 2>&1; }
-
 usage() {
     echo "build.sh: error: ${1:-wrong arguments} (usage: $0 OUT_DIR VERSION)" >&2
     exit 2
 }
 
-seconds_since() {
-    awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'
-}
 
 parse_args() {
     local positional=()

@@ -17,6 +17,8 @@ set -Eeuo pipefail
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 readonly HERE
+# shellcheck source-path=SCRIPTDIR source=../lib/recipe.sh
+. "$HERE/../lib/recipe.sh"
 readonly CACHE=${ORCH_CACHE_DIR:-/var/cache/orchestrator}/tiny
 readonly META_PACKAGE=linux-image-cloud-amd64
 readonly DISK_MIB=64
@@ -36,25 +38,6 @@ START=$(date +%s.%N)
 TMP=
 LOG=/dev/null
 STEP="starting"
-
-die() {
-    echo "build.sh: error: $*" >&2
-    exit 1
-}
-
-on_error() {
-    local status=$? detail=
-    if [[ -s $LOG ]]; then detail=": $(tail -n 1 "$LOG")"; fi
-    echo "build.sh: error: $STEP failed (exit $status, line $1)$detail" >&2
-    exit "$status"
-}
-
-cleanup() {
-    if [[ -n $TMP && -d $TMP ]]; then rm -rf -- "$TMP"; fi
-}
-
-# Runs a noisy tool with its output in the log, so a failure prints one line.
-quiet() { "$@" >>"$LOG" 2>&1; }
 
 usage() {
     echo "build.sh: error: ${1:-wrong arguments} (usage: $0 OUT_DIR VERSION [--broken])" >&2
@@ -294,7 +277,7 @@ main() {
 
     local size seconds
     size=$(du -k --apparent-size "$OUT/disk.qcow2" | cut -f1)
-    seconds=$(awk -v s="$START" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }')
+    seconds=$(seconds_since "$START")
     echo "tiny:$VERSION$($BROKEN && echo ' (broken)') built in $OUT: disk.qcow2 $((size / 1024)).$(((size % 1024) * 10 / 1024)) MiB, kernel $(cat "$KDIR/release"), ${seconds} s"
 }
 

@@ -1,0 +1,30 @@
+#!/bin/bash
+# recipe.sh: what every image recipe's build.sh shares: one-line errors, quiet tools with
+# their output in a log, clean-up of the temp dir, and timing. Sourced (not run) by
+# images/*/build.sh, which set TMP, LOG and STEP before calling these.
+# shellcheck disable=SC2154  # TMP, LOG and STEP belong to the recipe that sources this
+
+die() {
+    echo "build.sh: error: $*" >&2
+    exit 1
+}
+
+# ERR trap: the step that failed, and the last line its tool logged.
+on_error() {
+    local status=$? detail=
+    if [[ -s $LOG ]]; then detail=": $(tail -n 1 "$LOG")"; fi
+    echo "build.sh: error: $STEP failed (exit $status, line $1)$detail" >&2
+    exit "$status"
+}
+
+cleanup() {
+    if [[ -n $TMP && -d $TMP ]]; then rm -rf -- "$TMP"; fi
+}
+
+# Runs a noisy tool with its output in the log, so a failure prints one line.
+quiet() { "$@" >>"$LOG" 2>&1; }
+
+# Seconds (one decimal) since a `date +%s.%N` reading.
+seconds_since() {
+    awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'
+}

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as _dt
 import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
@@ -24,6 +23,8 @@ from orchestrator import locks, ssh
 from orchestrator.clock import Clock, iso
 from orchestrator.engine import operations as ops
 from orchestrator.engine.health import (
+    record_from_json,
+    record_to_json,
     HealthRecord,
     HealthState,
     ProbeOutcome,
@@ -261,7 +262,7 @@ class Service:
         return [self.store.update_instance(i, status="active") for i in made]
 
     def record_boot(self, inst: InstanceRecord) -> InstanceRecord:
-        health = _health_to_json(HealthRecord.initial(self.clock.monotonic()), self.clock)
+        health = record_to_json(HealthRecord.initial(self.clock.monotonic()), self.clock)
         return self.store.update_instance(inst, health=health)
 
     # --- health ------------------------------------------------------------------------------
@@ -278,13 +279,13 @@ class Service:
         by_name = {i.name: i for i in instances}
         targets = [self._target(i, port=settings.port, user=self._user_of(i), key=key)
                    for i in instances]
-        records = {i.name: _health_from_json(i.health, self.clock) for i in instances}
+        records = {i.name: record_from_json(i.health, self.clock) for i in instances}
         started = self.clock.monotonic()
 
         def persist(name: str, rec: HealthRecord) -> None:
             inst = self.store.find_instance(set_name, by_name[name].instance_id)
             if inst is not None:
-                self.store.update_instance(inst, health=_health_to_json(rec, self.clock))
+                self.store.update_instance(inst, health=record_to_json(rec, self.clock))
 
         def on_change(name: str, rec: HealthRecord) -> None:
             persist(name, rec)
@@ -324,7 +325,7 @@ class Service:
         key = self.admin_key(set_name)
         targets = [self._target(i, port=settings.port, user=self._user_of(i), key=key)
                    for i in running]
-        records = {i.name: _health_from_json(i.health, self.clock) for i in running}
+        records = {i.name: record_from_json(i.health, self.clock) for i in running}
         final = await probe_once(targets, records, prober=self.prober, settings=settings,
                                  clock=self.clock)
         states: dict[int, HealthState] = {}
@@ -333,7 +334,7 @@ class Service:
                 fresh = self.store.find_instance(set_name, inst.instance_id)
                 if fresh is not None:
                     self.store.update_instance(
-                        fresh, health=_health_to_json(final[inst.name], self.clock))
+                        fresh, health=record_to_json(final[inst.name], self.clock))
                 states[inst.instance_id] = final[inst.name].state
         return states
 
@@ -567,63 +568,6 @@ class Service:
             "protectFromScaleIn": inst.protect_from_scale_in,
             "protectFromScaleSetActions": inst.protect_from_scale_set_actions,
         }
-
-
-# --- health records in the store -----------------------------------------------------------
-def _health_to_json(rec: HealthRecord, clock: Clock) -> dict[str, Any]:
-    """Monotonic times become wall-clock ISO strings so that any process can read them."""
-    offset = clock.now().timestamp() - clock.monotonic()
-    last = rec.last
-    return {
-        "state": rec.state.value,
-        "bootedAt": _wall(rec.booted_at + offset),
-        "changedAt": _wall(rec.changed_at + offset) if rec.changed_at is not None else None,
-        "streakKind": rec.streak_kind,
-        "streak": rec.streak,
-        "last": None if last is None else {
-            "time": iso(last.at),
-            "kind": last.kind,
-            "exitStatus": last.exit_status,
-            "latencyMs": None if last.latency is None else round(last.latency * 1000),
-            "output": last.output,
-            "error": last.error,
-        },
-    }
-
-
-def _health_from_json(data: dict[str, Any], clock: Clock) -> HealthRecord:
-    offset = clock.now().timestamp() - clock.monotonic()
-    if not data:
-        return HealthRecord.initial(clock.monotonic())
-    booted = _parse_wall(data.get("bootedAt")) - offset
-    changed = data.get("changedAt")
-    last = data.get("last")
-    outcome = None
-    if last:
-        outcome = ProbeOutcome(
-            at=_dt.datetime.fromtimestamp(_parse_wall(last["time"]), tz=_dt.UTC),
-            kind=last["kind"], exit_status=last["exitStatus"],
-            latency=None if last["latencyMs"] is None else last["latencyMs"] / 1000,
-            output=last["output"], error=last["error"],
-        )
-    return HealthRecord(
-        state=HealthState(data.get("state", HealthState.INITIALIZING.value)),
-        booted_at=booted,
-        streak_kind=data.get("streakKind"),
-        streak=int(data.get("streak", 0)),
-        last=outcome,
-        changed_at=None if changed is None else _parse_wall(changed) - offset,
-    )
-
-
-def _wall(ts: float) -> str:
-    return _dt.datetime.fromtimestamp(ts, tz=_dt.UTC).isoformat(timespec="milliseconds")
-
-
-def _parse_wall(text: str | None) -> float:
-    if not text:
-        return 0.0
-    return _dt.datetime.fromisoformat(text).timestamp()
 
 
 def raise_unhealthy(action: str, final: dict[str, HealthRecord]) -> None:

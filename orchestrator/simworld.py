@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import datetime as _dt
 import statistics
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.clock import FakeClock
-from orchestrator.engine.health import HealthState
+from orchestrator.engine.health import HealthState, record_from_json
 from orchestrator.engine.operations import GIB, Engine, InstanceNames, Settings, build_domain
 from orchestrator.engine.simulate import FakeProber
 from orchestrator.errors import HypervisorError, NotFound
@@ -93,29 +92,21 @@ class Timings:
         }
 
 
-def _wall(text: object) -> float | None:
-    if not isinstance(text, str) or not text:
-        return None
-    try:
-        return _dt.datetime.fromisoformat(text).timestamp()
-    except ValueError:
-        return None
-
-
 def measure_timings(instances: Sequence[InstanceRecord], *, grace_seconds: float) -> Timings:
     """The median boot-to-Healthy time (``bootedAt`` → ``changedAt`` of a Healthy record) of
     ``instances``; a time beyond the grace period is not a boot (the instance was Healthy,
     then not, then Healthy again). None measured: the default."""
     samples: list[float] = []
+    clock = FakeClock()  # only differences of times are used: any clock reads them alike
     for inst in instances:
         health = inst.health
         if health.get("state") != HealthState.HEALTHY.value:
             continue
-        booted, changed = _wall(health.get("bootedAt")), _wall(health.get("changedAt"))
-        if booted is None or changed is None:
+        record = record_from_json(health, clock)
+        if record.changed_at is None or not health.get("bootedAt"):
             continue
-        if 0 < changed - booted <= grace_seconds:
-            samples.append(changed - booted)
+        if 0 < record.changed_at - record.booted_at <= grace_seconds:
+            samples.append(record.changed_at - record.booted_at)
     if not samples:
         return Timings()
     return Timings(boot_seconds=statistics.median(samples), boot_samples=len(samples))

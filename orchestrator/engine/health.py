@@ -1,6 +1,7 @@
 """Instance health: the state machine, the SSH prober, and the concurrent probe loops.
 
-Owned here: ``HealthState`` and its transitions (SPEC §4), how a probe result is classified,
+Owned here: ``HealthState`` and its transitions (SPEC §4), the persisted (JSON) form of a
+``HealthRecord``, how a probe result is classified,
 how often instances are probed, and when a wait for health ends. Called by
 ``engine.operations`` and ``engine.policy`` drivers (wait until instances are settled after a
 create, upgrade or reimage), by ``service`` (``list-instances`` refreshes with ``probe_once``)
@@ -27,12 +28,12 @@ import contextlib
 import dataclasses
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from enum import Enum
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 from orchestrator import errors, ssh
-from orchestrator.clock import Clock
+from orchestrator.clock import Clock, iso
 
 __all__ = [
     "HealthRecord",
@@ -45,6 +46,8 @@ __all__ = [
     "advance",
     "is_settled",
     "probe_once",
+    "record_from_json",
+    "record_to_json",
     "settle",
     "wait_settled",
 ]
@@ -361,3 +364,62 @@ async def probe_once(
     loop = asyncio.get_running_loop()
     await _run_all([loop.create_task(once(t)) for t in targets])
     return result
+
+
+# --- the persisted form (the store keeps it; any process reads it back) -----------------
+def record_to_json(rec: HealthRecord, clock: Clock) -> dict[str, Any]:
+    """Monotonic times become wall-clock ISO strings so that any process can read them."""
+    offset = clock.now().timestamp() - clock.monotonic()
+    last = rec.last
+    return {
+        "state": rec.state.value,
+        "bootedAt": _wall(rec.booted_at + offset),
+        "changedAt": _wall(rec.changed_at + offset) if rec.changed_at is not None else None,
+        "streakKind": rec.streak_kind,
+        "streak": rec.streak,
+        "last": None if last is None else {
+            "time": iso(last.at),
+            "kind": last.kind,
+            "exitStatus": last.exit_status,
+            "latencyMs": None if last.latency is None else round(last.latency * 1000),
+            "output": last.output,
+            "error": last.error,
+        },
+    }
+
+
+def record_from_json(data: dict[str, Any], clock: Clock) -> HealthRecord:
+    """The record of ``record_to_json``; ``{}`` (nothing probed since the last boot) is a
+    record booted now."""
+    offset = clock.now().timestamp() - clock.monotonic()
+    if not data:
+        return HealthRecord.initial(clock.monotonic())
+    booted = _parse_wall(data.get("bootedAt")) - offset
+    changed = data.get("changedAt")
+    last = data.get("last")
+    outcome = None
+    if last:
+        outcome = ProbeOutcome(
+            at=datetime.fromtimestamp(_parse_wall(last["time"]), tz=UTC),
+            kind=last["kind"], exit_status=last["exitStatus"],
+            latency=None if last["latencyMs"] is None else last["latencyMs"] / 1000,
+            output=last["output"], error=last["error"],
+        )
+    return HealthRecord(
+        state=HealthState(data.get("state", HealthState.INITIALIZING.value)),
+        booted_at=booted,
+        streak_kind=data.get("streakKind"),
+        streak=int(data.get("streak", 0)),
+        last=outcome,
+        changed_at=None if changed is None else _parse_wall(changed) - offset,
+    )
+
+
+def _wall(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="milliseconds")
+
+
+def _parse_wall(text: str | None) -> float:
+    if not text:
+        return 0.0
+    return datetime.fromisoformat(text).timestamp()

@@ -20,18 +20,17 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from orchestrator import locks, ssh
-from orchestrator.clock import Clock, iso
+from orchestrator.clock import Clock
 from orchestrator.engine import operations as ops
 from orchestrator.engine.health import (
-    record_from_json,
-    record_to_json,
     HealthRecord,
     HealthState,
-    ProbeOutcome,
     Prober,
     ProbeSettings,
     ProbeTarget,
     probe_once,
+    record_from_json,
+    record_to_json,
     wait_settled,
 )
 from orchestrator.errors import (

@@ -17,6 +17,7 @@ from orchestrator import logs
 from orchestrator.engine import operations as ops
 from orchestrator.errors import Conflict, OrchError
 from orchestrator.hypervisor.base import PowerState
+from orchestrator.store import OperationRecord
 from orchestrator.upgrades import Upgrades, driver_alive, pid_alive
 
 
@@ -41,12 +42,12 @@ class Reconciler:
 
     def run_pass(self) -> PassReport:
         report = PassReport()
+        sets = self.service.store.list_sets()
         # a create killed before its set was recorded: nothing to resume, only the journal
-        known = {rec.name for rec in self.service.store.list_sets()}
         for gone in sorted({op.set_name for op in self.service.store.list_operations()
-                            if op.status == "running"} - known):
+                            if _dead(op)} - {rec.name for rec in sets}):
             self._mark_dead_operations(gone, report)
-        for rec in self.service.store.list_sets():
+        for rec in sets:
             try:
                 with logs.scope(rec.name):
                     self._reconcile_set(rec.name, report)
@@ -68,13 +69,14 @@ class Reconciler:
         instances = service.store.list_instances(name)
         networks = {i.network for i in instances} | {service.spec_of(
             service.store.get_set(name)).model.network}
-        orphans = ops.find_orphans(service.engine, name,
-                                   known={i.instance_id for i in instances}, networks=networks)
+        domains = service.hv.list_domains()
+        orphans = ops.find_orphans(service.engine, name, known={i.instance_id for i in instances},
+                                   networks=networks, domains=domains)
         if orphans:
             self._act(report, f"{name}: removing what no instance owns: {orphans.describe()}")
             problems = ops.remove_orphans(service.engine, orphans)
             report.problems.extend(f"{name}: {p}" for p in problems)
-        owners = {d.name: d.owner for d in service.hv.list_domains()}
+        owners = {d.name: d.owner for d in domains}
         for inst in instances:
             if inst.status != "active":
                 continue
@@ -98,8 +100,7 @@ class Reconciler:
         """Whether a killed process left work on this set: an operation still marked
         running whose process is gone, or an instance half-created, -deleted or -reimaged."""
         store = self.service.store
-        return any(op.status == "running" and not pid_alive(op.pid)
-                   for op in store.list_operations(name)) or any(
+        return any(_dead(op) for op in store.list_operations(name)) or any(
             i.status != "active" for i in store.list_instances(name))
 
     def resume_interrupted(self, name: str, report: PassReport | None = None) -> bool:
@@ -130,7 +131,7 @@ class Reconciler:
         store = self.service.store
         found = False
         for op in store.list_operations(name):
-            if op.status == "running" and not pid_alive(op.pid):
+            if _dead(op):
                 now = self.service.engine.now()
                 cut = store.interrupt_steps(op.id, now=now)
                 where = "".join(f"; during {st.step} of {st.instance}" for st in cut)
@@ -219,3 +220,9 @@ class Reconciler:
                 self._act(report, f"{name}: waiting for instances "
                                   f"{[i.instance_id for i in waiting]} to settle")
                 asyncio.run(self.service.await_health(name, waiting))
+
+
+def _dead(op: OperationRecord) -> bool:
+    """An operation still marked running whose process is gone (killed, or the host
+    rebooted)."""
+    return op.status == "running" and not pid_alive(op.pid)

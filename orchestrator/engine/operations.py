@@ -29,7 +29,13 @@ from typing import Concatenate, ParamSpec, TypeVar
 from orchestrator import cloudinit, ssh
 from orchestrator.clock import Clock, iso
 from orchestrator.errors import HypervisorError, NotFound, OperationFailed, OrchError
-from orchestrator.hypervisor.base import Hypervisor, NetworkInfo, PowerState, Reservation
+from orchestrator.hypervisor.base import (
+    DomainInfo,
+    Hypervisor,
+    NetworkInfo,
+    PowerState,
+    Reservation,
+)
 from orchestrator.hypervisor.domainxml import (
     BackingStore,
     DirectKernelBoot,
@@ -355,21 +361,24 @@ async def power_off(engine: Engine, name: str, *, graceful: bool = True,
 
 
 # --- teardown ----------------------------------------------------------------------------
+def _attempt(problems: list[str], what: str, fn: Callable[[], None]) -> None:
+    """One removal of a clean-up that goes on past failures: gone already is fine, any
+    other error is noted in ``problems``."""
+    try:
+        fn()
+    except NotFound:
+        pass
+    except OrchError as exc:
+        problems.append(f"{what}: {exc.message}")
+
+
 def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
     """Remove everything ``inst`` owns in libvirt; returns the problems met (collected, so
     one failure does not leave the rest behind). Domains not owned by this instance are
     never touched."""
     problems: list[str] = []
     names = InstanceNames(inst.name)
-
-    def attempt(what: str, fn: Callable[[], None]) -> None:
-        try:
-            fn()
-        except NotFound:
-            pass
-        except OrchError as exc:
-            problems.append(f"{what}: {exc.message}")
-
+    attempt = functools.partial(_attempt, problems)
     owner = engine.hv.domain_owner(inst.name)
     if owner is not None and owner.set_name == inst.set_name and owner.instance_id == inst.instance_id:
         attempt("destroy", lambda: engine.hv.destroy(inst.name))
@@ -408,51 +417,40 @@ class Orphans:
         return ", ".join(parts)
 
 
-def find_orphans(engine: Engine, set_name: str, *, known: set[int],
-                 networks: set[str]) -> Orphans:
-    """Objects of ``set_name`` in libvirt whose instanceId is not in ``known``: a domain by
-    its ownership metadata, a volume or reservation by a name only this set's instances
-    get (``<set>-<id>-os<k>.qcow2`` cannot belong to set ``<set>-<id>``)."""
+def find_orphans(engine: Engine, set_name: str, *, known: set[int], networks: set[str],
+                 domains: list[DomainInfo]) -> Orphans:
+    """Objects of ``set_name`` in libvirt whose instanceId is not in ``known``: a domain
+    (of ``domains``, as listed by the caller) by its ownership metadata, a volume or
+    reservation by a name only this set's instances get (``<set>-<id>-os<k>.qcow2``
+    cannot belong to set ``<set>-<id>``)."""
     def orphan_id(match: re.Match[str] | None) -> bool:
         return match is not None and int(match.group(1)) not in known
 
     prefix = re.escape(set_name)
-    domains = tuple(d.name for d in engine.hv.list_domains()
-                    if d.owner is not None and d.owner.set_name == set_name
-                    and d.owner.instance_id not in known)
+    owned = tuple(d.name for d in domains
+                  if d.owner is not None and d.owner.set_name == set_name
+                  and d.owner.instance_id not in known)
     volumes = tuple(v.name for v in engine.hv.list_volumes(engine.settings.pool) if orphan_id(
         re.fullmatch(prefix + r"-(\d+)-(?:os\d*\.qcow2|seed\.iso|data\d+\.qcow2)", v.name)))
     reservations = tuple((net, r) for net in sorted(networks)
                          for r in engine.hv.list_reservations(net)
                          if orphan_id(re.fullmatch(prefix + r"-(\d+)", r.name)))
-    return Orphans(domains, volumes, reservations)
+    return Orphans(owned, volumes, reservations)
 
 
 def remove_orphans(engine: Engine, orphans: Orphans) -> list[str]:
     """Remove what ``find_orphans`` found; returns the problems met (collected)."""
     problems: list[str] = []
+    attempt = functools.partial(_attempt, problems)
+    pool = engine.settings.pool
     for name in orphans.domains:
-        try:
-            engine.hv.destroy(name)
-            engine.hv.undefine(name)
-        except NotFound:
-            pass
-        except OrchError as exc:
-            problems.append(f"domain {name}: {exc.message}")
+        attempt(f"domain {name}", lambda name=name: engine.hv.destroy(name))  # type: ignore[misc]
+        attempt(f"domain {name}", lambda name=name: engine.hv.undefine(name))  # type: ignore[misc]
     for vol in orphans.volumes:
-        try:
-            engine.hv.delete_volume(engine.settings.pool, vol)
-        except NotFound:
-            pass
-        except OrchError as exc:
-            problems.append(f"volume {vol}: {exc.message}")
-    for net, reservation in orphans.reservations:
-        try:
-            engine.hv.remove_reservation(net, reservation)
-        except NotFound:
-            pass
-        except OrchError as exc:
-            problems.append(f"reservation {reservation.name}: {exc.message}")
+        attempt(f"volume {vol}", lambda vol=vol: engine.hv.delete_volume(pool, vol))  # type: ignore[misc]
+    for net, res in orphans.reservations:
+        attempt(f"reservation {res.name}",
+                lambda net=net, res=res: engine.hv.remove_reservation(net, res))  # type: ignore[misc]
     return problems
 
 

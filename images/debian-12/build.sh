@@ -70,16 +70,7 @@ parse_args() {
             *) positional+=("$arg") ;;
         esac
     done
-    [[ ${#positional[@]} -eq 2 ]] || usage "expected OUT_DIR and VERSION"
-    OUT=${positional[0]}
-    VERSION=${positional[1]}
-    # The version lands in JSON and a shell-sourced file unquoted-safe: keep it a plain token.
-    [[ $VERSION =~ ^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$ ]] \
-        || die "version '$VERSION' must match [A-Za-z0-9][A-Za-z0-9._+~-]{0,63}"
-    if [[ -e $OUT ]]; then
-        [[ -d $OUT ]] || die "$OUT exists and is not a directory"
-        [[ -z $(ls -A -- "$OUT") ]] || die "$OUT is not empty"
-    fi
+    set_out_and_version "${positional[@]}"
 }
 
 check_tools() {

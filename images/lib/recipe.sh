@@ -3,6 +3,7 @@
 # their output in a log, clean-up of the temp dir, and timing. Sourced (not run) by
 # images/*/build.sh, which set TMP, LOG and STEP before calling these.
 # shellcheck disable=SC2154  # TMP, LOG and STEP belong to the recipe that sources this
+# shellcheck disable=SC2034  # OUT and VERSION are set here for the recipe
 
 die() {
     echo "build.sh: error: $*" >&2
@@ -27,4 +28,19 @@ quiet() { "$@" >>"$LOG" 2>&1; }
 # Seconds (one decimal) since a `date +%s.%N` reading.
 seconds_since() {
     awk -v s="$1" -v e="$(date +%s.%N)" 'BEGIN { printf "%.1f", e - s }'
+}
+
+# OUT and VERSION from the recipe's two positional arguments, checked. The version lands in
+# JSON and shell-read files unquoted: it must stay a plain token. OUT must not exist or be
+# an empty directory.
+set_out_and_version() {
+    [[ $# -eq 2 ]] || usage "expected OUT_DIR and VERSION"
+    OUT=$1
+    VERSION=$2
+    [[ $VERSION =~ ^[A-Za-z0-9][A-Za-z0-9._+~-]{0,63}$ ]] \
+        || die "version '$VERSION' must match [A-Za-z0-9][A-Za-z0-9._+~-]{0,63}"
+    if [[ -e $OUT ]]; then
+        [[ -d $OUT ]] || die "$OUT exists and is not a directory"
+        [[ -z $(ls -A -- "$OUT") ]] || die "$OUT is not empty"
+    fi
 }

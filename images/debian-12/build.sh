@@ -244,27 +244,14 @@ EOF
 main() {
     parse_args "$@"
     check_tools
-    trap cleanup EXIT
-    trap 'on_error $LINENO' ERR
-    TMP=$(mktemp -d "${TMPDIR:-/tmp}/orch-debian-build.XXXXXX")
-    LOG=$TMP/log
-    : >"$LOG"
-    mkdir -p "$TMP/out"
-    umask 022
+    begin_build debian
 
     prepare_rootfs_tar
     build_disk
     write_manifest
 
-    STEP="moving the image into $OUT"
-    mkdir -p -- "$OUT"
-    # The manifest last: a directory with a manifest holds a complete image.
-    mv -- "$TMP/out/disk.qcow2" "$OUT/"
-    mv -- "$TMP/out/manifest.json" "$OUT/"
-
-    local size
-    size=$(du -k --apparent-size "$OUT/disk.qcow2" | cut -f1)
-    echo "debian-12:$VERSION built in $(seconds_since "$START") s: disk.qcow2 $((size / 1024)).$(((size % 1024) * 10 / 1024)) MiB (virtual $DISK_MIB MiB), kernel $RELEASE, root filesystem $BOOTSTRAP_NOTE"
+    publish_image disk.qcow2
+    echo "debian-12:$VERSION built in $(seconds_since "$START") s: disk.qcow2 $(size_mib "$OUT/disk.qcow2") MiB (virtual $DISK_MIB MiB), kernel $RELEASE, root filesystem $BOOTSTRAP_NOTE"
 }
 
 main "$@"

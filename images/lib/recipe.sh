@@ -3,7 +3,7 @@
 # their output in a log, clean-up of the temp dir, and timing. Sourced (not run) by
 # images/*/build.sh, which set TMP, LOG and STEP before calling these.
 # shellcheck disable=SC2154  # TMP, LOG and STEP belong to the recipe that sources this
-# shellcheck disable=SC2034  # OUT and VERSION are set here for the recipe
+# shellcheck disable=SC2034  # OUT, VERSION, TMP, LOG and STEP are set here for the recipe
 
 die() {
     echo "build.sh: error: $*" >&2
@@ -43,4 +43,33 @@ set_out_and_version() {
         [[ -d $OUT ]] || die "$OUT exists and is not a directory"
         [[ -z $(ls -A -- "$OUT") ]] || die "$OUT is not empty"
     fi
+}
+
+# The work dir of a build of recipe $1 ($TMP, with $TMP/out and the log), its clean-up on
+# exit, and the one-line error of a failed step.
+begin_build() {
+    trap cleanup EXIT
+    trap 'on_error $LINENO' ERR
+    TMP=$(mktemp -d "${TMPDIR:-/tmp}/orch-$1-build.XXXXXX")
+    LOG=$TMP/log
+    : >"$LOG"
+    mkdir -p "$TMP/out"
+    umask 022
+}
+
+# The files named (of $TMP/out) moved into OUT, manifest.json last: a directory with a
+# manifest holds a complete image.
+publish_image() {
+    STEP="moving the image into $OUT"
+    mkdir -p -- "$OUT"
+    local file
+    for file in "$@"; do mv -- "$TMP/out/$file" "$OUT/"; done
+    mv -- "$TMP/out/manifest.json" "$OUT/"
+}
+
+# The size of file $1 in MiB, one decimal.
+size_mib() {
+    local kib
+    kib=$(du -k --apparent-size "$1" | cut -f1)
+    echo "$((kib / 1024)).$(((kib % 1024) * 10 / 1024))"
 }

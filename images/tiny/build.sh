@@ -246,13 +246,7 @@ EOF
 main() {
     parse_args "$@"
     check_tools
-    trap cleanup EXIT
-    trap 'on_error $LINENO' ERR
-    TMP=$(mktemp -d "${TMPDIR:-/tmp}/orch-tiny-build.XXXXXX")
-    LOG=$TMP/log
-    : >"$LOG"
-    mkdir -p "$TMP/out"
-    umask 022
+    begin_build tiny
 
     prepare_kernel
     cp -- "$KDIR/vmlinuz" "$TMP/out/vmlinuz"
@@ -260,16 +254,8 @@ main() {
     build_rootfs
     write_manifest
 
-    STEP="moving the image into $OUT"
-    mkdir -p -- "$OUT"
-    # The manifest last: a directory with a manifest holds a complete image.
-    mv -- "$TMP/out/vmlinuz" "$TMP/out/initrd.img" "$TMP/out/disk.qcow2" "$OUT/"
-    mv -- "$TMP/out/manifest.json" "$OUT/"
-
-    local size seconds
-    size=$(du -k --apparent-size "$OUT/disk.qcow2" | cut -f1)
-    seconds=$(seconds_since "$START")
-    echo "tiny:$VERSION$($BROKEN && echo ' (broken)') built in $OUT: disk.qcow2 $((size / 1024)).$(((size % 1024) * 10 / 1024)) MiB, kernel $(cat "$KDIR/release"), ${seconds} s"
+    publish_image vmlinuz initrd.img disk.qcow2
+    echo "tiny:$VERSION$($BROKEN && echo ' (broken)') built in $OUT: disk.qcow2 $(size_mib "$OUT/disk.qcow2") MiB, kernel $(cat "$KDIR/release"), $(seconds_since "$START") s"
 }
 
 main "$@"

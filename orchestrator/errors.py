@@ -71,6 +71,12 @@ class HypervisorError(OrchError):
     exit_code = 1
 
 
+class Gone(HypervisorError):
+    """A hypervisor object (domain, volume, pool, network) is not there."""
+
+    exit_code = 1
+
+
 class HypervisorUnavailable(HypervisorError):
     exit_code = 4
     temporary = True

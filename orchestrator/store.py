@@ -20,7 +20,7 @@ from typing import Any
 
 from orchestrator.errors import Conflict, EnvironmentProblem, NotFound
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -218,6 +218,14 @@ class Store:
                 self._db.execute(f"ALTER TABLE instances ADD COLUMN {column} {decl}")
         # version 1 named every OS disk <name>-os.qcow2
         self._db.execute("UPDATE instances SET os_volume = name || '-os.qcow2' WHERE os_volume = ''")
+        row = self._one("SELECT value FROM meta WHERE key='schema_version'", ())
+        if row is not None and int(row["value"]) < 4:
+            # version 4 types a rolling upgrade's detail (engine.upgrade_state)
+            from orchestrator.engine.upgrade_state import migrate_detail
+
+            for old in [_rolling(r) for r in self._db.execute("SELECT * FROM rolling_upgrades")]:
+                self._db.execute("UPDATE rolling_upgrades SET detail=? WHERE id=?",
+                                 (json.dumps(migrate_detail(old)), old.id))
         self._db.execute(
             "INSERT OR REPLACE INTO meta(key, value) VALUES ('schema_version', ?)",
             (str(SCHEMA_VERSION),),

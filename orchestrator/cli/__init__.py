@@ -1,8 +1,11 @@
-"""The ``orch`` command line (click): parse flags, call the service, render the result.
+"""The ``orch`` command line (click): parse flags, call a use case, render the result.
 
-Owned here: the assembly of the command tree. ``app`` holds the group, global options and
-error mapping; ``images``, ``vmss`` and ``labcmds`` hold the commands (SPEC §5). No logic
-beyond turning flags into specs: that lives in ``service`` and ``upgrades``.
+Owned here: the assembly of the command tree. ``app`` holds the group, global options,
+the wiring of the use cases' collaborators and the error mapping; ``images``, ``vmss`` and
+``labcmds`` hold the commands; ``render`` the output form of records. No logic beyond
+turning flags into specs: that lives in ``usecases``.
+
+Called by: nobody inside the package (the ``orch`` console script)
 """
 
 from orchestrator.cli import images, labcmds, vmss  # noqa: F401 - registers the commands

@@ -3,17 +3,21 @@
 Owned here: global options and their environment variables (``--state-dir``,
 ``--libvirt-uri``, ``--domain-type``, ``-o``, ``--no-wait``, ``-v``, ``--metrics-file``,
 ``--log-format``), how a command reaches the service (``AppContext``), table columns, writing
-the metrics file once a command has ended (``AppContext.write_metrics``), and the mapping of
-errors to one line on stderr plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict,
-4 environment). Called by the command modules of this package; ``main`` is the console script.
+the metrics file once a command has ended (``AppContext.write_metrics``), the wiring of the
+use cases' collaborators (``AppContext.env``) and the one event loop of a command
+(``AppContext.run``), and the mapping of errors to one line on stderr plus an exit code
+(0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). ``main`` is the console script.
+
+Called by: cli.images, cli.labcmds, cli.vmss
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 import traceback
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn, TypeVar
@@ -29,6 +33,7 @@ from orchestrator.output import FORMATS, ProgressPrinter, render
 from orchestrator.store import Store
 
 F = TypeVar("F", bound=Callable[..., Any])
+T = TypeVar("T")
 
 INSTANCE_COLUMNS = [
     ("instanceId", "ID"), ("name", "NAME"), ("powerState", "POWER"),
@@ -88,15 +93,14 @@ class AppContext:
     def resolved_domain_type(self) -> str:
         return lab_mod.detect_domain_type() if self.domain_type == "auto" else self.domain_type
 
-    def service(self) -> Any:
+    def env(self) -> Any:
+        """The collaborators of the use cases, wired to the real libvirt and SSH."""
         # imported here so that `orch image`/`orch lab` work without reaching libvirt
+        from orchestrator.engine.context import Engine, Settings
         from orchestrator.engine.health import SshProber
-        from orchestrator.engine.operations import Engine, Settings
         from orchestrator.hypervisor.libvirt import LibvirtHypervisor
         from orchestrator.hypervisor.retry import Retrying
-        from orchestrator.reconcile import Reconciler
-        from orchestrator.service import Service
-        from orchestrator.upgrades import Upgrades
+        from orchestrator.usecases.session import Env
 
         clock = RealClock()
         engine = Engine(
@@ -109,15 +113,12 @@ class AppContext:
                               domain_type=self.resolved_domain_type()),
             log=self.progress,
         )
-        service = Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
-        # the next command on a set first finishes what a killed one left (SPEC §7)
-        service.after_lock = Reconciler(Upgrades(service)).on_lock
-        return service
+        return Env(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
 
-    def upgrades(self) -> Any:
-        from orchestrator.upgrades import Upgrades
-
-        return Upgrades(self.service())
+    @staticmethod
+    def run(work: Coroutine[Any, Any, T]) -> T:
+        """The one place a command's async work is run (one event loop per command)."""
+        return asyncio.run(work)
 
     def show(self, data: Any, *, columns: Sequence[tuple[str, str]] | None = None) -> None:
         render(data, self.output, columns=columns)

@@ -1,4 +1,11 @@
-"""`orch vmss ...`: scale sets and their instances, mirroring `az vmss` (SPEC §5)."""
+"""`orch vmss ...` and `orch controller`: scale sets and their instances, mirroring `az vmss`.
+
+Owned here: the commands' flags, how flags become the use cases' arguments, and how their
+records are shown (through ``cli.render``). Every command calls one use case of
+``usecases`` (or ``dryrun.plan``) and runs it with ``AppContext.run``.
+
+Called by: cli
+"""
 
 from __future__ import annotations
 
@@ -12,6 +19,7 @@ from typing import Any
 import click
 
 from orchestrator import logs
+from orchestrator.cli import render
 from orchestrator.cli.app import (
     INSTANCE_COLUMNS,
     OPERATION_COLUMNS,
@@ -30,7 +38,9 @@ from orchestrator.model import (
     parse_yaml_documents,
     validate,
 )
-from orchestrator.output import render
+from orchestrator.output import render as render_table
+from orchestrator.usecases import controller as controller_mod
+from orchestrator.usecases import rolling, sets, updates, views
 
 
 def _log_scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -184,7 +194,8 @@ def vmss_create(app: AppContext, /, **opts: Any) -> None:
     if opts["scale_in_policy"]:
         raw["scaleInPolicy"] = opts["scale_in_policy"]
     spec = validate(ScaleSetSpec, raw)
-    app.show(app.service().create(spec, wait=app.wait))
+    env = app.env()
+    app.show(render.set_json(app.run(sets.create(env, spec, wait=app.wait))))
 
 def load_documents(path: Path) -> list[ScaleSetSpec]:
     text = (_read_text_file(path, "-f") if str(path) != "-"
@@ -215,19 +226,23 @@ def vmss_apply(app: AppContext, file: Path) -> None:
     """Create the scale sets a file declares, or bring existing ones to it: capacity by
     scaling, model changes by the set's upgrade policy."""
     specs = load_documents(file)
-    upgrades = app.upgrades()
-    results = []
-    for spec in specs:
-        with logs.scope(spec.name):
-            results.append(upgrades.apply(spec, wait=app.wait))
-    app.show(results, columns=SET_COLUMNS)
+    env = app.env()
+
+    async def apply_all() -> list[dict[str, Any]]:
+        results = []
+        for spec in specs:
+            with logs.scope(spec.name):
+                results.append(render.set_json(await updates.apply(env, spec, wait=app.wait)))
+        return results
+
+    app.show(app.run(apply_all()), columns=SET_COLUMNS)
 
 
 @vmss.command("list")
 @pass_app
 def vmss_list(app: AppContext) -> None:
     """List scale sets."""
-    app.show(app.service().list_sets(), columns=SET_COLUMNS)
+    app.show([render.set_json(v) for v in views.list_sets(app.env())], columns=SET_COLUMNS)
 
 
 def _name_option(fn: F) -> F:
@@ -285,15 +300,17 @@ def vmss_update(app: AppContext, /, **opts: Any) -> None:
         if opts["instance_id"] is None or protect == (None, None):
             raise InvalidInput("--instance-id goes with --protect-from-scale-in and/or "
                                "--protect-from-scale-set-actions")
-        app.show(app.service().protect(opts["name"], opts["instance_id"], scale_in=protect[0],
-                                       set_actions=protect[1]))
+        view = app.run(sets.protect(app.env(), opts["name"], opts["instance_id"],
+                                    scale_in=protect[0], set_actions=protect[1]))
+        app.show(render.instance_detail_json(view))
         return
-    upgrades = app.upgrades()
-    changes = _update_changes(opts, upgrades.service.spec_of(upgrades.store.get_set(opts["name"])))
+    env = app.env()
+    changes = _update_changes(opts, env.spec_of(opts["name"]))
     if _changes_nothing(changes):
         raise InvalidInput("nothing to update: give at least one property to change")
-    app.show(upgrades.update(opts["name"], changes, wait=app.wait,
-                             allow_surge_fallback=opts["allow_surge_fallback"]))
+    app.show(render.set_json(app.run(updates.update(
+        env, opts["name"], changes, wait=app.wait,
+        allow_surge_fallback=opts["allow_surge_fallback"]))))
 
 
 @vmss.command("plan")
@@ -316,12 +333,13 @@ def vmss_plan(app: AppContext, /, **opts: Any) -> None:
     predicted Faulted is a plan made (exit 0). -o json keys: name, mode, maxSurge,
     fromGeneration, toGeneration, batches, predictedSeconds, outcome, error, thresholds,
     assumptions, instances, notes."""
-    from orchestrator.plan import make_plan
+    from orchestrator.dryrun.plan import make_plan
 
-    service = app.service()
-    changes = _update_changes(opts, service.spec_of(service.store.get_set(opts["name"])))
-    plan = make_plan(service, opts["name"], changes=None if _changes_nothing(changes) else changes,
-                     allow_surge_fallback=opts["allow_surge_fallback"])
+    env = app.env()
+    changes = _update_changes(opts, env.spec_of(opts["name"]))
+    plan = app.run(make_plan(env, opts["name"],
+                             changes=None if _changes_nothing(changes) else changes,
+                             allow_surge_fallback=opts["allow_surge_fallback"]))
     if app.output != "table":
         app.show(plan)
         return
@@ -343,7 +361,7 @@ def _show_plan_table(plan: dict[str, Any]) -> None:
     rows = [{**b, "instances": ids(b["instances"]), "newInstances": ids(b["newInstances"])}
             for b in plan["batches"]]
     if rows:
-        render(rows, "table", columns=PLAN_COLUMNS, title=title)
+        render_table(rows, "table", columns=PLAN_COLUMNS, title=title)
     else:
         click.echo(f"{title}: no batch")
     outcome = plan["outcome"]
@@ -366,7 +384,8 @@ def vmss_update_instances(app: AppContext, name: str, instance_ids: str,
                           more_ids: tuple[str, ...]) -> None:
     """Apply the latest model to the instances named ('*' for all), in place."""
     ids = _parse_ids(instance_ids, more_ids, allow_all=True)
-    app.show(app.upgrades().update_instances(name, ids), columns=INSTANCE_COLUMNS)
+    done = app.run(updates.update_instances(app.env(), name, ids))
+    app.show([render.instance_json(v) for v in done], columns=INSTANCE_COLUMNS)
 
 
 @vmss.command("reimage")
@@ -381,8 +400,8 @@ def vmss_reimage(app: AppContext, name: str, instance_ids: str | None, more_ids:
     """Restore OS disks to their image: fresh overlay, new cloud-init instance-id and host key;
     instanceId, name, MAC, IP and data disks are kept (unless --all-disks)."""
     ids = None if instance_ids is None else _parse_ids(instance_ids, more_ids)
-    app.show(app.upgrades().reimage(name, ids, all_disks=all_disks, wait=app.wait),
-             columns=INSTANCE_COLUMNS)
+    done = app.run(updates.reimage(app.env(), name, ids, all_disks=all_disks, wait=app.wait))
+    app.show([render.instance_json(v) for v in done], columns=INSTANCE_COLUMNS)
 
 
 @vmss.group("rolling-upgrade")
@@ -397,10 +416,9 @@ def rolling_upgrade() -> None:
 @pass_app
 def rolling_upgrade_start(app: AppContext, name: str, allow_surge_fallback: bool) -> None:
     """Roll the latest model out in batches (instances already on it are skipped)."""
-    status = app.upgrades().start_rolling(name, allow_surge_fallback=allow_surge_fallback)
-    app.show(status)
-    if status["runningStatus"]["code"] == "Faulted":
-        raise OperationFailed(f"rolling upgrade Faulted: {status['error']['message']}")
+    upgrade = app.run(rolling.start(app.env(), name, allow_surge_fallback=allow_surge_fallback))
+    app.show(render.rolling_json(upgrade))
+    rolling.raise_if_faulted(upgrade)
 
 
 @rolling_upgrade.command("cancel")
@@ -408,7 +426,7 @@ def rolling_upgrade_start(app: AppContext, name: str, allow_surge_fallback: bool
 @pass_app
 def rolling_upgrade_cancel(app: AppContext, name: str) -> None:
     """Stop the running rolling upgrade after its in-flight batch; done batches stay."""
-    app.show(app.upgrades().cancel_rolling(name))
+    app.show(render.rolling_json(app.run(rolling.cancel(app.env(), name))))
 
 
 @rolling_upgrade.command("get-latest")
@@ -416,7 +434,7 @@ def rolling_upgrade_cancel(app: AppContext, name: str) -> None:
 @pass_app
 def rolling_upgrade_get_latest(app: AppContext, name: str) -> None:
     """The status of the latest rolling upgrade."""
-    app.show(app.upgrades().latest_status(name))
+    app.show(render.rolling_json(rolling.status(app.env(), name)))
 
 
 @vmss.command("show")
@@ -424,8 +442,7 @@ def rolling_upgrade_get_latest(app: AppContext, name: str) -> None:
 @pass_app
 def vmss_show(app: AppContext, name: str) -> None:
     """Show a scale set: model, generation, upgrade policy."""
-    service = app.service()
-    app.show(service.set_view(service.store.get_set(name)))
+    app.show(render.set_json(views.show_set(app.env(), name)))
 
 
 @vmss.command("delete")
@@ -433,7 +450,7 @@ def vmss_show(app: AppContext, name: str) -> None:
 @pass_app
 def vmss_delete(app: AppContext, name: str) -> None:
     """Delete a scale set and everything it owns (domains, volumes, reservations)."""
-    app.service().delete(name)
+    app.run(sets.delete(app.env(), name))
     app.progress(f"deleted scale set {name}")
 
 
@@ -443,7 +460,7 @@ def vmss_delete(app: AppContext, name: str) -> None:
 @pass_app
 def vmss_scale(app: AppContext, name: str, new_capacity: int) -> None:
     """Change the number of instances (scale-in removes the highest ids first)."""
-    app.show(app.service().scale(name, new_capacity, wait=app.wait))
+    app.show(render.set_json(app.run(sets.scale(app.env(), name, new_capacity, wait=app.wait))))
 
 
 @vmss.command("list-instances")
@@ -451,7 +468,8 @@ def vmss_scale(app: AppContext, name: str, new_capacity: int) -> None:
 @pass_app
 def vmss_list_instances(app: AppContext, name: str) -> None:
     """List the instances of a scale set with power and health state."""
-    app.show(app.service().list_instances(name), columns=INSTANCE_COLUMNS)
+    listed = app.run(views.list_instances(app.env(), name))
+    app.show([render.instance_json(v) for v in listed], columns=INSTANCE_COLUMNS)
 
 
 @vmss.command("list-operations")
@@ -460,7 +478,8 @@ def vmss_list_instances(app: AppContext, name: str) -> None:
 def vmss_list_operations(app: AppContext, name: str) -> None:
     """The journal of a set: every operation, its status (running, succeeded, failed,
     interrupted), the process that ran it and its error."""
-    app.show(app.service().operations_view(name), columns=OPERATION_COLUMNS)
+    app.show([render.operation_json(op) for op in views.operations(app.env(), name)],
+             columns=OPERATION_COLUMNS)
 
 
 @vmss.command("get-instance-view")
@@ -469,7 +488,8 @@ def vmss_list_operations(app: AppContext, name: str) -> None:
 @pass_app
 def vmss_get_instance_view(app: AppContext, name: str, instance_id: int) -> None:
     """One instance in detail, with its last health probe."""
-    app.show(app.service().instance_view(name, instance_id))
+    app.show(render.instance_detail_json(app.run(views.instance_view(app.env(), name,
+                                                                   instance_id))))
 
 
 def _power_command(action: str, doc: str) -> None:
@@ -480,7 +500,8 @@ def _power_command(action: str, doc: str) -> None:
     def command(app: AppContext, name: str, instance_ids: str, more_ids: tuple[str, ...]) -> None:
         ids = _parse_ids(instance_ids, more_ids)
         assert ids is not None
-        app.show(app.service().power(name, ids, action, wait=app.wait), columns=INSTANCE_COLUMNS)
+        done = app.run(sets.power(app.env(), name, ids, action, wait=app.wait))
+        app.show([render.instance_json(v) for v in done], columns=INSTANCE_COLUMNS)
 
 
 _power_command("start", "Start instances and wait until they are Healthy.")
@@ -498,7 +519,7 @@ def vmss_delete_instances(app: AppContext, name: str, instance_ids: str,
     """Delete instances (the capacity shrinks accordingly)."""
     ids = _parse_ids(instance_ids, more_ids)
     assert ids is not None
-    app.show(app.service().delete_instances(name, ids))
+    app.show(render.set_json(app.run(sets.delete_instances(app.env(), name, ids))))
 
 
 @vmss.group("run-command")
@@ -515,13 +536,13 @@ def run_command() -> None:
 def run_command_invoke(app: AppContext, name: str, instance_id: int, scripts: str,
                        timeout: float) -> None:
     """Run --scripts in one instance; shows exitStatus, stdout and stderr."""
-    result = app.service().run_command(name, instance_id, scripts, timeout=timeout)
+    result = app.run(views.run_command(app.env(), name, instance_id, scripts, timeout=timeout))
     if app.output == "table":
-        sys.stdout.write(result["stdout"])
-        sys.stderr.write(result["stderr"])
-        app.progress(f"exit status {result['exitStatus']}")
+        sys.stdout.write(result.stdout)
+        sys.stderr.write(result.stderr)
+        app.progress(f"exit status {result.exit_status}")
     else:
-        app.show(result)
+        app.show(render.command_json(result))
 
 
 @vmss.command("ssh", context_settings={"ignore_unknown_options": True})
@@ -531,14 +552,14 @@ def run_command_invoke(app: AppContext, name: str, instance_id: int, scripts: st
 @pass_app
 def vmss_ssh(app: AppContext, name: str, instance_id: int, command: tuple[str, ...]) -> None:
     """Open a shell in an instance, or run `-- CMD` (host key pinned)."""
-    import asyncio
-
     from orchestrator import ssh
 
-    endpoint = app.service().endpoint(name, instance_id)
-    code = asyncio.run(ssh.interactive(endpoint, " ".join(command) if command else None,
-                                       connect_timeout=15.0))
-    sys.exit(code)
+    async def session() -> int:
+        endpoint = await views.endpoint(app.env(), name, instance_id)
+        return await ssh.interactive(endpoint, " ".join(command) if command else None,
+                                     connect_timeout=15.0)
+
+    sys.exit(app.run(session()))
 
 
 
@@ -558,11 +579,9 @@ def controller_run(app: AppContext, once: bool, interval: float) -> None:
     """Carry out pending and interrupted work; with --once, exit when done (exit 1 if a set
     had a problem), else keep watching until interrupted. The metrics file (--metrics-file)
     is written after every pass."""
-    from orchestrator.reconcile import Reconciler
-
-    reconciler = Reconciler(app.upgrades())
+    env = app.env()
     while True:
-        report = reconciler.run_pass()
+        report = app.run(controller_mod.run_pass(env))
         for line in report.problems:
             app.progress(f"problem: {line}")
         app.write_metrics()

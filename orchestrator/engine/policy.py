@@ -1,19 +1,95 @@
-"""Upgrade policy as pure functions: which instances the next batch takes, and when a
-rolling upgrade must stop (SPEC §2, following the seed document).
+"""Every decision of the upgrade policy, as pure functions (docs/semantics.md).
 
-Owned here: percent arithmetic and its stated rounding, the order of pending instances,
-batch selection, and the two health thresholds. Called by ``engine.upgrade`` (the driver
-that acts on real or fake hypervisors); it reads no clock and touches nothing, so property
-tests exercise it with any inputs.
+Owned here: which instances a scale-set action may touch (``eligible``, ``refuse_protected``),
+how a model change reaches instances per mode (``rollout_of``), which instances a scale-in
+removes (``scale_in_victims``), percent arithmetic and its stated rounding, the order of
+pending instances, batch selection, the two health thresholds, and what a breach does
+(``on_breach``). It reads no clock and touches nothing, so property tests exercise it with
+any inputs; the drivers in ``usecases`` act on its verdicts.
+
+Called by: dryrun.plan, usecases.controller, usecases.rolling, usecases.rollout,
+usecases.sets, usecases.updates
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 from orchestrator.model import RollingUpgradePolicy
+
+
+class Candidate(Protocol):
+    """What the policy reads of an instance (``store.InstanceRecord`` is one)."""
+
+    @property
+    def instance_id(self) -> int: ...
+    @property
+    def model_generation(self) -> int: ...
+    @property
+    def protect_from_scale_in(self) -> bool: ...
+    @property
+    def protect_from_scale_set_actions(self) -> bool: ...
+    @property
+    def created_at(self) -> str: ...
+
+
+Rollout = Literal["all-at-once", "rolling", "none"]
+
+
+def rollout_of(mode: str) -> Rollout:
+    """How a model change reaches existing instances: Automatic upgrades every instance at
+    once, Rolling in batches, Manual not at all (``update-instances`` does)."""
+    return {"Automatic": "all-at-once", "Rolling": "rolling"}.get(mode, "none")  # type: ignore[return-value]
+
+
+def eligible(instances: Sequence[Candidate], generation: int) -> list[int]:
+    """The instances an upgrade to ``generation`` acts on: not on it already, not
+    protected from scale-set actions."""
+    return [i.instance_id for i in instances
+            if i.model_generation != generation and not i.protect_from_scale_set_actions]
+
+
+def refuse_protected(instances: Sequence[Candidate], action: str) -> str | None:
+    """The refusal of ``action`` on instances protected from scale-set actions, or None.
+    Starting a protected instance is allowed (it only brings it to what the user wants)."""
+    if action == "start":
+        return None
+    protected = [str(i.instance_id) for i in instances if i.protect_from_scale_set_actions]
+    if protected:
+        return f"instances {', '.join(protected)} are protected from scale set actions"
+    return None
+
+
+def scale_in_victims(instances: Sequence[Candidate], count: int, *,
+                     scale_in_policy: str) -> list[int] | str:
+    """The ``count`` instances a scale-in removes (none protected from scale-in or from
+    scale-set actions): highest instanceIds first (Default, NewestVM), or oldest first
+    (OldestVM). A refusal in words when too few may go."""
+    candidates = [i for i in instances
+                  if not i.protect_from_scale_in and not i.protect_from_scale_set_actions]
+    if scale_in_policy == "OldestVM":
+        candidates.sort(key=lambda i: (i.created_at, i.instance_id))
+    else:
+        candidates.sort(key=lambda i: i.instance_id, reverse=True)
+    if len(candidates) < count:
+        return (f"cannot remove {count} instances: only {len(candidates)} are not protected "
+                "from scale-in")
+    return [i.instance_id for i in candidates[:count]]
+
+
+Breach = Literal["rollback", "stop"]
+
+
+def on_breach(policy: RollingUpgradePolicy, *, surge: bool, failed: Sequence[int]) -> Breach:
+    """What a Faulted rolling upgrade does to the instances that failed: in place, with
+    ``rollbackFailedInstancesOnPolicyBreach``, they return to the previous model; a failed
+    surge replacement is already gone (its old instance stayed), so there is nothing to
+    roll back."""
+    if policy.rollback_failed_instances_on_policy_breach and failed and not surge:
+        return "rollback"
+    return "stop"
 
 
 @dataclass(frozen=True)

@@ -17,8 +17,7 @@ from typing import Any
 
 from orchestrator.hypervisor.domainxml import Domain
 from orchestrator.model import ScaleSetSpec, validate
-from orchestrator.upgrades import Upgrades
-from tests.unit.conftest import World, make_world
+from tests.world import Upgrades, World, make_world
 
 SET = "web"
 OLD, NEW = "tiny:1", "tiny:2"

@@ -27,9 +27,7 @@ import pytest
 
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import ScaleSetSpec, validate
-from orchestrator.reconcile import Reconciler
-from orchestrator.upgrades import Upgrades
-from tests.unit.conftest import World, make_world
+from tests.world import Reconciler, Upgrades, World, make_world
 
 SET = "web"
 MUTATING = ("define_domain", "start", "shutdown", "destroy", "undefine", "create_overlay",

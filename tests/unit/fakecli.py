@@ -1,6 +1,6 @@
-"""The ``orch`` command line against the fake world of ``conftest``: the CLI's own store,
-registry, options and output, with the fake hypervisor, prober and clock in place of libvirt
-and SSH (``AppContext.service`` is the one thing replaced)."""
+"""The ``orch`` command line against the shared fake world: the CLI's own store, registry,
+options and output, with the fake hypervisor, prober and clock in place of libvirt and SSH
+(``AppContext.env`` is the one thing replaced)."""
 
 from __future__ import annotations
 
@@ -11,10 +11,9 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.cli.app import AppContext
-from orchestrator.engine.operations import Engine, Settings
-from orchestrator.service import Service
-
-from .conftest import World
+from orchestrator.engine.context import Engine, Settings, inline
+from orchestrator.usecases.session import Env
+from tests.world import World
 
 
 @dataclass
@@ -45,13 +44,13 @@ def install(world: World, monkeypatch: pytest.MonkeyPatch,
     for name in ("ORCH_METRICS_FILE", "ORCH_LOG_FORMAT", "ORCH_NETWORK", "ORCH_POOL"):
         monkeypatch.delenv(name, raising=False)
 
-    def service(app: AppContext) -> Service:
+    def env(app: AppContext) -> Env:
         engine = Engine(hv=world.hv, store=app.store, registry=app.registry, clock=world.clock,
                         settings=Settings(state_dir=world.state_dir, pool="default",
                                           domain_type="qemu"),
-                        log=app.progress)
-        return Service(engine=engine, prober=world.prober, progress=app.progress)
+                        log=app.progress, offload=inline)
+        return Env(engine=engine, prober=world.prober, progress=app.progress)
 
-    monkeypatch.setattr(AppContext, "service", service)
+    monkeypatch.setattr(AppContext, "env", env)
     return FakeCli(world, capsys)
 

@@ -31,8 +31,7 @@ from orchestrator.cli import main
 from orchestrator.images import Registry
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import Store
-
-from .conftest import snapshot
+from tests.world import snapshot
 
 UNREACHABLE_LIBVIRT = "qemu+unix:///system?socket=/nonexistent/orch-bad-input.sock"
 NOW = "2026-01-01T00:00:00Z"

@@ -10,8 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.cli import main
-
-from .conftest import snapshot
+from tests.world import snapshot
 
 
 def run(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:

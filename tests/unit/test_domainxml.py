@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.engine.operations import build_domain
+from orchestrator.engine.steps import build_domain
 from orchestrator.hypervisor.domainxml import (
     METADATA_NS,
     BackingStore,
@@ -27,8 +27,7 @@ from orchestrator.hypervisor.domainxml import (
 from orchestrator.images import Image
 from orchestrator.model import Model, validate
 from orchestrator.store import ImageRecord, InstanceRecord
-
-from .conftest import World
+from tests.world import World
 
 GOLDEN = Path(__file__).parent / "golden"
 
@@ -225,7 +224,8 @@ def _instance_domain(world: World, manifest: dict[str, object]) -> str:
         power_intent="running", health={}, created_at="x", os_volume="web-3-os1.qcow2")
     model = validate(Model, {"image": "cloud:1", "vcpus": 2, "memoryMiB": 512,
                              "dataDisks": [{"lun": 0, "sizeGiB": 1}]})
-    domain = build_domain(world.service.engine, inst, model, image)
+    domain = build_domain(world.service.engine, inst, model, image,
+                          pool_path=Path(world.hv.pool_info("default").path))
     xml = ET.fromstring(domain.to_xml())
     if xml.find("./uuid") is not None:
         xml.remove(xml.find("./uuid"))  # type: ignore[arg-type]

@@ -15,9 +15,7 @@ import pytest
 from orchestrator.errors import InvalidInput
 from orchestrator.images import RECIPES, recipes_dir
 from orchestrator.model import ScaleSetSpec, validate
-from orchestrator.upgrades import Upgrades
-
-from .conftest import World
+from tests.world import Upgrades, World
 
 
 def spec(image: str, **model: object) -> ScaleSetSpec:

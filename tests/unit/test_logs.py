@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 
 from orchestrator import logs
+from tests.world import World
 
-from .conftest import World
 from .fakecli import FakeCli, install
 
 

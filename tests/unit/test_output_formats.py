@@ -17,8 +17,8 @@ from orchestrator import ssh
 from orchestrator.cli import cli as orch
 from orchestrator.images import Registry
 from orchestrator.labconfig import LabStatus
+from tests.world import World
 
-from .conftest import World
 from .fakecli import FakeCli, install
 
 # commands whose stdout is not orch's to format: the guest's terminal, CMD's own output

@@ -10,13 +10,12 @@ from typing import Any
 
 import pytest
 
+from orchestrator.dryrun.simworld import measure_timings
 from orchestrator.errors import OperationFailed
 from orchestrator.model import ScaleSetSpec, validate
-from orchestrator.simworld import measure_timings
 from orchestrator.store import InstanceRecord
-from orchestrator.upgrades import Upgrades
+from tests.world import Upgrades, World, snapshot
 
-from .conftest import World, snapshot
 from .fakecli import FakeCli, install
 
 # The verbs of the Hypervisor protocol that change something.

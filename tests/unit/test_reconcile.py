@@ -7,14 +7,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.engine import operations as ops
+from orchestrator.engine import addresses, steps
 from orchestrator.errors import HypervisorError, OrchError
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import ScaleSetSpec, validate
-from orchestrator.reconcile import Reconciler
-from orchestrator.upgrades import Upgrades
-
-from .conftest import World
+from tests.world import Reconciler, Upgrades, World, run
 
 
 @pytest.fixture
@@ -36,9 +33,9 @@ def test_half_created_instance_is_replaced(world: World, upgrades: Upgrades) -> 
     spec = world.service.spec_of(world.store.get_set("web"))
     image = world.registry.get("tiny:1")
     [new_id] = world.store.take_instance_ids("web", 1)
-    inst = ops.allocate(world.service.engine, set_name="web", instance_id=new_id,
-                        model=spec.model, generation=1, image=image)
-    ops.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 AAAA x")
+    inst = run(addresses.allocate(world.service.engine, set_name="web", instance_id=new_id,
+                        model=spec.model, generation=1, image=image))
+    run(steps.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 AAAA x"))
     report = Reconciler(upgrades).run_pass()
     assert any("half-created" in a for a in report.actions), report
     assert [i.instance_id for i in world.store.list_instances("web")] == [0, 1]
@@ -119,7 +116,7 @@ def test_each_step_is_journaled_before_and_after(world: World, upgrades: Upgrade
     assert _steps(world, "create") == [("web-0", "provision", "done"),
                                        ("web-1", "provision", "done")]
     upgrades.update("web", {"model": {"image": "tiny:2"}})
-    steps = _steps(world, "rolling-upgrade")
+    steps = _steps(world, "update")
     for name in ("web-0", "web-1"):
         assert steps.index((name, "apply-model", "done")) < steps.index(
             (name, "commit-model", "done"))
@@ -157,7 +154,7 @@ def test_a_killed_process_leaves_its_step_started_and_the_resume_names_it(
     with pytest.raises(Killed):
         upgrades.update("web", {"model": {"image": "tiny:2"}})
     monkeypatch.undo()
-    assert ("web-0", "apply-model", "started") in _steps(world, "rolling-upgrade")
+    assert ("web-0", "apply-model", "started") in _steps(world, "update")
     # the process is gone: its operation and rolling upgrade name a pid that no longer runs
     world.store._db.execute("UPDATE operations SET pid=? WHERE status='running'", (2**22 + 7,))
     latest = world.store.latest_rolling_upgrade("web")
@@ -166,7 +163,7 @@ def test_a_killed_process_leaves_its_step_started_and_the_resume_names_it(
 
     report = Reconciler(upgrades).run_pass()
     assert any("interrupted; during apply-model of web-0" in a for a in report.actions), report
-    op = next(o for o in world.service.operations_view("web") if o["kind"] == "rolling-upgrade")
+    op = next(o for o in world.service.operations_view("web") if o["kind"] == "update")
     assert op["status"] == "interrupted" and "apply-model of web-0" in op["error"]
     assert ("web-0", "apply-model", "interrupted") in [
         (s["instance"], s["step"], s["status"]) for s in op["steps"]]
@@ -181,9 +178,9 @@ def test_objects_of_the_set_no_instance_owns_are_removed(world: World,
     # what a lost store row leaves: instance 7's domain, disks and reservation
     spec = world.service.spec_of(world.store.get_set("web"))
     image = world.registry.get("tiny:1")
-    inst = ops.allocate(world.service.engine, set_name="web", instance_id=7, model=spec.model,
-                        generation=1, image=image)
-    ops.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 AAAA x")
+    inst = run(addresses.allocate(world.service.engine, set_name="web", instance_id=7, model=spec.model,
+                        generation=1, image=image))
+    run(steps.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 AAAA x"))
     world.store.delete_instance("web", 7)
     # look-alikes that are not the set's: another set named web-0's volume, a foreign domain
     world.hv.create_volume("default", name="web-0-data-notes.qcow2", capacity_bytes=1)
@@ -258,17 +255,16 @@ def test_a_domain_redefined_by_a_killed_update_is_recorded_at_its_generation(
 def test_the_next_command_on_a_set_resumes_what_a_killed_one_left(
         world: World, upgrades: Upgrades) -> None:
     create(world, capacity=2)
-    world.service.after_lock = Reconciler(upgrades).on_lock  # as the CLI wires it
     # a scale-out killed after provisioning instance 2, before it was recorded as made
     spec = world.service.spec_of(world.store.get_set("web"))
     image = world.registry.get("tiny:1")
     [new_id] = world.store.take_instance_ids("web", 1)
     op_id = world.store.start_operation("web", "scale", {}, now="x")
     world.service.engine.operation_id = op_id
-    inst = ops.allocate(world.service.engine, set_name="web", instance_id=new_id,
-                        model=spec.model, generation=1, image=image)
+    inst = run(addresses.allocate(world.service.engine, set_name="web", instance_id=new_id,
+                        model=spec.model, generation=1, image=image))
     with world.service.engine.step(inst, "provision"):
-        ops.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 x")
+        run(steps.provision(world.service.engine, inst, spec.model, image, admin_key="ssh-ed25519 x"))
     world.service.engine.operation_id = None
     world.store._db.execute("UPDATE operations SET pid=? WHERE id=?", (2**22 + 7, op_id))
 

@@ -9,8 +9,7 @@ from orchestrator.errors import Conflict, HypervisorError, InvalidInput, NotFoun
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.hypervisor.domainxml import Disk, Domain, Interface
 from orchestrator.model import ScaleSetSpec, validate
-
-from .conftest import World
+from tests.world import World
 
 
 def spec(name: str = "web", capacity: int = 3, **model: object) -> ScaleSetSpec:
@@ -127,7 +126,7 @@ class TestCreate:
 
     @pytest.mark.parametrize("harm", ["changed", "removed"])
     def test_update_to_a_harmed_image_touches_no_instance(self, world: World, harm: str) -> None:
-        from orchestrator.upgrades import Upgrades
+        from tests.world import Upgrades
 
         world.service.create(validate(ScaleSetSpec, {
             "name": "web", "capacity": 2, "model": {"image": "tiny:1"},

@@ -10,9 +10,7 @@ import pytest
 from orchestrator.errors import InvalidInput, OperationFailed
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import ScaleSetSpec, validate
-from orchestrator.upgrades import Upgrades
-
-from .conftest import World
+from tests.world import Upgrades, World
 
 
 def make_set(world: World, *, mode: str = "Rolling", capacity: int = 3,

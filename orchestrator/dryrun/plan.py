@@ -4,15 +4,17 @@ batch by batch, with a predicted duration, changing nothing.
 Owned here: ``make_plan`` and the plan document it returns (keys ``name``, ``mode``,
 ``maxSurge``, ``fromGeneration``, ``toGeneration``, ``batches``, ``predictedSeconds``,
 ``outcome`` = Completed | Faulted | NothingToDo | Manual, ``error``, ``thresholds``,
-``assumptions``, ``instances``, ``notes``). Called by ``cli.vmss`` (``vmss plan``) only.
+``assumptions``, ``instances``, ``notes``).
 
-Simulated, not re-derived: the real ``Upgrades`` code runs in a ``simworld.SimWorld`` (a copy
-of the store, a fake hypervisor mirroring the set, a fake clock), so Automatic, Rolling in
-place, MaxSurge, Manual, the thresholds and the surge capacity check behave exactly as in a
-real update; the batches and status are read back from the simulated rolling upgrade, the
-duration from the fake clock. The update's own checks run first on a bare copy, before
+Simulated, not re-derived: the real use cases (``usecases.updates``, ``usecases.rolling``) run
+in a ``simworld.SimWorld`` (a copy of the store, a fake hypervisor mirroring the set, a fake
+clock), so Automatic, Rolling in place, MaxSurge, Manual, the thresholds and the surge
+capacity check behave exactly as in a real update; the batches, their times and the status
+are read back from the simulated rolling upgrade's record, the duration from the fake clock. The update's own checks run first on a bare copy, before
 libvirt is asked anything, so bad input fails as `update` fails (exit 2, same message).
 Not simulated: work a killed command left, which a real update finishes first.
+
+Called by: cli.vmss
 """
 
 from __future__ import annotations
@@ -21,26 +23,28 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from orchestrator.dryrun.simworld import SimWorld, Timings, build_world, measure_timings, observe
+from orchestrator.engine import policy
+from orchestrator.engine.upgrade_state import RollingStatus, RollingUpgrade
 from orchestrator.errors import Conflict, EnvironmentProblem, InvalidInput, OrchError
 from orchestrator.hypervisor.base import PowerState
-from orchestrator.service import Service
-from orchestrator.simworld import SimWorld, Timings, build_world, measure_timings, observe
-from orchestrator.store import InstanceRecord, RollingUpgradeRecord
+from orchestrator.store import InstanceRecord
+from orchestrator.usecases import rolling, updates
+from orchestrator.usecases.session import Env
 
 OUTCOMES = ("Completed", "Faulted", "NothingToDo", "Manual")
 
 
-def make_plan(service: Service, set_name: str, *, changes: dict[str, Any] | None,
-              allow_surge_fallback: bool = False) -> dict[str, Any]:
-    """The plan of ``Upgrades.update(set_name, changes)`` or, with ``changes`` None, of what
+async def make_plan(env: Env, set_name: str, *, changes: dict[str, Any] | None,
+                    allow_surge_fallback: bool = False) -> dict[str, Any]:
+    """The plan of ``updates.update(set_name, changes)`` or, with ``changes`` None, of what
     ``rolling-upgrade start`` would do now (Automatic sets: the upgrade of every instance
-    at once that the controller makes; Manual sets: nothing). ``service`` is the real one:
+    at once that the controller makes; Manual sets: nothing). ``env`` is the real one:
     its store is only read, its hypervisor only asked read-only questions. Errors the real
     update would raise before acting (bad input, a surge the host has no room for, a
     rolling upgrade already running) are raised; a predicted failure is the plan's outcome."""
-    store = service.store
-    rec = store.get_set(set_name)
-    spec = service.spec_of(rec)
+    store = env.store
+    spec = env.spec_of(set_name)
     timings = measure_timings(store.list_instances(set_name),
                               grace_seconds=spec.model.health_probe.grace_period_seconds)
     said: set[str] = set()
@@ -48,49 +52,51 @@ def make_plan(service: Service, set_name: str, *, changes: dict[str, Any] | None
     def warn(line: str) -> None:  # the update's warnings reach the user, once each
         if line.startswith("warning:") and line not in said:
             said.add(line)
-            service.progress(line)
+            env.progress(line)
 
-    now = service.clock.now().timestamp()
+    now = env.clock.now().timestamp()
+    settings = env.engine.settings
     with tempfile.TemporaryDirectory(prefix="orch-plan-") as tmp:
         if changes is not None:
             check = build_world(store, Path(tmp) / "check", set_name=set_name,
-                                settings=service.engine.settings, now=now, timings=timings,
+                                settings=settings, now=now, timings=timings,
                                 observed=None, progress=warn)
             try:
-                check.upgrades.update(set_name, changes, wait=False)
+                await updates.update(check.env, set_name, changes, wait=False)
             finally:
                 check.close()
-        observed = observe(service.hv, pool=service.engine.settings.pool,
-                           network=spec.model.network)
+        observed = await env.engine.io(observe, env.hv, pool=settings.pool,
+                                       network=spec.model.network)
         world = build_world(store, Path(tmp) / "sim", set_name=set_name,
-                            settings=service.engine.settings, now=now, timings=timings,
+                            settings=settings, now=now, timings=timings,
                             observed=observed, progress=warn)
         try:
-            return _simulate(world, set_name, changes=changes, timings=timings,
-                             allow_surge_fallback=allow_surge_fallback)
+            return await _simulate(world, set_name, changes=changes, timings=timings,
+                                   allow_surge_fallback=allow_surge_fallback)
         finally:
             world.close()
 
 
-def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
-              timings: Timings, allow_surge_fallback: bool) -> dict[str, Any]:
-    upgrades = world.upgrades
+async def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
+                    timings: Timings, allow_surge_fallback: bool) -> dict[str, Any]:
+    env = world.env
     store = world.store
     first = store.get_set(set_name)
     before = store.list_instances(set_name)
-    latest_before = store.latest_rolling_upgrade(set_name)
-    mode = upgrades.service.spec_of(first).upgrade_policy.mode
+    latest_before = rolling.latest(env, set_name)
+    mode = env.spec_of(set_name).upgrade_policy.mode
     assumptions = {**timings.as_dict(), **_health_assumptions(world, before)}
     started = world.clock.monotonic()
     failure: str | None = None
     try:
+        kind = policy.rollout_of(mode)
         if changes is not None:
-            upgrades.update(set_name, changes, wait=True,
-                            allow_surge_fallback=allow_surge_fallback)
-        elif mode == "Rolling":
-            upgrades.start_rolling(set_name, allow_surge_fallback=allow_surge_fallback)
-        elif mode == "Automatic":
-            upgrades.upgrade_all(set_name)
+            await updates.update(env, set_name, changes, wait=True,
+                                 allow_surge_fallback=allow_surge_fallback)
+        elif kind == "rolling":
+            await rolling.start(env, set_name, allow_surge_fallback=allow_surge_fallback)
+        elif kind == "all-at-once":
+            await updates.upgrade_all(env, set_name)
     except (InvalidInput, Conflict, EnvironmentProblem):
         raise  # refused before acting, as the real update would be
     except OrchError as exc:
@@ -98,10 +104,10 @@ def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
     elapsed = world.clock.monotonic() - started
 
     last = store.get_set(set_name)
-    spec = upgrades.service.spec_of(last)
+    spec = env.spec_of(set_name)
     mode = spec.upgrade_policy.mode
     target = last.generation
-    latest = store.latest_rolling_upgrade(set_name)
+    latest = rolling.latest(env, set_name)
     rolled = latest if latest is not None and (
         latest_before is None or latest.id != latest_before.id) else None
     plan: dict[str, Any] = {
@@ -112,15 +118,14 @@ def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
         "error": None, "thresholds": [], "assumptions": assumptions,
         "instances": [], "notes": [],
     }
-    todo = [i for i in before
-            if i.model_generation != target and not i.protect_from_scale_set_actions]
+    eligible = set(policy.eligible(before, target))
+    todo = [i for i in before if i.instance_id in eligible]
     model_changed = target != first.generation
     if mode == "Manual":
         plan["outcome"] = "Manual"
         plan["notes"].append(_manual_note(set_name, todo, target))
     elif rolled is not None:
-        _read_rolling(plan, rolled, store.batch_times.get(rolled.id, []),
-                      started=started, ended=started + elapsed)
+        _read_rolling(plan, rolled, started=started, ended=started + elapsed)
     elif mode == "Automatic" and (changes is None or model_changed) and todo:
         ids = [i.instance_id for i in todo]
         after = {i.instance_id: i for i in store.list_instances(set_name)}
@@ -192,32 +197,31 @@ def _manual_note(set_name: str, todo: list[InstanceRecord], target: int) -> str:
             f"--instance-ids {' '.join(str(i) for i in ids)}` applies it")
 
 
-def _read_rolling(plan: dict[str, Any], rolled: RollingUpgradeRecord,
-                  times: list[list[float]], *, started: float, ended: float) -> None:
-    surge = bool(rolled.detail.get("surge"))
+def _read_rolling(plan: dict[str, Any], rolled: RollingUpgrade, *, started: float,
+                  ended: float) -> None:
     batches = []
-    for k, batch in enumerate(rolled.detail.get("batches", [])):
-        window = times[k] if k < len(times) else [started, ended]
-        end = window[1] if len(window) > 1 else ended
+    for batch in rolled.batches:
+        begin = batch.started if batch.started is not None else started
+        end = batch.ended if batch.ended is not None else ended
         batches.append({
-            "batch": batch["batch"], "instances": list(batch["instances"]),
-            "action": "surge" if surge else "in place",
-            "startSeconds": round(window[0] - started, 1), "endSeconds": round(end - started, 1),
-            "newInstances": list(batch["succeeded"]) if surge else [],
-            "failed": list(batch["failed"]),
+            "batch": batch.number, "instances": list(batch.instances),
+            "action": "surge" if rolled.surge else "in place",
+            "startSeconds": round(begin - started, 1), "endSeconds": round(end - started, 1),
+            "newInstances": list(batch.succeeded) if rolled.surge else [],
+            "failed": list(batch.failed),
         })
     plan["batches"] = batches
-    plan["maxSurge"] = surge
-    plan["thresholds"] = list(rolled.detail.get("thresholds", []))
+    plan["maxSurge"] = rolled.surge
+    plan["thresholds"] = list(rolled.thresholds)
     plan["error"] = rolled.error
-    if rolled.status == "Faulted":
+    if rolled.status is RollingStatus.FAULTED:
         plan["outcome"] = "Faulted"
-    elif rolled.status == "Completed":
+    elif rolled.status is RollingStatus.COMPLETED:
         plan["outcome"] = "Completed" if batches else "NothingToDo"
-    if rolled.detail.get("surgeFallback"):
-        plan["notes"].append(str(rolled.detail["surgeFallback"]))
-    if rolled.detail.get("rollback"):
-        plan["notes"].append(str(rolled.detail["rollback"]))
+    if rolled.surge_fallback:
+        plan["notes"].append(rolled.surge_fallback)
+    if rolled.rollback_note:
+        plan["notes"].append(rolled.rollback_note)
 
 
 def _instance_actions(before: list[InstanceRecord], plan: dict[str, Any], *,

@@ -8,8 +8,10 @@ bytes and the network's reservations and leases of the real host; a ``FakeProber
 the instances unhealthy now unhealthy), what is read of the real host (``Observed``,
 ``observe``: read-only calls only) and the boot and shutdown times assumed (``Timings``,
 ``measure_timings``: this set's stored boot-to-Healthy times, else stated defaults).
-Called by ``plan``; built from ``hypervisor.fake``, ``engine.simulate`` and ``clock.FakeClock``
-(the fakes the unit tests use), with the real ``Service`` and ``Upgrades`` on top.
+Built from ``hypervisor.fake``, ``engine.simulate`` and ``clock.FakeClock`` (the fakes the
+unit tests use), with the real use cases on top (an ``Env`` whose blocking calls run inline).
+
+Called by: dryrun.plan
 """
 
 from __future__ import annotations
@@ -23,10 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.clock import FakeClock
+from orchestrator.engine.addresses import InstanceNames
+from orchestrator.engine.context import Engine, Settings, inline
 from orchestrator.engine.health import HealthState, record_from_json
-from orchestrator.engine.operations import GIB, Engine, InstanceNames, Settings, build_domain
 from orchestrator.engine.simulate import FakeProber
-from orchestrator.errors import HypervisorError, NotFound
+from orchestrator.engine.steps import GIB, build_domain
+from orchestrator.errors import Gone, HypervisorError, NotFound
 from orchestrator.hypervisor.base import (
     Hypervisor,
     NetworkInfo,
@@ -37,11 +41,10 @@ from orchestrator.hypervisor.base import (
 from orchestrator.hypervisor.fake import FakeHypervisor
 from orchestrator.images import Registry
 from orchestrator.model import Model, validate
-from orchestrator.service import Service
-from orchestrator.store import InstanceRecord, RollingUpgradeRecord, Store
-from orchestrator.upgrades import Upgrades
+from orchestrator.store import InstanceRecord, Store
+from orchestrator.usecases.session import Env
 
-# DESIGN §3, measured on this kind of machine: the tiny image to SSH-ready under TCG, and
+# Measured on a 2-core TCG host (docs/architecture.md): the tiny image to SSH-ready under TCG, and
 # its ACPI shutdown until the domain is gone.
 DEFAULT_BOOT_SECONDS = 6.5
 DEFAULT_SHUTDOWN_SECONDS = 1.5
@@ -137,39 +140,13 @@ def observe(hv: Hypervisor, *, pool: str, network: str) -> Observed:
 
 
 # --- the simulated world -----------------------------------------------------------------------
-class TimedStore(Store):
-    """The simulation's store. It notes on the fake clock when each batch of a rolling
-    upgrade starts (its instances recorded in flight) and ends (its outcome recorded in the
-    upgrade's ``batches``): ``batch_times[upgrade id][k] == [start, end]``."""
-
-    def __init__(self, path: Path, *, clock: FakeClock) -> None:
-        super().__init__(path)
-        self._clock = clock
-        self.batch_times: dict[int, list[list[float]]] = {}
-
-    def update_rolling_upgrade(self, rec: RollingUpgradeRecord,
-                               **changes: Any) -> RollingUpgradeRecord:
-        new = super().update_rolling_upgrade(rec, **changes)
-        detail = changes.get("detail")
-        if isinstance(detail, dict):
-            now = self._clock.monotonic()
-            times = self.batch_times.setdefault(new.id, [])
-            done = len(detail.get("batches") or [])
-            for window in times[:done]:
-                if len(window) == 1:
-                    window.append(now)
-            if detail.get("inFlight") and len(times) == done:
-                times.append([now])
-        return new
-
-
 @dataclass
 class SimWorld:
     clock: FakeClock
     hv: FakeHypervisor
-    store: TimedStore
+    store: Store
     prober: FakeProber
-    upgrades: Upgrades
+    env: Env
     log: list[str] = field(default_factory=list)
 
     def close(self) -> None:
@@ -196,7 +173,7 @@ def build_world(source: Store, directory: Path, *, set_name: str, settings: Sett
                             shutdown_seconds=timings.shutdown_seconds,
                             networks=[observed.network],
                             pools=[PoolInfo(pool.name, pool.path, _ROOMY, _ROOMY, pool.active)])
-    store = TimedStore(directory / "orchestrator.db", clock=clock)
+    store = Store(directory / "orchestrator.db")
     log: list[str] = []
 
     def note(line: str) -> None:
@@ -204,10 +181,11 @@ def build_world(source: Store, directory: Path, *, set_name: str, settings: Sett
         progress(line)
 
     engine = Engine(hv=hv, store=store, registry=Registry(store, directory), clock=clock,
-                    settings=dataclasses.replace(settings, state_dir=directory), log=note)
+                    settings=dataclasses.replace(settings, state_dir=directory), log=note,
+                    offload=inline)
     prober = FakeProber(hv, clock=clock)
-    service = Service(engine=engine, prober=prober, progress=note)
-    world = SimWorld(clock, hv, store, prober, Upgrades(service), log)
+    world = SimWorld(clock, hv, store, prober, Env(engine=engine, prober=prober, progress=note),
+                     log)
     if observed is not None:
         _mirror(world, set_name, observed)
     return world
@@ -215,9 +193,9 @@ def build_world(source: Store, directory: Path, *, set_name: str, settings: Sett
 
 def _mirror(world: SimWorld, set_name: str, observed: Observed) -> None:
     hv = world.hv
-    service = world.upgrades.service
+    env = world.env
     network = observed.network.name
-    for image in service.registry.list():
+    for image in env.registry.list():
         for path in (image.disk, image.kernel, image.initrd):
             if path is not None:
                 hv.add_external_file(str(path))
@@ -226,11 +204,11 @@ def _mirror(world: SimWorld, set_name: str, observed: Observed) -> None:
             hv.add_reservation(network, reservation)
     for ip, mac in observed.leases.items():
         hv.add_lease(network, ip, mac)
-    service.ensure_admin_key(set_name)  # a throwaway key: the fake prober needs none
-    for inst in service.store.list_instances(set_name):
+    _throwaway_key(env, set_name)  # the fake prober needs none, the steps want one
+    for inst in env.store.list_instances(set_name):
         _mirror_instance(world, inst, state=observed.power.get(inst.name, PowerState.MISSING))
     world.clock.advance(hv.boot_seconds)  # the guests that run have booted
-    pool = service.engine.settings.pool
+    pool = env.engine.settings.pool
     info = hv.pool_info(pool)
     used = info.capacity_bytes - info.available_bytes
     hv.set_pool_capacity(pool, used + observed.pool.available_bytes)
@@ -241,7 +219,7 @@ def _mirror_instance(world: SimWorld, inst: InstanceRecord, *, state: PowerState
     defined for its own generation, started if libvirt runs it; unhealthy now (Unhealthy or
     Unknown in the store) and running: unhealthy in the simulation, also after an upgrade."""
     hv = world.hv
-    engine = world.upgrades.service.engine
+    engine = world.env.engine
     pool = engine.settings.pool
     try:
         image = engine.registry.get(inst.image)
@@ -253,7 +231,7 @@ def _mirror_instance(world: SimWorld, inst: InstanceRecord, *, state: PowerState
     hv.create_overlay(pool, name=inst.os_volume, backing_path=str(image.disk),
                       backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
     if inst.prev_os_volume:
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound, Gone):
             prev = engine.registry.get(inst.prev_image) if inst.prev_image else image
             hv.create_overlay(pool, name=inst.prev_os_volume, backing_path=str(prev.disk),
                               backing_format="qcow2", capacity_bytes=max(prev.virtual_size, 1))
@@ -262,12 +240,22 @@ def _mirror_instance(world: SimWorld, inst: InstanceRecord, *, state: PowerState
                          capacity_bytes=disk.size_gib * GIB)
     hv.upload_volume(pool, name=names.seed_volume, data=b"")
     if not any(r.name == inst.name for r in hv.list_reservations(inst.network)):
-        with contextlib.suppress(HypervisorError, NotFound):
+        with contextlib.suppress(HypervisorError):
             hv.add_reservation(inst.network, Reservation(inst.mac, inst.ip, inst.name))
     if state is PowerState.MISSING:
         return
-    hv.define_domain(build_domain(engine, inst, model, image))
+    hv.define_domain(build_domain(engine, inst, model, image,
+                                  pool_path=Path(hv.pool_info(pool).path)))
     if state is PowerState.RUNNING:
         hv.start(inst.name)
         if inst.health.get("state") in (HealthState.UNHEALTHY.value, HealthState.UNKNOWN.value):
             world.prober.unhealthy.add(inst.name)
+
+
+def _throwaway_key(env: Env, set_name: str) -> None:
+    from orchestrator import ssh
+
+    path = env.key_path(set_name)
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        ssh.write_private_key(path, ssh.generate_keypair(f"orchestrator {set_name} (plan)"))

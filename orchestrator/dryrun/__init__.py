@@ -1,0 +1,1 @@
+"""Dry runs: the real use cases acted out on a simulated copy of a set (``vmss plan``)."""

@@ -1,0 +1,411 @@
+"""Per-instance steps on the hypervisor: provision, apply a model, roll back, reimage,
+power off, tear down, and find what no instance owns. Each is idempotent: run twice, or
+after a crash half-way, it converges on the same result. Every hypervisor call goes
+through ``Engine.io`` (off the event loop).
+
+Owned here: the domain built for an instance (``build_domain``), the seed it gets
+(``seed_content``), the steps themselves, and ``Orphans``. Waiting for health is not here
+(``usecases.watch``), nor the order of steps of a use case (``usecases``).
+
+Called by: dryrun.simworld, usecases.recovery, usecases.rolling, usecases.rollout,
+usecases.sets, usecases.controller
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from orchestrator import cloudinit, ssh
+from orchestrator.engine.addresses import InstanceNames, new_seed_id
+from orchestrator.engine.context import Engine, journaled
+from orchestrator.errors import Gone, HypervisorError, OperationFailed, OrchError
+from orchestrator.hypervisor.base import DomainInfo, PowerState, Reservation
+from orchestrator.hypervisor.domainxml import (
+    BackingStore,
+    DirectKernelBoot,
+    Disk,
+    Domain,
+    Interface,
+    Ownership,
+)
+from orchestrator.images import Image
+from orchestrator.model import Model
+from orchestrator.store import InstanceRecord
+
+GIB = 1024**3
+REIMAGING = "reimaging"
+REIMAGING_ALL_DISKS = "reimaging-all-disks"
+
+
+# --- the domain of an instance -------------------------------------------------------------
+def seed_content(inst: InstanceRecord, model: Model, *, admin_key: str) -> cloudinit.SeedContent:
+    keys = [admin_key] + ([model.ssh_public_key] if model.ssh_public_key else [])
+    return cloudinit.SeedContent(
+        instance_id=inst.seed_instance_id,
+        hostname=inst.name,
+        authorized_keys=tuple(keys),
+        host_key_private=inst.host_key_private,
+        host_key_public=inst.host_key_public,
+        custom_data=model.custom_data,
+    )
+
+
+def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Image, *,
+                 pool_path: Path) -> Domain:
+    names = InstanceNames(inst.name)
+    disks = [
+        Disk(path=str(pool_path / inst.os_volume), target="vda", fmt="qcow2",
+             serial="orch-os", backing=BackingStore(str(image.disk), "qcow2"))
+    ]
+    for index, dd in enumerate(model.data_disks):
+        disks.append(Disk(path=str(pool_path / names.data_volume(dd.lun)),
+                          target=f"vd{chr(ord('b') + index)}", fmt="qcow2",
+                          serial=f"orch-lun{dd.lun}"))
+    disks.append(Disk(path=str(pool_path / names.seed_volume), target="vdz", fmt="raw",
+                      readonly=True, serial="cidata"))
+    boot = None
+    if image.kernel is not None:
+        boot = DirectKernelBoot(
+            kernel=str(image.kernel),
+            initrd=str(image.initrd) if image.initrd else None,
+            cmdline=image.cmdline,
+        )
+    return Domain(
+        name=inst.name,
+        domain_type=engine.settings.domain_type,
+        memory_mib=model.memory_mib,
+        vcpus=model.vcpus,
+        disks=tuple(disks),
+        interfaces=(Interface(network=inst.network, mac=inst.mac),),
+        boot=boot,
+        console_log=str(engine.console_dir / f"{inst.name}.log"),
+        owner=Ownership(inst.set_name, inst.instance_id, inst.model_generation),
+        description=f"orchestrator scale set {inst.set_name}, instance {inst.instance_id}",
+    )
+
+
+async def pool_path(engine: Engine) -> Path:
+    return Path((await engine.io(engine.hv.pool_info, engine.settings.pool)).path)
+
+
+async def _define(engine: Engine, inst: InstanceRecord, model: Model, image: Image) -> None:
+    domain = build_domain(engine, inst, model, image, pool_path=await pool_path(engine))
+    await engine.io(engine.hv.define_domain, domain)
+
+
+async def _volumes(engine: Engine) -> set[str]:
+    return {v.name for v in await engine.io(engine.hv.list_volumes, engine.settings.pool)}
+
+
+# --- provisioning ------------------------------------------------------------------------
+async def provision(engine: Engine, inst: InstanceRecord, model: Model, image: Image,
+                    *, admin_key: str, start: bool = True) -> None:
+    """Create what ``inst`` needs and boot it (unless ``start`` is false); steps already
+    done are skipped, and volumes that exist (an OS disk, data disks) are kept."""
+    hv, pool = engine.hv, engine.settings.pool
+    names = InstanceNames(inst.name)
+    existing = await _volumes(engine)
+    if inst.os_volume not in existing:
+        await engine.io(hv.create_overlay, pool, name=inst.os_volume,
+                        backing_path=str(image.disk), backing_format="qcow2",
+                        capacity_bytes=max(image.virtual_size, 1))
+    for dd in model.data_disks:
+        if names.data_volume(dd.lun) not in existing:
+            await engine.io(hv.create_volume, pool, name=names.data_volume(dd.lun),
+                            capacity_bytes=dd.size_gib * GIB)
+    seed = cloudinit.build_seed_iso(seed_content(inst, model, admin_key=admin_key))
+    await engine.io(hv.upload_volume, pool, name=names.seed_volume, data=seed)
+    await engine.io(hv.add_reservation, inst.network, Reservation(inst.mac, inst.ip, inst.name))
+    engine.console_dir.mkdir(parents=True, exist_ok=True)
+    await _check_not_foreign(engine, inst)
+    await _define(engine, inst, model, image)
+    if start:
+        await engine.io(hv.start, inst.name)
+
+
+async def _check_not_foreign(engine: Engine, inst: InstanceRecord) -> None:
+    """Refuse to redefine a domain of the same name that orchestrator did not create."""
+    if await engine.io(engine.hv.domain_state, inst.name) is PowerState.MISSING:
+        return
+    owner = await engine.io(engine.hv.domain_owner, inst.name)
+    if owner is None or owner.set_name != inst.set_name or owner.instance_id != inst.instance_id:
+        raise HypervisorError(
+            f"a domain named {inst.name} exists and is not owned by scale set {inst.set_name}; "
+            "it is left alone"
+        )
+
+
+# --- power -------------------------------------------------------------------------------
+async def power_off(engine: Engine, name: str, *, graceful: bool = True,
+                    timeout: float | None = None) -> bool:
+    """Stop a domain: ACPI first, destroy after ``timeout``. True if it stopped gracefully."""
+    hv = engine.hv
+    state = await engine.io(hv.domain_state, name)
+    if state in (PowerState.STOPPED, PowerState.MISSING):
+        return True
+    if graceful and state is PowerState.RUNNING:
+        await engine.io(hv.shutdown, name)
+        limit = engine.settings.shutdown_timeout if timeout is None else timeout
+        deadline = engine.clock.monotonic() + limit
+        while engine.clock.monotonic() < deadline:
+            if await engine.io(hv.domain_state, name) in (PowerState.STOPPED, PowerState.MISSING):
+                return True
+            await engine.clock.sleep(engine.settings.poll_interval)
+        engine.log(f"{name}: no ACPI shutdown after {limit:.0f}s, powering off")
+    await engine.io(hv.destroy, name)
+    return False
+
+
+async def start(engine: Engine, name: str) -> None:
+    await engine.io(engine.hv.start, name)
+
+
+# --- teardown ----------------------------------------------------------------------------
+async def _attempt(problems: list[str], what: str, call: Callable[[], Awaitable[object]]) -> None:
+    """One removal of a clean-up that goes on past failures: gone already is fine, any
+    other error is noted in ``problems``."""
+    try:
+        await call()
+    except Gone:
+        pass
+    except OrchError as exc:
+        problems.append(f"{what}: {exc.message}")
+
+
+async def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
+    """Remove everything ``inst`` owns in libvirt; returns the problems met (collected, so
+    one failure does not leave the rest behind). Domains not owned by this instance are
+    never touched."""
+    hv, pool = engine.hv, engine.settings.pool
+    problems: list[str] = []
+    names = InstanceNames(inst.name)
+    owner = await engine.io(hv.domain_owner, inst.name)
+    if owner is not None and owner.set_name == inst.set_name and owner.instance_id == inst.instance_id:
+        await _attempt(problems, "destroy", lambda: engine.io(hv.destroy, inst.name))
+        await _attempt(problems, "undefine", lambda: engine.io(hv.undefine, inst.name))
+    try:
+        volumes = [v for v in await _volumes(engine) if names.owns_volume(v)]
+    except OrchError as exc:
+        problems.append(f"list volumes: {exc.message}")
+        volumes = []
+    for vol in sorted(volumes):
+        await _attempt(problems, f"delete volume {vol}",
+                       lambda vol=vol: engine.io(hv.delete_volume, pool, vol))  # type: ignore[misc]
+    await _attempt(problems, "remove DHCP reservation", lambda: engine.io(
+        hv.remove_reservation, inst.network, Reservation(inst.mac, inst.ip, inst.name)))
+    (engine.console_dir / f"{inst.name}.log").unlink(missing_ok=True)
+    return problems
+
+
+@dataclass(frozen=True)
+class Orphans:
+    """What libvirt holds for a set that the store does not know: owned domains, volumes
+    and DHCP reservations of instanceIds the store has no row for."""
+
+    domains: tuple[str, ...] = ()
+    volumes: tuple[str, ...] = ()
+    reservations: tuple[tuple[str, Reservation], ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.domains or self.volumes or self.reservations)
+
+    def describe(self) -> str:
+        parts = [f"{len(things)} {what}" for what, things in (
+            ("domain(s)", self.domains), ("volume(s)", self.volumes),
+            ("DHCP reservation(s)", self.reservations)) if things]
+        return ", ".join(parts)
+
+
+async def find_orphans(engine: Engine, set_name: str, *, known: set[int], networks: set[str],
+                       domains: list[DomainInfo]) -> Orphans:
+    """Objects of ``set_name`` in libvirt whose instanceId is not in ``known``: a domain
+    (of ``domains``, as listed by the caller) by its ownership metadata, a volume or
+    reservation by a name only this set's instances get (``<set>-<id>-os<k>.qcow2``
+    cannot belong to set ``<set>-<id>``)."""
+    def orphan_id(match: re.Match[str] | None) -> bool:
+        return match is not None and int(match.group(1)) not in known
+
+    prefix = re.escape(set_name)
+    owned = tuple(d.name for d in domains
+                  if d.owner is not None and d.owner.set_name == set_name
+                  and d.owner.instance_id not in known)
+    volumes = tuple(sorted(v for v in await _volumes(engine) if orphan_id(
+        re.fullmatch(prefix + r"-(\d+)-(?:os\d*\.qcow2|seed\.iso|data\d+\.qcow2)", v))))
+    reservations: list[tuple[str, Reservation]] = []
+    for net in sorted(networks):
+        reservations.extend((net, r) for r in await engine.io(engine.hv.list_reservations, net)
+                            if orphan_id(re.fullmatch(prefix + r"-(\d+)", r.name)))
+    return Orphans(owned, volumes, tuple(reservations))
+
+
+async def remove_orphans(engine: Engine, orphans: Orphans) -> list[str]:
+    """Remove what ``find_orphans`` found; returns the problems met (collected)."""
+    hv, pool = engine.hv, engine.settings.pool
+    problems: list[str] = []
+    for name in orphans.domains:
+        await _attempt(problems, f"domain {name}", lambda name=name: engine.io(hv.destroy, name))  # type: ignore[misc]
+        await _attempt(problems, f"domain {name}", lambda name=name: engine.io(hv.undefine, name))  # type: ignore[misc]
+    for vol in orphans.volumes:
+        await _attempt(problems, f"volume {vol}",
+                       lambda vol=vol: engine.io(hv.delete_volume, pool, vol))  # type: ignore[misc]
+    for net, res in orphans.reservations:
+        await _attempt(problems, f"reservation {res.name}",
+                       lambda net=net, res=res: engine.io(hv.remove_reservation, net, res))  # type: ignore[misc]
+    return problems
+
+
+# --- model changes, rollback, reimage --------------------------------------------------------
+async def _fresh_overlay(engine: Engine, name: str, image: Image) -> None:
+    """A new overlay on ``image``; one left by an interrupted attempt is replaced."""
+    hv, pool = engine.hv, engine.settings.pool
+    if name in await _volumes(engine):
+        await engine.io(hv.delete_volume, pool, name)
+    await engine.io(hv.create_overlay, pool, name=name, backing_path=str(image.disk),
+                    backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
+
+
+async def _ensure_data_disks(engine: Engine, inst: InstanceRecord, model: Model) -> None:
+    """Create the data disks the model names and the instance lacks; existing ones are kept
+    (a lun dropped from the model is detached, its volume kept until the instance goes)."""
+    names = InstanceNames(inst.name)
+    existing = await _volumes(engine)
+    for dd in model.data_disks:
+        if names.data_volume(dd.lun) not in existing:
+            await engine.io(engine.hv.create_volume, engine.settings.pool,
+                            name=names.data_volume(dd.lun), capacity_bytes=dd.size_gib * GIB)
+
+
+async def _drop_volume(engine: Engine, name: str) -> None:
+    if name:
+        await engine.io(engine.hv.delete_volume, engine.settings.pool, name)
+
+
+@journaled("apply-model")
+async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, generation: int,
+                      image: Image) -> InstanceRecord:
+    """Bring one instance to ``model`` in place: same instanceId, name, MAC, IP, data disks.
+
+    Graceful power-off (destroy after the shutdown timeout); a new OS overlay when the image
+    changes, the old one kept for rollback until ``commit_model``; the domain redefined and
+    started. Returns the updated record; waiting for health is the caller's.
+    """
+    await _check_not_foreign(engine, inst)
+    await power_off(engine, inst.name)
+    changes = model_changes(inst, generation=generation, image=image)
+    # an OS disk kept from an earlier change that was never committed is of no use now
+    await _drop_volume(engine, inst.prev_os_volume)
+    if changes["os_volume"] != inst.os_volume:
+        await _fresh_overlay(engine, str(changes["os_volume"]), image)
+    await _ensure_data_disks(engine, inst, model)
+    # Recorded only once the domain runs the new model: after a crash before that, the
+    # instance still shows its old generation, so the next upgrade redoes it (every step
+    # above is safe to repeat) instead of skipping a half-done instance.
+    candidate = dataclasses.replace(inst, **changes)  # type: ignore[arg-type]
+    await _define(engine, candidate, model, image)
+    await engine.io(engine.hv.start, inst.name)
+    return engine.store.update_instance(inst, **changes)
+
+
+def model_changes(inst: InstanceRecord, *, generation: int, image: Image) -> dict[str, object]:
+    """What ``apply_model`` records of an instance brought to ``generation``: a new image
+    gets the next OS disk, the current one kept for rollback."""
+    changes: dict[str, object] = {
+        "prev_generation": inst.model_generation, "prev_image": inst.image,
+        "model_generation": generation, "image": image.ref, "prev_os_volume": "",
+        "os_volume": inst.os_volume,
+        # booted anew: the health of the previous model says nothing of this one
+        "health": {},
+    }
+    if image.ref != inst.image:
+        changes.update(os_volume=InstanceNames(inst.name).next_os_volume(inst.os_volume),
+                       prev_os_volume=inst.os_volume)
+    return changes
+
+
+async def adopt_generation(engine: Engine, inst: InstanceRecord, *, generation: int,
+                           image: Image) -> InstanceRecord | None:
+    """The domain says ``generation`` where the store says another: a process was killed
+    between redefining the domain and recording it (``apply_model``, ``rollback``).
+    Libvirt's word is taken: the store records what ``apply_model`` would have, uncommitted,
+    so the kept OS disk still allows a rollback. None if the disks that state needs are
+    not there (then nothing is changed)."""
+    changes = model_changes(inst, generation=generation, image=image)
+    needed = {str(changes["os_volume"]), str(changes["prev_os_volume"])} - {""}
+    if not needed <= await _volumes(engine):
+        return None
+    return engine.store.update_instance(inst, **changes)
+
+
+async def commit_model(engine: Engine, inst: InstanceRecord) -> InstanceRecord:
+    """The instance proved healthy on its new model: the previous OS disk can go."""
+    with engine.step(inst, "commit-model"):
+        await _drop_volume(engine, inst.prev_os_volume)
+        return engine.store.update_instance(inst, prev_os_volume="", prev_generation=0,
+                                            prev_image="")
+
+
+@journaled("rollback")
+async def rollback(engine: Engine, inst: InstanceRecord, *, model: Model,
+                   image: Image) -> InstanceRecord:
+    """Return an instance to its previous generation (``model``/``image`` are that
+    generation's): the kept OS disk is swapped back in, the failed one deleted."""
+    if not inst.prev_generation:
+        raise OperationFailed(f"{inst.name} has no previous model to return to")
+    await power_off(engine, inst.name)
+    failed_volume = inst.os_volume if inst.prev_os_volume else ""
+    inst = engine.store.update_instance(
+        inst, model_generation=inst.prev_generation, image=inst.prev_image,
+        os_volume=inst.prev_os_volume or inst.os_volume, prev_os_volume="",
+        prev_generation=0, prev_image="", health={})
+    await _define(engine, inst, model, image)
+    await _drop_volume(engine, failed_volume)
+    await engine.io(engine.hv.start, inst.name)
+    return inst
+
+
+async def reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile: Model,
+                  image: Image, admin_key: str, all_disks: bool = False) -> InstanceRecord:
+    """Restore the OS disk to ``image``: a fresh overlay, a fresh cloud-init instance-id and
+    host key (from ``profile``, the latest model's OS profile); data disks kept unless
+    ``all_disks``. ``model`` is the instance's own generation (hardware).
+
+    The new identity is recorded first, with status ``reimaging``: a reimage interrupted at
+    any point is finished by ``finish_reimage`` (recovery does so), never half-done.
+    """
+    await _check_not_foreign(engine, inst)
+    await _drop_volume(engine, inst.prev_os_volume)  # an uncommitted earlier disk is of no use now
+    host_key = ssh.generate_keypair(f"{inst.name} host key")
+    inst = engine.store.update_instance(
+        inst, status=REIMAGING_ALL_DISKS if all_disks else REIMAGING,
+        os_volume=InstanceNames(inst.name).next_os_volume(inst.os_volume),
+        prev_os_volume=inst.os_volume, prev_generation=0, prev_image="",
+        host_key_public=host_key.public_openssh, host_key_private=host_key.private_openssh,
+        seed_instance_id=new_seed_id(inst.set_name, inst.instance_id), health={})
+    return await finish_reimage(engine, inst, model=model, profile=profile, image=image,
+                                admin_key=admin_key)
+
+
+@journaled("reimage")
+async def finish_reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile: Model,
+                         image: Image, admin_key: str) -> InstanceRecord:
+    """Carry out the reimage recorded on ``inst``; every step is safe to repeat."""
+    hv, pool = engine.hv, engine.settings.pool
+    await power_off(engine, inst.name)
+    names = InstanceNames(inst.name)
+    await _fresh_overlay(engine, inst.os_volume, image)
+    if inst.status == REIMAGING_ALL_DISKS:
+        for vol in sorted(await _volumes(engine)):
+            if vol.startswith(f"{inst.name}-data") and names.owns_volume(vol):
+                await engine.io(hv.delete_volume, pool, vol)
+    await _ensure_data_disks(engine, inst, model)
+    seed = cloudinit.build_seed_iso(seed_content(inst, profile, admin_key=admin_key))
+    await engine.io(hv.upload_volume, pool, name=names.seed_volume, data=seed)
+    await _define(engine, inst, model, image)
+    await _drop_volume(engine, inst.prev_os_volume)
+    inst = engine.store.update_instance(inst, status="active", prev_os_volume="")
+    await engine.io(hv.start, inst.name)
+    return inst

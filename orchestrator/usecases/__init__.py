@@ -1,0 +1,2 @@
+"""The use cases of the controller: what a command (or the controller loop) does to a scale
+set, in which order, under one lock. See docs/architecture.md for who owns what."""

@@ -3,6 +3,9 @@ creates and deletes, recorded model changes, dead rolling-upgrade drivers, crash
 
 from __future__ import annotations
 
+import subprocess
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -279,3 +282,40 @@ def test_the_next_command_on_a_set_resumes_what_a_killed_one_left(
     assert restart["status"] == "succeeded"
     assert [(s["instance"], s["step"]) for s in restart["steps"]] == [
         ("web-2", "teardown"), ("web-0", "power-off"), ("web-0", "start")]
+
+
+def _zombie() -> subprocess.Popen[bytes]:
+    """A child that has exited and is not reaped: ``kill(pid, 0)`` still finds it."""
+    child = subprocess.Popen(["true"])
+    deadline = time.monotonic() + 10
+    stat = Path(f"/proc/{child.pid}/stat")
+    while stat.read_text().split(")")[-1].split()[0] != "Z":
+        assert time.monotonic() < deadline, "the child never exited"
+        time.sleep(0.01)
+    return child
+
+
+def test_a_killed_driver_that_lingers_as_a_zombie_is_resumed_at_once(
+        world: World, upgrades: Upgrades) -> None:
+    """A `vmss update` SIGKILLed mid-batch on a host whose PID 1 does not reap: its pid
+    still exists, but its lock is gone, and the next pass resumes the upgrade."""
+    create(world, capacity=2)
+    upgrades.update("web", {"model": {"image": "tiny:2"}}, wait=False)
+    zombie = _zombie()
+    try:
+        op_id = world.store.start_operation("web", "update", {}, now="x")
+        world.store._db.execute("UPDATE operations SET pid=? WHERE id=?", (zombie.pid, op_id))
+        row = world.store.add_rolling_upgrade(
+            "web", target_generation=2, policy=world.service.spec_of(
+                world.store.get_set("web")).upgrade_policy.rolling_upgrade_policy.to_json_dict(),
+            progress={}, now="x")
+        world.store.update_rolling_upgrade(row, detail={"pid": zombie.pid, "batches": []})
+
+        report = Reconciler(upgrades).run_pass()
+    finally:
+        zombie.wait()
+    assert any("resuming an interrupted rolling upgrade" in a for a in report.actions), report
+    assert {i.model_generation for i in world.store.list_instances("web")} == {2}
+    assert upgrades.latest_status("web")["runningStatus"]["code"] == "Completed"
+    op = next(o for o in world.service.operations_view("web") if o["id"] == op_id)
+    assert op["status"] == "interrupted"

@@ -68,7 +68,8 @@ class LabStatus:
 
 
 def detect_domain_type(sys_root: Path = Path("/sys")) -> str:
-    """``kvm`` only with a real KVM host module; ``kvm_pvm`` hangs guests here (DESIGN §3)."""
+    """``kvm`` only with a real KVM host module (``kvm_intel``/``kvm_amd``): under others,
+    such as ``kvm_pvm``, stock Debian guest kernels hang in early boot."""
     module = sys_root / "module"
     if (module / "kvm_intel").exists() or (module / "kvm_amd").exists():
         return "kvm"

@@ -1,7 +1,7 @@
 """The ``orch`` command line (click): parse flags, call the service, render the result.
 
 Owned here: the assembly of the command tree. ``app`` holds the group, global options and
-error mapping; ``images``, ``vmss`` and ``labcmds`` hold the commands (SPEC §5). No logic
+error mapping; ``images``, ``vmss`` and ``labcmds`` hold the commands (``orch --help``). No logic
 beyond turning flags into specs: that lives in ``service`` and ``upgrades``.
 """
 

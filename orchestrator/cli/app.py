@@ -110,7 +110,8 @@ class AppContext:
             log=self.progress,
         )
         service = Service(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
-        # the next command on a set first finishes what a killed one left (SPEC §7)
+        # the next command on a set first finishes what a killed one left
+        # (docs/semantics.md#crash-safety)
         service.after_lock = Reconciler(Upgrades(service)).on_lock
         return service
 

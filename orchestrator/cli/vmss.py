@@ -1,4 +1,4 @@
-"""`orch vmss ...`: scale sets and their instances, mirroring `az vmss` (SPEC §5)."""
+"""`orch vmss ...`: scale sets and their instances, mirroring `az vmss` (docs/semantics.md)."""
 
 from __future__ import annotations
 

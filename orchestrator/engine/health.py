@@ -1,8 +1,8 @@
 """Instance health: the state machine, the SSH prober, and the concurrent probe loops.
 
-Owned here: ``HealthState`` and its transitions (SPEC §4), the persisted (JSON) form of a
-``HealthRecord``, how a probe result is classified,
-how often instances are probed, and when a wait for health ends. Called by
+Owned here: ``HealthState`` and its transitions (docs/semantics.md#health), the persisted
+(JSON) form of a ``HealthRecord``, how a probe result is classified, how often instances are
+probed, and when a wait for health ends. Called by
 ``engine.operations`` and ``engine.policy`` drivers (wait until instances are settled after a
 create, upgrade or reimage), by ``service`` (``list-instances`` refreshes with ``probe_once``)
 and by ``engine.reconcile``.

@@ -2,7 +2,8 @@
 and pool XML, pid-file and /proc checks, and the status record.
 
 Owned here: everything about the lab that needs no root, no subprocess and no daemon, so it
-is unit-tested directly. Called by ``lab`` (which acts on the host) and by tests.
+is unit-tested directly.
+Called by: lab (which acts on the host; and the tests)
 """
 
 from __future__ import annotations

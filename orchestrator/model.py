@@ -5,7 +5,10 @@ Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
 (docs/semantics.md#scale-sets), the declarative-file schema (docs/semantics.md#declarative-file,
 ``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
-Called by ``cli`` (flags → spec), ``service`` (stores specs as JSON) and ``store``.
+Called by: cli.images, cli.vmss, engine.operations, engine.policy, images, service, simworld,
+upgrades
+The CLI turns flags and files into specs; ``service`` and ``upgrades`` store them as JSON and
+read them back; the others read models, image references and rolling policies.
 
 Field names are snake_case in Python and camelCase in JSON/YAML (the keys of
 docs/semantics.md#model), via aliases.

@@ -1,8 +1,9 @@
 """Rendering for the command line: tables (rich), JSON, YAML, and progress lines.
 
 Owned here: how data looks on stdout (``render``), and ``ProgressPrinter``, the callable that
-hands progress lines of long work to ``logs`` (which owns how they look on stderr). Called by
-``cli`` only; knows nothing of the domain.
+hands progress lines of long work to ``logs`` (which owns how they look on stderr). Knows
+nothing of the domain.
+Called by: cli.app, cli.vmss
 """
 
 from __future__ import annotations

@@ -2,8 +2,9 @@
 
 Owned here: everything that touches asyncssh (this is the ONLY module importing it), key pair
 generation, the private key files' safety rules, and the translation of SSH failures into
-``orchestrator.errors``. Called by ``engine.health`` (probes), ``engine.operations`` (host keys
-for the seed), ``service`` (run-command) and ``cli`` (``orch vmss ssh``).
+``orchestrator.errors``.
+Called by: cli.vmss, engine.health, engine.operations, service (``orch vmss ssh``; probes; host
+keys for the seed; admin keys and run-command)
 
 Rules kept here so no caller can get them wrong:
 

@@ -2,9 +2,13 @@
 instances, operations and events.
 
 Owned here: the schema, its migrations, and typed rows (``ImageRecord``, ``SetRecord``,
-``InstanceRecord``, ``OperationRecord``). Called by ``images`` and ``service``; the engine gets
-records from the service. Each public method is one transaction; ``transaction()`` groups
-several. The database file is created 0600: it holds instances' SSH host private keys.
+``InstanceRecord``, ``OperationRecord``). Each public method is one transaction;
+``transaction()`` groups several. The database file is created 0600: it holds instances' SSH
+host private keys.
+Called by: cli.app, engine.operations, images, metrics, plan, reconcile, service, simworld,
+upgrades
+``cli.app`` opens it; the others read and write records through it (``metrics`` and ``plan``
+only read the real one; the dry run writes to a copy).
 """
 
 from __future__ import annotations

@@ -5,7 +5,9 @@ Owned here: global options and their environment variables (``--state-dir``,
 ``--log-format``), how a command reaches the service (``AppContext``), table columns, writing
 the metrics file once a command has ended (``AppContext.write_metrics``), and the mapping of
 errors to one line on stderr plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict,
-4 environment). Called by the command modules of this package; ``main`` is the console script.
+4 environment, 130 interrupted; docs/semantics.md#exit-codes).
+Called by: cli, cli.images, cli.labcmds, cli.vmss (``main``, re-exported by ``cli``, is the
+console script)
 """
 
 from __future__ import annotations

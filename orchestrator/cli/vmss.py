@@ -1,4 +1,11 @@
-"""`orch vmss ...`: scale sets and their instances, mirroring `az vmss` (docs/semantics.md)."""
+"""`orch vmss ...`: scale sets and their instances, mirroring `az vmss` (docs/semantics.md),
+and `orch controller run`.
+
+Owned here: those commands, their flags and how flags become specs and changes (instance id
+lists, files read for ``--custom-data`` and ``--ssh-key-value``, declarative files for
+``apply``); ``service``, ``upgrades``, ``plan`` and ``reconcile`` do the work.
+Called by: cli (importing it registers the commands)
+"""
 
 from __future__ import annotations
 

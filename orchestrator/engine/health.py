@@ -2,10 +2,12 @@
 
 Owned here: ``HealthState`` and its transitions (docs/semantics.md#health), the persisted
 (JSON) form of a ``HealthRecord``, how a probe result is classified, how often instances are
-probed, and when a wait for health ends. Called by
-``engine.operations`` and ``engine.policy`` drivers (wait until instances are settled after a
-create, upgrade or reimage), by ``service`` (``list-instances`` refreshes with ``probe_once``)
-and by ``engine.reconcile``.
+probed, and when a wait for health ends.
+Called by: cli.app, engine.simulate, service, simworld, upgrades
+``service`` waits until instances are settled after a create, scale, power action, upgrade or
+reimage (``wait_settled``) and refreshes views and batch checks with ``probe_once``;
+``upgrades`` and ``simworld`` read the states; ``cli.app`` makes the ``SshProber``;
+``engine.simulate`` implements the ``Prober`` protocol for the fake world.
 
 The state machine (``advance``, ``settle``, ``is_settled``) is pure: it is given the time, it
 reads no clock, so it is table- and property-tested. The loops read time only through the

@@ -4,7 +4,8 @@ batch by batch, with a predicted duration, changing nothing.
 Owned here: ``make_plan`` and the plan document it returns (keys ``name``, ``mode``,
 ``maxSurge``, ``fromGeneration``, ``toGeneration``, ``batches``, ``predictedSeconds``,
 ``outcome`` = Completed | Faulted | NothingToDo | Manual, ``error``, ``thresholds``,
-``assumptions``, ``instances``, ``notes``). Called by ``cli.vmss`` (``vmss plan``) only.
+``assumptions``, ``instances``, ``notes``).
+Called by: cli.vmss (``vmss plan``)
 
 Simulated, not re-derived: the real ``Upgrades`` code runs in a ``simworld.SimWorld`` (a copy
 of the store, a fake hypervisor mirroring the set, a fake clock), so Automatic, Rolling in

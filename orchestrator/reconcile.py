@@ -2,8 +2,9 @@
 what the store says it should be, and act — finish or undo interrupted work, roll out model
 changes of Automatic and Rolling sets, and repair instances that should run but do not.
 
-Owned here: the order of those checks and what each one does. Called by ``cli`` only; acts
-through ``service`` and ``upgrades`` so that every action follows the same steps as the
+Owned here: the order of those checks and what each one does.
+Called by: cli.app, cli.vmss
+It acts through ``service`` and ``upgrades`` so that every action follows the same steps as the
 commands that started it. Observed libvirt state wins over the store where they disagree.
 """
 

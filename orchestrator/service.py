@@ -3,8 +3,9 @@ instance views, run-command and ssh.
 
 Owned here: the order of steps of each use case, the per-set lock, waiting for health after
 an action, and the JSON views (``set_view``, ``instance_view``) that the CLI renders.
-Called by ``cli`` only; calls ``engine.operations`` (per-instance steps), ``engine.health``
-(probing), ``images``, ``store`` and the ``Hypervisor`` seam.
+Called by: cli.app, plan, simworld, upgrades
+It calls ``engine.operations`` (per-instance steps), ``engine.health`` (probing), ``images``,
+``store`` and the ``Hypervisor`` seam.
 """
 
 from __future__ import annotations

@@ -8,8 +8,9 @@ bytes and the network's reservations and leases of the real host; a ``FakeProber
 the instances unhealthy now unhealthy), what is read of the real host (``Observed``,
 ``observe``: read-only calls only) and the boot and shutdown times assumed (``Timings``,
 ``measure_timings``: this set's stored boot-to-Healthy times, else stated defaults).
-Called by ``plan``; built from ``hypervisor.fake``, ``engine.simulate`` and ``clock.FakeClock``
-(the fakes the unit tests use), with the real ``Service`` and ``Upgrades`` on top.
+Called by: plan
+Built from ``hypervisor.fake``, ``engine.simulate`` and ``clock.FakeClock`` (the fakes the unit
+tests use), with the real ``Service`` and ``Upgrades`` on top.
 """
 
 from __future__ import annotations

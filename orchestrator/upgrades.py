@@ -4,8 +4,9 @@ their status (``rolling-upgrade get-latest``) and cancel.
 
 Owned here: the order of steps of each, the rolling-upgrade driver loop (batches acted on
 concurrently, health thresholds between them, pause, cancel, rollback) and the surge
-capacity check. Called by ``cli`` (and ``service.apply`` for model changes); uses
-``engine.policy`` to choose batches and ``engine.operations`` to act on instances.
+capacity check.
+Called by: cli.app, reconcile, simworld
+It uses ``engine.policy`` to choose batches and ``engine.operations`` to act on instances.
 """
 
 from __future__ import annotations

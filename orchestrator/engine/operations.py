@@ -4,8 +4,8 @@ idempotent: run twice, or after a crash half-way, it converges on the same resul
 Owned here: the ``Engine`` context (hypervisor, store, registry, clock, settings), how an
 instance's resources are named (``InstanceNames``), address and MAC allocation, the domain
 built for an instance (``build_domain``), and the steps themselves.
-Called by ``service`` (and later by the reconcile loop). Waiting for health is not here:
-see ``engine.health``.
+Called by: cli.app, reconcile, service, simworld, upgrades
+Waiting for health is not here: see ``engine.health``.
 
 Everything an instance owns is named after its domain name ``<set>-<instanceId>``:
 volumes ``<name>-os.qcow2``, ``<name>-data<lun>.qcow2``, ``<name>-seed.iso``; the DHCP

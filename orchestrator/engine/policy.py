@@ -2,9 +2,9 @@
 rolling upgrade must stop (SPEC §2, following the seed document).
 
 Owned here: percent arithmetic and its stated rounding, the order of pending instances,
-batch selection, and the two health thresholds. Called by ``engine.upgrade`` (the driver
-that acts on real or fake hypervisors); it reads no clock and touches nothing, so property
-tests exercise it with any inputs.
+batch selection, and the two health thresholds.
+Called by: upgrades (the driver that acts on real or fake hypervisors)
+It reads no clock and touches nothing, so property tests exercise it with any inputs.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """The injectable clock: the only place real time is read or waited on.
 
 Owned here: ``Clock`` (the protocol), ``RealClock`` and ``FakeClock``.
-Called by the engine (health grace periods, probe intervals, timeouts), the service and ssh
-wrappers. Tests inject ``FakeClock`` so minutes-long timeouts pass in milliseconds.
+Called by: cli.app, cli.images, dryrun.simworld, engine.context, engine.health,
+engine.simulate, hypervisor.fake, ssh, usecases.session, usecases.watch
+They use it for health grace periods, probe intervals, timeouts and time stamps. Tests and dry
+runs inject ``FakeClock`` so minutes-long timeouts pass in milliseconds.
 """
 
 from __future__ import annotations

@@ -2,8 +2,8 @@
 
 Owned here: the seed's content (``SeedContent``), merging a user's ``customData`` into what the
 controller generates, and packing the seed into an ISO 9660 image labelled ``cidata``
-(``genisoimage``, the tool cloud-localds uses). Called by ``engine.operations`` when an
-instance is created or reimaged, and by ``model`` to validate ``customData`` early.
+(``genisoimage``, the tool cloud-localds uses).
+Called by: engine.steps, model
 
 The user-data is ``#cloud-config`` YAML in one canonical shape, so that real cloud-init
 (debian-12) and the tiny image's small init (images/tiny/rootfs/usr/lib/orch/nocloud.sh)

@@ -1,10 +1,17 @@
 """The one exception tree of orchestrator.
 
 Owned here: every error the product raises on purpose, and the exit code each maps to.
-Raised by every module; foreign errors (libvirt, asyncssh, sqlite, OSError, subprocess) are
-translated at the module that imports the foreign library, with ``raise ... from``.
-Caught in one place: ``cli.main``, which prints ``error: <message>`` on one line and exits
-with ``exit_code``.
+Raised across the package; foreign errors (libvirt, asyncssh, sqlite, OSError, subprocess)
+are translated at the module that imports the foreign library, with ``raise ... from``.
+Turned into output in one place: ``cli.app.main``, which prints ``error: <message>`` on one
+line and exits with ``exit_code`` (docs/semantics.md#exit-codes); other modules catch them
+only to collect, record or translate them.
+Called by: cli.app, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld, engine.addresses,
+engine.context, engine.health, engine.steps, hypervisor.base, hypervisor.fake,
+hypervisor.libvirt, hypervisor.retry, images, lab, labconfig, locks, metrics, model, ssh,
+store, usecases.controller, usecases.recovery, usecases.removal, usecases.rolling,
+usecases.rollout, usecases.session, usecases.sets, usecases.updates, usecases.views,
+usecases.watch
 
     OrchError                       exit 1   base; "the operation ran and failed"
     ├── InvalidInput                exit 2   bad flags, names, specs, files; nothing was changed

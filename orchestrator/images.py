@@ -3,8 +3,11 @@
 Owned here: building images from the recipes under ``images/`` (``build``), importing a
 downloaded disk (``import_image``), inspecting disk files with ``qemu-img info`` (format
 pinned, no backing file or data-file inside), verifying that a registered image has not
-changed (``verify``), and deleting. Called by ``cli`` (image commands) and ``service``
-(resolve and verify the model's image before any instance is touched).
+changed (``verify``), and deleting.
+Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.steps,
+usecases.session, usecases.sets, usecases.watch
+``cli.app`` hands the ``Registry`` to the image commands and the engine; the use cases resolve
+and verifies the model's image before any instance is touched.
 
 Layout: ``<state>/images/<name>/<version>/{disk.qcow2, vmlinuz?, initrd.img?, manifest.json}``,
 directories 0755 and files 0644 so that libvirt's qemu user can read them.

@@ -3,11 +3,12 @@
 Owned here: the ``orchlab`` network namespace, the virtlogd and libvirtd daemons started in it
 (tracked by pid files under ``<state_dir>/lab/``), the isolated libvirt network ``orchlab`` and
 the ``dir`` storage pool ``orchlab``; the environment ``orch lab exec`` gives its command.
-Called by ``cli.py`` (``orch lab up|down|status|exec``) and by tests that need a real lab.
+Called by: cli.app, cli.labcmds (``orch lab up|down|status|exec``, the domain type ``auto``
+picks; and the tests that need a real lab)
 
 Why a namespace: on these machines traffic to private addresses is only allowed inside a
-namespace the project made itself (DESIGN §3), so libvirtd (and the dnsmasq and qemu it spawns)
-live in ``orchlab``; libvirt's unix socket is a file, so ``virsh`` works from anywhere.
+namespace the project made itself (README, *The lab*), so libvirtd (and the dnsmasq and qemu it
+spawns) live in ``orchlab``; libvirt's unix socket is a file, so ``virsh`` works from anywhere.
 
 libvirt is driven through the ``virsh`` CLI here, never the Python binding: the libvirt adapter
 (``hypervisor/libvirt.py``) is the only module importing libvirt. XML is built with ElementTree.
@@ -209,7 +210,8 @@ def _netns_pids() -> list[int]:
 
 
 def _ensure_dirs(state_dir: Path) -> None:
-    """State dir, lab/ and pool/ must be traversable by libvirt-qemu (DESIGN §3)."""
+    """State dir, lab/ and pool/ must be traversable by libvirt-qemu, which opens the
+    images and volumes under them."""
     try:
         for path in (state_dir, lab_dir(state_dir), pool_dir(state_dir)):
             path.mkdir(mode=0o711, parents=True, exist_ok=True)
@@ -418,7 +420,7 @@ def lab_up(state_dir: Path, *, progress: Progress = _no_progress) -> LabStatus:
     _ensure_netns(progress)
     _ensure_dirs(state_dir)
     _ensure_kvm_device_mode(progress)
-    # virtlogd first: without its socket libvirtd cannot start domains (DESIGN §3).
+    # virtlogd first: without its socket libvirtd cannot start domains ("virtlogd-sock").
     _ensure_daemon(_VIRTLOGD, state_dir, progress)
     _ensure_daemon(_LIBVIRTD, state_dir, progress)
     _wait_libvirt_answers(state_dir)

@@ -2,7 +2,8 @@
 and pool XML, pid-file and /proc checks, and the status record.
 
 Owned here: everything about the lab that needs no root, no subprocess and no daemon, so it
-is unit-tested directly. Called by ``lab`` (which acts on the host) and by tests.
+is unit-tested directly.
+Called by: lab (which acts on the host; and the tests)
 """
 
 from __future__ import annotations
@@ -68,7 +69,8 @@ class LabStatus:
 
 
 def detect_domain_type(sys_root: Path = Path("/sys")) -> str:
-    """``kvm`` only with a real KVM host module; ``kvm_pvm`` hangs guests here (DESIGN §3)."""
+    """``kvm`` only with a real KVM host module (``kvm_intel``/``kvm_amd``): under others,
+    such as ``kvm_pvm``, stock Debian guest kernels hang in early boot."""
     module = sys_root / "module"
     if (module / "kvm_intel").exists() or (module / "kvm_amd").exists():
         return "kvm"

@@ -1,9 +1,9 @@
 """Advisory locks between orch processes: one writer per scale set, one per image registry.
 
 Owned here: ``hold``, an exclusive, non-blocking ``flock`` on a lock file that records who
-holds it. Called by ``service`` (per set) and ``images`` (the registry of a state dir). The
-kernel drops a lock when its process dies, so a lock of a killed process is taken over by
-the next one without any clean-up.
+holds it. The kernel drops a lock when its process dies, so a lock of a killed process is
+taken over by the next one without any clean-up.
+Called by: images, usecases.session
 """
 
 from __future__ import annotations

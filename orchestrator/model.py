@@ -1,12 +1,18 @@
 """The scale-set model: what a user declares, validated once, then immutable.
 
 Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
-``RollingUpgradePolicy``, ``HealthProbe``, ``DataDisk``), the name rules of SPEC §1, the
-declarative-file schema of SPEC §6 (``ScaleSetDocument``) and the translation of pydantic's
+``RollingUpgradePolicy``, ``HealthProbe``, ``DataDisk``), the name rules
+(docs/semantics.md#scale-sets), the declarative-file schema (docs/semantics.md#declarative-file,
+``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
-Called by ``cli`` (flags → spec), ``service`` (stores specs as JSON) and ``store``.
+Called by: cli.images, cli.vmss, dryrun.simworld, engine.addresses, engine.policy,
+engine.steps, images, usecases.rolling, usecases.session, usecases.sets, usecases.updates,
+usecases.views, usecases.watch
+The CLI turns flags and files into specs; the use cases store them as JSON and
+read them back; the others read models, image references and rolling policies.
 
-Field names are snake_case in Python and camelCase in JSON/YAML (SPEC's keys), via aliases.
+Field names are snake_case in Python and camelCase in JSON/YAML (the keys of
+docs/semantics.md#model), via aliases.
 """
 
 from __future__ import annotations
@@ -241,7 +247,7 @@ class _DocumentSpec(Model):
 
 
 class ScaleSetDocument(_Base):
-    """One YAML document of ``orch vmss apply -f`` (SPEC §6)."""
+    """One YAML document of ``orch vmss apply -f`` (docs/semantics.md#declarative-file)."""
 
     api_version: Literal["orchestrator/v1"]
     kind: Literal["ScaleSet"]
@@ -270,7 +276,7 @@ _M = TypeVar("_M", bound=BaseModel)
 def validate(cls: type[_M], data: Any, *, where: str = "") -> _M:
     """Validate ``data`` as ``cls``; pydantic's error becomes one InvalidInput line."""
     try:
-        # by alias only: the keys of SPEC §6 are camelCase, and `memory_mib` next to
+        # by alias only: the file's keys are camelCase, and `memory_mib` next to
         # `memoryMiB` would be two spellings of one field with a silent winner
         return cls.model_validate(data, by_alias=True, by_name=False)
     except ValidationError as exc:

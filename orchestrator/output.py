@@ -1,8 +1,9 @@
 """Rendering for the command line: tables (rich), JSON, YAML, and progress lines.
 
 Owned here: how data looks on stdout (``render``), and ``ProgressPrinter``, the callable that
-hands progress lines of long work to ``logs`` (which owns how they look on stderr). Called by
-``cli`` only; knows nothing of the domain.
+hands progress lines of long work to ``logs`` (which owns how they look on stderr). Knows
+nothing of the domain.
+Called by: cli.app, cli.vmss
 """
 
 from __future__ import annotations
@@ -69,7 +70,7 @@ def _kv_table(data: dict[str, Any], title: str | None) -> Table:
 
 
 class ProgressPrinter:
-    """The ``Progress`` callable the service, engine and upgrades get: each line goes to the
+    """The ``Progress`` callable the use cases and the engine get: each line goes to the
     ``orchestrator`` logger (``logs``), which prints it on stderr as text or JSON."""
 
     def __init__(self, *, quiet: bool = False) -> None:

@@ -2,9 +2,15 @@
 instances, operations and events.
 
 Owned here: the schema, its migrations, and typed rows (``ImageRecord``, ``SetRecord``,
-``InstanceRecord``, ``OperationRecord``). Called by ``images`` and ``service``; the engine gets
-records from the service. Each public method is one transaction; ``transaction()`` groups
-several. The database file is created 0600: it holds instances' SSH host private keys.
+``InstanceRecord``, ``OperationRecord``). Each public method is one transaction;
+``transaction()`` groups several. The database file is created 0600: it holds instances' SSH
+host private keys.
+Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
+engine.steps, engine.upgrade_state, images, metrics, usecases.recovery, usecases.removal,
+usecases.rolling, usecases.rollout, usecases.session, usecases.sets, usecases.views,
+usecases.watch
+``cli.app`` opens it; the others read and write records through it (``metrics`` and ``dryrun.plan``
+only read the real one; the dry run writes to a copy).
 """
 
 from __future__ import annotations
@@ -237,7 +243,7 @@ class Store:
     def backup_to(self, path: Path) -> None:
         """Copy the whole database into a new file ``path`` (0600; it must not exist) with
         sqlite3's backup API: a consistent snapshot taken under a read lock, this database
-        only read. Called by ``plan``, which simulates an update on the copy."""
+        only read. Called by ``dryrun.plan``, which simulates an update on the copy."""
         try:
             fd = os.open(path, os.O_CREAT | os.O_WRONLY | os.O_EXCL, 0o600)
             os.close(fd)

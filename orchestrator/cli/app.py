@@ -2,13 +2,13 @@
 
 Owned here: global options and their environment variables (``--state-dir``,
 ``--libvirt-uri``, ``--domain-type``, ``-o``, ``--no-wait``, ``-v``, ``--metrics-file``,
-``--log-format``), how a command reaches the service (``AppContext``), table columns, writing
+``--log-format``), how a command reaches the use cases (``AppContext``), table columns, writing
 the metrics file once a command has ended (``AppContext.write_metrics``), the wiring of the
 use cases' collaborators (``AppContext.env``) and the one event loop of a command
 (``AppContext.run``), and the mapping of errors to one line on stderr plus an exit code
 (0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). ``main`` is the console script.
 
-Called by: cli.images, cli.labcmds, cli.vmss
+Called by: cli, cli.images, cli.labcmds, cli.vmss
 """
 
 from __future__ import annotations

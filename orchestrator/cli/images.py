@@ -1,4 +1,9 @@
-"""`orch image ...`: build, import, list, show and delete registered images."""
+"""`orch image ...`: build, import, list, show and delete registered images.
+
+Owned here: the ``orch image`` commands and their flags; the registry (``images``) does the
+work, reached through ``AppContext.registry``.
+Called by: cli (importing it registers the commands)
+"""
 
 from __future__ import annotations
 

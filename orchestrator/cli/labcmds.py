@@ -1,4 +1,8 @@
-"""`orch lab ...`: the sandboxed lab (libvirtd in network namespace orchlab)."""
+"""`orch lab ...`: the sandboxed lab (libvirtd in network namespace orchlab).
+
+Owned here: the ``orch lab`` commands and their flags; ``lab`` does the work.
+Called by: cli (importing it registers the commands)
+"""
 
 from __future__ import annotations
 

@@ -2,7 +2,9 @@
 rolling upgrades, the journal and run-command (docs/semantics.md names them).
 
 Owned here: ``set_json``, ``instance_json``, ``instance_detail_json``, ``rolling_json``,
-``operation_json``, ``command_json``. Called by: cli.vmss
+``operation_json``, ``command_json``.
+
+Called by: cli.vmss
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Owned here: ``InstanceNames`` (every volume an instance owns is named after its 
 (``allocate``: the instance's row is written, status ``creating``, before anything exists
 in libvirt), and the free addresses of a network (``free_addresses``).
 
-Called by: dryrun.simworld, engine.steps, usecases.sets, usecases.rolling, usecases.recovery
+Called by: dryrun.simworld, engine.steps, usecases.rolling, usecases.sets
 """
 
 from __future__ import annotations

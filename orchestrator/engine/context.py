@@ -7,9 +7,7 @@ async step goes through it), and the step journal (``Engine.step``, ``journaled`
 is written ``started`` before it acts and ``done``/``failed`` after, so a step left
 ``started`` names where a killed process stopped.
 
-Called by: dryrun.simworld, engine.addresses, engine.steps, usecases.controller,
-usecases.recovery, usecases.rolling, usecases.rollout, usecases.session, usecases.sets,
-usecases.updates, usecases.views, usecases.watch, cli.app
+Called by: cli.app, dryrun.simworld, engine.addresses, engine.steps, usecases.session
 """
 
 from __future__ import annotations

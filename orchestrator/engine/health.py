@@ -1,11 +1,14 @@
 """Instance health: the state machine, the SSH prober, and the concurrent probe loops.
 
-Owned here: ``HealthState`` and its transitions (SPEC §4), the persisted (JSON) form of a
-``HealthRecord``, how a probe result is classified,
-how often instances are probed, and when a wait for health ends. Called by
-``engine.operations`` and ``engine.policy`` drivers (wait until instances are settled after a
-create, upgrade or reimage), by ``service`` (``list-instances`` refreshes with ``probe_once``)
-and by ``engine.reconcile``.
+Owned here: ``HealthState`` and its transitions (docs/semantics.md#health), the persisted
+(JSON) form of a ``HealthRecord``, how a probe result is classified, how often instances are
+probed, and when a wait for health ends.
+Called by: cli.app, dryrun.simworld, engine.simulate, usecases.controller, usecases.rolling,
+usecases.rollout, usecases.session, usecases.views, usecases.watch
+``usecases.watch`` waits until instances are settled after a create, scale, power action,
+upgrade or reimage (``wait_settled``) and refreshes views and batch checks with
+``probe_once``; the other use cases and ``dryrun.simworld`` read the states; ``cli.app`` makes the ``SshProber``;
+``engine.simulate`` implements the ``Prober`` protocol for the fake world.
 
 The state machine (``advance``, ``settle``, ``is_settled``) is pure: it is given the time, it
 reads no clock, so it is table- and property-tested. The loops read time only through the

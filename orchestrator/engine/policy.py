@@ -7,8 +7,8 @@ pending instances, batch selection, the two health thresholds, and what a breach
 (``on_breach``). It reads no clock and touches nothing, so property tests exercise it with
 any inputs; the drivers in ``usecases`` act on its verdicts.
 
-Called by: dryrun.plan, usecases.controller, usecases.rolling, usecases.rollout,
-usecases.sets, usecases.updates
+Called by: dryrun.plan, usecases.controller, usecases.rolling, usecases.sets,
+usecases.updates
 """
 
 from __future__ import annotations

@@ -4,6 +4,7 @@ Owned here: ``FakeProber``. Used with ``hypervisor.fake.FakeHypervisor`` and
 ``clock.FakeClock`` by the unit tests and by dry runs, so the same engine and health code
 runs in milliseconds. A guest answers once it has been running ``boot_seconds``; its health
 command fails when its name is in ``unhealthy`` or its image is in ``broken_images``.
+Called by: dryrun.simworld
 """
 
 from __future__ import annotations

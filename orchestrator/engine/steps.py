@@ -7,8 +7,8 @@ Owned here: the domain built for an instance (``build_domain``), the seed it get
 (``seed_content``), the steps themselves, and ``Orphans``. Waiting for health is not here
 (``usecases.watch``), nor the order of steps of a use case (``usecases``).
 
-Called by: dryrun.simworld, usecases.recovery, usecases.rolling, usecases.rollout,
-usecases.sets, usecases.controller
+Called by: dryrun.simworld, usecases.controller, usecases.recovery, usecases.removal,
+usecases.rollout, usecases.sets
 """
 
 from __future__ import annotations

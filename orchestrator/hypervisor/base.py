@@ -2,9 +2,12 @@
 
 Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, and the plain records
 that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
-``NetworkInfo``). Implemented by ``hypervisor.libvirt`` (the real daemon) and
-``hypervisor.fake`` (in memory, with fault injection). Called by ``engine.operations`` and
-``service``; nothing above this seam imports libvirt.
+``NetworkInfo``). Implemented by ``hypervisor.libvirt`` (the real daemon),
+``hypervisor.fake`` (in memory, with fault injection) and ``hypervisor.retry`` (a wrapper);
+nothing above this seam imports libvirt.
+Called by: dryrun.plan, dryrun.simworld, engine.addresses, engine.context, engine.steps,
+hypervisor.fake, hypervisor.libvirt, hypervisor.retry, usecases.controller,
+usecases.session, usecases.sets, usecases.views, usecases.watch
 
 Every method is synchronous and quick (no method waits for a guest): waiting is the
 engine's job, done by polling ``domain_state`` against the injected clock.

@@ -2,8 +2,10 @@
 
 Owned here: ``Domain`` and its parts (``DirectKernelBoot``, ``Disk``, ``BackingStore``,
 ``Interface``), ``Ownership`` (our metadata), ``to_xml`` and ``parse_owner``.
-Called by ``engine.operations`` (builds a ``Domain`` per instance) and by the hypervisor
-adapters (``to_xml`` for libvirt, ``parse_owner`` to read our metadata back).
+Called by: engine.steps, hypervisor.base, hypervisor.fake, hypervisor.libvirt
+``engine.steps`` builds a ``Domain`` per instance; ``hypervisor.base`` passes ``Domain``
+and ``Ownership`` across the seam; the adapters use ``to_xml`` for libvirt and ``parse_owner``
+to read our metadata back.
 
 XML is produced with ElementTree only, never by string formatting, so names and paths can
 never inject markup. Element order is fixed so that golden files (tests/unit/golden) are

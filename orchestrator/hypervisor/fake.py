@@ -18,6 +18,8 @@ Owned here: ``FakeHypervisor``. Used by unit tests (with ``clock.FakeClock``) an
 Fault injection (``fail_next``, ``crash``, ``set_ignores_acpi``, ``set_unavailable``,
 ``set_pool_capacity``) and introspection (``domains``, ``calls``, ``volume_backing``,
 ``volume_data``) serve the tests. Everything is synchronous; time moves only with the clock.
+
+Called by: dryrun.simworld, engine.simulate
 """
 
 from __future__ import annotations

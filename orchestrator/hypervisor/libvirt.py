@@ -3,7 +3,8 @@
 Owned here: ``LibvirtHypervisor``, the one table mapping libvirt domain states to
 ``PowerState``, and the one function translating ``libvirt.libvirtError`` into
 ``orchestrator.errors``. This is the ONLY module of the project that imports ``libvirt``.
-Called by ``service`` / ``engine`` through the ``Hypervisor`` protocol (``hypervisor.base``).
+Called by: cli.app (which makes the adapter; the use cases and the engine reach it only through
+the ``Hypervisor`` protocol of ``hypervisor.base``)
 
 Every verb is synchronous and idempotent where the protocol says so ("already off", "already
 missing" are not errors). Domain XML comes from ``domainxml.Domain.to_xml``; volume and

@@ -5,7 +5,7 @@ the call fails with ``HypervisorUnavailable`` (a temporary error) after the daem
 reached once, waits with exponential backoff and tries again, until ``give_up_after``
 seconds have passed; then the error stands. A daemon never reached fails at once: that is
 "libvirtd is not running", which a wait would only hide.
-Called by ``cli`` around the libvirt adapter, whose connection reopens itself when it died.
+Called by: cli.app (around the libvirt adapter, whose connection reopens itself when it died)
 Every protocol verb is idempotent, so repeating one whose reply was lost is safe.
 """
 

@@ -7,7 +7,7 @@ capacity changes outside scale, a surge the host has no room for), recording it 
 change makes a new generation), and rolling it out as ``policy.rollout_of`` says — in the
 same session: one lock, one journal entry, one resume check, images verified once.
 
-Called by: cli.vmss, usecases.controller
+Called by: cli.vmss, dryrun.plan, usecases.controller
 """
 
 from __future__ import annotations

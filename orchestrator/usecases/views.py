@@ -7,7 +7,7 @@ not running has no health), and the read-only use cases ``show_set``, ``list_set
 ``list_instances`` (one probe round first), ``instance_view``, ``operations``,
 ``endpoint`` and ``run_command``.
 
-Called by: cli.vmss, usecases.rolling, usecases.sets, usecases.updates
+Called by: cli.render, cli.vmss, usecases.sets, usecases.updates
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ instance's SSH user), ``record_boot``, ``await_health``, ``probe_round``, ``Moni
 is ``engine.health``'s.
 
 Called by: usecases.controller, usecases.recovery, usecases.rolling, usecases.rollout,
-usecases.sets, usecases.views
+usecases.sets, usecases.updates, usecases.views
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """Shared machinery of the rolling-upgrade property tests: a scenario (capacity, policy,
 failure pattern), a fake world set up for it, a watcher that checks the availability and
-surge invariants after every hypervisor call, and an independent model of SPEC §2 that
-predicts the batches and the final status.
+surge invariants after every hypervisor call, and an independent model of the rolling rules
+(docs/semantics.md#rolling) that predicts the batches and the final status.
 
 Owned here: ``Scenario``, ``Prediction``/``predict``, ``Watcher``, ``Run``/``prepare``,
 ``leaks``. Used by the modules of ``tests/property``; uses ``tests.unit.conftest.make_world``
@@ -38,8 +38,8 @@ class Runaway(AssertionError):
 
 
 def batch_limit(capacity: int, percent: int) -> int:
-    """SPEC §2 stated independently of ``engine.policy``: percent of capacity, rounded down,
-    at least 1."""
+    """docs/semantics.md#rounding stated independently of ``engine.policy``: percent of
+    capacity, rounded down, at least 1."""
     return max(1, capacity * percent // 100)
 
 
@@ -95,10 +95,10 @@ class Prediction:
 
 
 def predict(s: Scenario, *, max_batches: int = 200) -> Prediction:
-    """What SPEC §2 says a rolling upgrade of ``s`` does, written from the spec, not from
-    ``engine.policy``: batches in instanceId order (unhealthy first if prioritized), the
-    unhealthy threshold over all instances before each batch, the upgraded threshold over
-    every instance upgraded so far after each batch."""
+    """What docs/semantics.md#rolling says a rolling upgrade of ``s`` does, written from the
+    document, not from ``engine.policy``: batches in instanceId order (unhealthy first if
+    prioritized), the unhealthy threshold over all instances before each batch, the upgraded
+    threshold over every instance upgraded so far after each batch."""
     gen = {i: (2 if i in s.pre_upgraded else 1) for i in range(s.capacity)}
     healthy = {i: (not s.broken if i in s.pre_upgraded else i not in s.pre_unhealthy)
                for i in range(s.capacity)}
@@ -144,7 +144,7 @@ def predict(s: Scenario, *, max_batches: int = 200) -> Prediction:
             out.code, out.fault = "Faulted", "upgraded"
             break
     if out.code == "Faulted" and s.rollback and not s.surge:
-        # SPEC §2: on Faulted, the failed instances return to the previous model
+        # docs/semantics.md#rollback: on Faulted, the failed instances return to the previous model
         for i in out.all_failed:
             gen[i], healthy[i] = 1, i not in s.pre_unhealthy
     out.generation, out.healthy = gen, healthy

@@ -1,6 +1,7 @@
 """Crash injection: every operation is killed at every point where it changes the hypervisor
 and, separately, before every store write (each a journal point),
-then `orch controller run --once` resumes, and the invariants of SPEC §7 are checked.
+then `orch controller run --once` resumes, and the invariants of docs/semantics.md#crash-safety
+are checked.
 
 A kill is modelled as a SIGKILL would be: at the chosen point a ``Killed``
 (BaseException, so no ``except OrchError`` swallows it) is raised, and from then on every

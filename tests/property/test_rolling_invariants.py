@@ -1,7 +1,8 @@
-"""Property tests of rolling upgrades (SPEC §2, §7) on the fake hypervisor and fake clock:
-random capacities, policies and failure patterns; after every hypervisor call the watcher
-checks the availability floor (in place) or the surge ceiling; at the end the batches and
-the status must be what an independent model of the spec predicts, and nothing may leak.
+"""Property tests of rolling upgrades (docs/semantics.md#rolling and #availability) on the
+fake hypervisor and fake clock: random capacities, policies and failure patterns; after every
+hypervisor call the watcher checks the availability floor (in place) or the surge ceiling; at
+the end the batches and the status must be what an independent model of the rules predicts,
+and nothing may leak.
 """
 
 from __future__ import annotations

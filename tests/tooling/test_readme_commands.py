@@ -1,6 +1,7 @@
-"""Every `orch` command the README shows exists, with the options it is shown with.
+"""Every `orch` command the README and docs/semantics.md show exists, with the options it is
+shown with.
 
-Reads the README's indented command lines and its inline code spans (``orch ...``,
+Reads each document's indented command lines and its inline code spans (``orch ...``,
 ``.venv/bin/orch ...``, also after ``orch lab exec --``), walks the click command tree from
 ``orchestrator.cli.cli`` and checks each subcommand name and each ``--option``; continuation
 lines (ending in a backslash) are joined. Synopsis lines (``create | apply``,
@@ -18,12 +19,14 @@ import click
 from orchestrator.cli import cli
 
 README = Path(__file__).resolve().parents[2] / "README.md"
+SEMANTICS = README.parent / "docs" / "semantics.md"
 ORCH = re.compile(r"(?:^|\s)(?:\.venv/bin/)?orch(?=\s)")
 
 
-def documented_commands() -> list[str]:
-    """The ``orch ...`` invocations of the README's indented blocks, one per command."""
-    lines = README.read_text().splitlines()
+def documented_commands(document: Path = README) -> list[str]:
+    """The ``orch ...`` invocations of a document's indented blocks and code spans, one per
+    command; fenced blocks (``` ... ```, YAML examples) are left out."""
+    lines = _without_fences(document.read_text().splitlines())
     found: list[str] = []
     joined = ""
     for line in lines:
@@ -49,6 +52,17 @@ def documented_commands() -> list[str]:
         if starts and not any(c in span for c in "|[") and "..." not in span:
             found.append((" " + span + " ")[starts[-1]:].strip())
     return found
+
+
+def _without_fences(lines: list[str]) -> list[str]:
+    kept: list[str] = []
+    fenced = False
+    for line in lines:
+        if line.startswith("```"):
+            fenced = not fenced
+        elif not fenced:
+            kept.append(line)
+    return kept
 
 
 def check(argv: list[str]) -> list[str]:
@@ -96,6 +110,14 @@ def test_readme_shows_orch_commands() -> None:
 
 def test_every_documented_command_and_option_exists() -> None:
     problems = [f"`orch {c}`: {p}" for c in documented_commands()
+                for p in check(shlex.split(c, comments=True))]
+    assert not problems, "\n".join(problems)
+
+
+def test_every_command_of_the_semantics_exists() -> None:
+    commands = documented_commands(SEMANTICS)
+    assert any(c.startswith("vmss rolling-upgrade cancel") for c in commands), commands
+    problems = [f"`orch {c}`: {p}" for c in commands
                 for p in check(shlex.split(c, comments=True))]
     assert not problems, "\n".join(problems)
 

@@ -1,4 +1,5 @@
-"""SPEC §7 "Bad input": a corpus of malformed and hostile input, each refused the same way.
+"""Bad input (docs/semantics.md#bad-input): a corpus of malformed and hostile input, each
+refused the same way.
 
 Every case runs the real command line in-process against a state dir that already holds a
 registered image (``tiny:1``, a real qcow2 imported with qemu-img) and a scale set (``web``,

@@ -98,5 +98,6 @@ def test_recipe_scripts_are_shellcheck_clean() -> None:
         proc = subprocess.run(["shellcheck", "-x", *scripts], capture_output=True, text=True,
                               check=False)
     except FileNotFoundError:
-        pytest.skip("shellcheck is not installed")
+        pytest.fail("shellcheck is not installed: `make test-packages` installs it (as root; "
+                    "`make test` and `make test-fast` run it)", pytrace=False)
     assert proc.returncode == 0, proc.stdout

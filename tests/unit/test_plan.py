@@ -1,6 +1,7 @@
-"""`orch vmss plan` (SPEC §5) on the fake world: what an update would do, batch by batch,
-predicted by running the real upgrade code on a simulated copy; each prediction is checked
-against the real (fake-hypervisor) update run afterwards, and the plan changes nothing."""
+"""`orch vmss plan` (docs/semantics.md#status) on the fake world: what an update would do,
+batch by batch, predicted by running the real upgrade code on a simulated copy; each
+prediction is checked against the real (fake-hypervisor) update run afterwards, and the plan
+changes nothing."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
-"""Faults on real tiny VMs (SPEC §7): the CLI SIGKILLed in the middle of a rolling upgrade
-(in place and with MaxSurge) and resumed by ``orch controller run --once``; an sshd that
-accepts TCP but never answers; a VM destroyed behind the controller's back mid-upgrade.
+"""Faults on real tiny VMs (docs/semantics.md#crash-safety): the CLI SIGKILLed in the middle
+of a rolling upgrade (in place and with MaxSurge) and resumed by ``orch controller run
+--once``; an sshd that accepts TCP but never answers; a VM destroyed behind the controller's
+back mid-upgrade.
 
 Each test boots at most 3 instances (2 cores, TCG), bounds every command with a time-out,
 and ends by checking that libvirt holds exactly the objects expected: one domain, one OS
@@ -32,7 +33,7 @@ pytestmark = pytest.mark.vm
 
 NOTHING: dict[str, list[str]] = {"domains": [], "volumes": [], "hosts": []}
 VERSION = ". /etc/os-release; echo $VERSION_ID"
-PROBE_TIMEOUT = 5.0  # the healthProbe default (SPEC §4); the sets below keep it
+PROBE_TIMEOUT = 5.0  # the healthProbe default (docs/semantics.md#probe); kept by the sets below
 # In place, batches of 1 of 3 (34% rounds down to 1).
 ROLLING_3 = ("--upgrade-policy-mode", "Rolling", "--max-batch-instance-percent", "34",
              "--max-unhealthy-instance-percent", "34")

@@ -28,6 +28,8 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator.model import MAX_CAPACITY  # the most instances a scale set may have
+
 ORCH = str(Path(sys.executable).with_name("orch"))
 PROGRESS = re.compile(r"^\[\s*(?P<t>[0-9.]+)s\] (?P<msg>.*)$")
 BATCH = re.compile(r"^(?P<set>[a-z0-9-]+): batch (?P<n>\d+): instances (?P<ids>[0-9, ]+) \((?P<how>[a-z ]+)\)$")
@@ -230,15 +232,21 @@ def report(run: Run, *, args: argparse.Namespace, command_wall: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
-    parser.add_argument("--instances", type=int, default=4, help="instances in the set [4]")
+    parser.add_argument("--instances", type=int, default=4,
+                        help=f"instances in the set (1..{MAX_CAPACITY}, a scale set's capacity) [4]")
     parser.add_argument("--batch-percent", type=int, default=20,
                         help="maxBatchInstancePercent (5..100) [20]")
     parser.add_argument("--surge", action="store_true", help="maxSurge: new instances first")
     parser.add_argument("--pause-seconds", type=int, default=0, help="pause between batches [0]")
     parser.add_argument("-v", "--verbose", action="store_true", help="echo the CLI's progress lines")
     args = parser.parse_args(argv)
-    if not 1 <= args.instances <= 20 or not 5 <= args.batch_percent <= 100 or args.pause_seconds < 0:
-        parser.error("--instances 1..20, --batch-percent 5..100, --pause-seconds >= 0")
+    if not 1 <= args.instances <= MAX_CAPACITY:
+        parser.error(f"--instances must be 1..{MAX_CAPACITY} (a scale set's capacity), "
+                     f"not {args.instances}")
+    if not 5 <= args.batch_percent <= 100:
+        parser.error(f"--batch-percent must be 5..100, not {args.batch_percent}")
+    if args.pause_seconds < 0:
+        parser.error(f"--pause-seconds must be >= 0, not {args.pause_seconds}")
     if os.environ.get("ORCH_IN_LAB") != "1":
         print("run inside the lab: .venv/bin/orch lab exec -- .venv/bin/python bench/rolling.py",
               file=sys.stderr)

@@ -21,7 +21,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator.errors import Conflict, EnvironmentProblem, InvalidInput, OrchError
+from orchestrator.errors import Conflict, EnvironmentProblem, Gone, InvalidInput, OrchError
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.service import Service
 from orchestrator.simworld import SimWorld, Timings, build_world, measure_timings, observe
@@ -91,7 +91,7 @@ def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,
             upgrades.start_rolling(set_name, allow_surge_fallback=allow_surge_fallback)
         elif mode == "Automatic":
             upgrades.upgrade_all(set_name)
-    except (InvalidInput, Conflict, EnvironmentProblem):
+    except (InvalidInput, Conflict, EnvironmentProblem, Gone):
         raise  # refused before acting, as the real update would be
     except OrchError as exc:
         failure = exc.one_line()

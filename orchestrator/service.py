@@ -34,6 +34,7 @@ from orchestrator.engine.health import (
     wait_settled,
 )
 from orchestrator.errors import (
+    Gone,
     InvalidInput,
     NotFound,
     OperationFailed,
@@ -226,11 +227,11 @@ class Service:
         """Fail before anything is made if the network or pool does not exist."""
         try:
             self.hv.network_info(model.network)
-        except NotFound as exc:
+        except Gone as exc:
             raise InvalidInput(f"network {model.network} does not exist in libvirt") from exc
         try:
             self.hv.pool_info(self.engine.settings.pool)
-        except NotFound as exc:
+        except Gone as exc:
             raise InvalidInput(
                 f"storage pool {self.engine.settings.pool} does not exist in libvirt"
             ) from exc

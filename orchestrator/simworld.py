@@ -26,7 +26,7 @@ from orchestrator.clock import FakeClock
 from orchestrator.engine.health import HealthState, record_from_json
 from orchestrator.engine.operations import GIB, Engine, InstanceNames, Settings, build_domain
 from orchestrator.engine.simulate import FakeProber
-from orchestrator.errors import HypervisorError, NotFound
+from orchestrator.errors import Gone, HypervisorError, NotFound
 from orchestrator.hypervisor.base import (
     Hypervisor,
     NetworkInfo,
@@ -253,7 +253,7 @@ def _mirror_instance(world: SimWorld, inst: InstanceRecord, *, state: PowerState
     hv.create_overlay(pool, name=inst.os_volume, backing_path=str(image.disk),
                       backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
     if inst.prev_os_volume:
-        with contextlib.suppress(NotFound):
+        with contextlib.suppress(NotFound, Gone):
             prev = engine.registry.get(inst.prev_image) if inst.prev_image else image
             hv.create_overlay(pool, name=inst.prev_os_volume, backing_path=str(prev.disk),
                               backing_format="qcow2", capacity_bytes=max(prev.virtual_size, 1))

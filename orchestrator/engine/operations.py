@@ -28,7 +28,7 @@ from typing import Concatenate, ParamSpec, TypeVar
 
 from orchestrator import cloudinit, ssh
 from orchestrator.clock import Clock, iso
-from orchestrator.errors import HypervisorError, NotFound, OperationFailed, OrchError
+from orchestrator.errors import Gone, HypervisorError, OperationFailed, OrchError
 from orchestrator.hypervisor.base import (
     DomainInfo,
     Hypervisor,
@@ -366,7 +366,7 @@ def _attempt(problems: list[str], what: str, fn: Callable[[], None]) -> None:
     other error is noted in ``problems``."""
     try:
         fn()
-    except NotFound:
+    except Gone:
         pass
     except OrchError as exc:
         problems.append(f"{what}: {exc.message}")

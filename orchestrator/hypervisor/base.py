@@ -8,8 +8,12 @@ that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservatio
 
 Every method is synchronous and quick (no method waits for a guest): waiting is the
 engine's job, done by polling ``domain_state`` against the injected clock.
-Errors: ``errors.NotFound`` for a missing object, ``errors.HypervisorError`` for a refusal,
-``errors.HypervisorUnavailable`` when the daemon cannot be reached.
+Errors: ``errors.Gone`` (a ``HypervisorError``, exit 1) for a domain, pool, network or volume
+that is not there, ``errors.HypervisorError`` for a refusal, ``errors.HypervisorUnavailable``
+when the daemon cannot be reached; ``errors.InvalidInput`` only for arguments the seam refuses
+before acting (an unsafe volume name, an unknown upload format). Never ``errors.NotFound``:
+that is for names the user gave (sets, instances, images); a use case that checks a
+user-named network or pool turns ``Gone`` into ``InvalidInput`` itself.
 """
 
 from __future__ import annotations
@@ -111,7 +115,12 @@ class PoolInfo:
 
 
 class Hypervisor(Protocol):
-    """What the engine needs from a hypervisor, and nothing more."""
+    """What the engine needs from a hypervisor, and nothing more.
+
+    A verb that names a domain, pool or network that is not there raises ``errors.Gone``
+    (exit 1: met while acting, not bad input), unless its docstring says otherwise ("missing
+    already: no error", ``PowerState.MISSING``, None). An object may vanish between two
+    verbs, or inside one (undefined by hand): that is ``Gone`` too."""
 
     @property
     def uri(self) -> str: ...

@@ -27,7 +27,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from orchestrator.clock import Clock
-from orchestrator.errors import HypervisorError, HypervisorUnavailable, InvalidInput, NotFound
+from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import (
     DomainInfo,
     NetworkInfo,
@@ -226,25 +226,25 @@ class FakeHypervisor:
     def _record(self, name: str) -> _DomainRecord:
         rec = self._records.get(name)
         if rec is None:
-            raise NotFound(f"domain {name}: Domain not found")
+            raise Gone(f"domain {name}: Domain not found")
         return rec
 
     def _pool(self, pool: str) -> _Pool:
         p = self._pools.get(pool)
         if p is None:
-            raise NotFound(f"storage pool {pool}: Storage pool not found")
+            raise Gone(f"storage pool {pool}: Storage pool not found")
         return p
 
     def _volume(self, pool: str, name: str) -> _Volume:
         vol = self._pool(pool).volumes.get(name)
         if vol is None:
-            raise NotFound(f"volume {name} in pool {pool}: Storage volume not found")
+            raise Gone(f"volume {name} in pool {pool}: Storage volume not found")
         return vol
 
     def _network(self, network: str) -> _Network:
         net = self._networks.get(network)
         if net is None:
-            raise NotFound(f"network {network}: Network not found")
+            raise Gone(f"network {network}: Network not found")
         return net
 
     def _settle(self, rec: _DomainRecord) -> None:

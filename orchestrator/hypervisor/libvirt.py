@@ -23,10 +23,10 @@ from typing import Any
 import libvirt
 
 from orchestrator.errors import (
+    Gone,
     HypervisorError,
     HypervisorUnavailable,
     InvalidInput,
-    NotFound,
     OrchError,
 )
 from orchestrator.hypervisor.base import (
@@ -62,10 +62,10 @@ POWER_STATES: dict[int, PowerState] = {
 
 # Error codes whose meaning does not depend on context.
 _ERROR_KINDS: dict[int, type[OrchError]] = {
-    libvirt.VIR_ERR_NO_DOMAIN: NotFound,
-    libvirt.VIR_ERR_NO_STORAGE_VOL: NotFound,
-    libvirt.VIR_ERR_NO_NETWORK: NotFound,
-    libvirt.VIR_ERR_NO_STORAGE_POOL: NotFound,
+    libvirt.VIR_ERR_NO_DOMAIN: Gone,
+    libvirt.VIR_ERR_NO_STORAGE_VOL: Gone,
+    libvirt.VIR_ERR_NO_NETWORK: Gone,
+    libvirt.VIR_ERR_NO_STORAGE_POOL: Gone,
     libvirt.VIR_ERR_NO_CONNECT: HypervisorUnavailable,
     libvirt.VIR_ERR_INVALID_CONN: HypervisorUnavailable,
     libvirt.VIR_ERR_RPC: HypervisorUnavailable,
@@ -225,7 +225,7 @@ class LibvirtHypervisor:
             # domain of that name: a redefinition must carry the existing domain's UUID.
             try:
                 existing = self._domain(domain.name)
-            except NotFound:
+            except Gone:
                 pass
             else:
                 with self._errors(f"UUID of domain {domain.name}"):
@@ -275,7 +275,7 @@ class LibvirtHypervisor:
     def undefine(self, name: str) -> None:
         try:
             dom = self._domain(name)
-        except NotFound:
+        except Gone:
             return
         with self._errors(f"undefine domain {name}"):
             if dom.isActive():
@@ -296,12 +296,12 @@ class LibvirtHypervisor:
     def domain_state(self, name: str) -> PowerState:
         try:
             dom = self._domain(name)
-        except NotFound:
+        except Gone:
             return PowerState.MISSING
         try:
             with self._errors(f"state of domain {name}"):
                 state, reason = dom.state()
-        except NotFound:
+        except Gone:
             return PowerState.MISSING
         return self._power_state(int(state), int(reason))
 
@@ -317,7 +317,7 @@ class LibvirtHypervisor:
             dom = self._domain(name)
             with self._errors(f"XML of domain {name}"):
                 return parse_owner(str(dom.XMLDesc(0)))
-        except NotFound:
+        except Gone:
             return None
 
     def list_domains(self) -> list[DomainInfo]:
@@ -331,7 +331,7 @@ class LibvirtHypervisor:
                     name = str(dom.name())
                     state, reason = dom.state()
                     owner = parse_owner(str(dom.XMLDesc(0)))
-            except NotFound:
+            except Gone:
                 continue  # undefined while we were listing
             out.append(DomainInfo(name, self._power_state(int(state), int(reason)), owner))
         return sorted(out, key=lambda d: d.name)
@@ -422,7 +422,7 @@ class LibvirtHypervisor:
         try:
             with self._errors(f"delete volume {name} in pool {pool}"):
                 p.storageVolLookupByName(name).delete(0)
-        except NotFound:
+        except Gone:
             return
 
     @_storage
@@ -437,7 +437,7 @@ class LibvirtHypervisor:
             try:
                 with self._errors(f"inspect volume in pool {pool}"):
                     out.append(self._volume_info(vol))
-            except NotFound:
+            except Gone:
                 continue  # deleted while we were listing
         return sorted(out, key=lambda v: v.name)
 

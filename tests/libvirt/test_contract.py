@@ -16,14 +16,15 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import libvirt
 import pytest
 
 from orchestrator.clock import FakeClock
-from orchestrator.errors import HypervisorError, HypervisorUnavailable, InvalidInput, NotFound
+from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import Hypervisor, PowerState, Reservation
 from orchestrator.hypervisor.domainxml import BackingStore, Disk, Domain, Interface, Ownership
 from orchestrator.hypervisor.fake import FakeHypervisor
-from orchestrator.hypervisor.libvirt import LibvirtHypervisor
+from orchestrator.hypervisor.libvirt import LibvirtHypervisor, translate_error
 
 POOL = "default"
 POOL_PATH = "/var/lib/orch-contract-pool"
@@ -143,12 +144,15 @@ def test_undefine_of_a_running_domain_is_refused(h: Harness) -> None:
     assert h.hv.domain_state("web-1") is PowerState.RUNNING
 
 
-def test_verbs_on_a_missing_domain_raise_not_found(h: Harness) -> None:
+def test_verbs_on_a_missing_domain_raise_gone(h: Harness) -> None:
     assert h.hv.domain_state("nope") is PowerState.MISSING
     assert h.hv.domain_owner("nope") is None
+    h.hv.undefine("nope")  # missing already: no error
     for verb in (h.hv.start, h.hv.shutdown, h.hv.destroy):
-        with pytest.raises(NotFound):
+        with pytest.raises(Gone) as info:
             verb("nope")
+        # a hypervisor object that is not there is not bad input: exit 1, not 2
+        assert not isinstance(info.value, InvalidInput) and info.value.exit_code == 1
 
 
 def test_ownership_metadata_round_trips(h: Harness) -> None:
@@ -179,7 +183,7 @@ def test_network_info(h: Harness) -> None:
     default = h.hv.network_info("default")
     assert (default.gateway, default.prefix) == ("192.168.122.1", 24)
     assert (default.dhcp_start, default.dhcp_end) == ("192.168.122.2", "192.168.122.254")
-    with pytest.raises(NotFound):
+    with pytest.raises(Gone):
         h.hv.network_info("nope")
 
 
@@ -218,11 +222,19 @@ def test_conflicting_reservation_is_refused_and_names_the_holder(
     assert h.hv.list_reservations("orchlab") == [mine]
 
 
-def test_reservations_on_a_missing_network_raise_not_found(h: Harness) -> None:
-    with pytest.raises(NotFound):
-        h.hv.list_reservations("nope")
-    with pytest.raises(NotFound):
-        h.hv.add_reservation("nope", Reservation("52:54:00:00:00:01", "10.0.0.2", "x"))
+def test_verbs_on_a_missing_network_raise_gone(h: Harness) -> None:
+    r = Reservation("52:54:00:00:00:01", "10.0.0.2", "x")
+    calls: list[Callable[[], object]] = [
+        lambda: h.hv.network_info("nope"),
+        lambda: h.hv.list_reservations("nope"),
+        lambda: h.hv.leased_addresses("nope"),
+        lambda: h.hv.add_reservation("nope", r),
+        lambda: h.hv.remove_reservation("nope", r),
+    ]
+    for call in calls:
+        with pytest.raises(Gone) as info:
+            call()
+        assert not isinstance(info.value, InvalidInput) and info.value.exit_code == 1
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -263,13 +275,20 @@ def test_unsafe_volume_names_are_invalid_input(h: Harness, bad: str) -> None:
         h.hv.delete_volume(POOL, bad)
 
 
-def test_missing_pool_raises_not_found(h: Harness) -> None:
-    with pytest.raises(NotFound):
-        h.hv.pool_info("nope")
-    with pytest.raises(NotFound):
-        h.hv.list_volumes("nope")
-    with pytest.raises(NotFound):
-        h.hv.create_volume("nope", name="x.qcow2", capacity_bytes=MiB)
+def test_verbs_on_a_missing_pool_raise_gone(h: Harness) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: h.hv.pool_info("nope"),
+        lambda: h.hv.list_volumes("nope"),
+        lambda: h.hv.create_volume("nope", name="x.qcow2", capacity_bytes=MiB),
+        lambda: h.hv.create_overlay("nope", name="x.qcow2", backing_path=BASE_IMAGE,
+                                    backing_format="qcow2", capacity_bytes=MiB),
+        lambda: h.hv.upload_volume("nope", name="x.iso", data=b"x", fmt="iso"),
+        lambda: h.hv.delete_volume("nope", "x.qcow2"),
+    ]
+    for call in calls:
+        with pytest.raises(Gone) as info:
+            call()
+        assert not isinstance(info.value, InvalidInput) and info.value.exit_code == 1
 
 
 def test_upload_volume(h: Harness) -> None:
@@ -346,5 +365,28 @@ def test_libvirt_lists_foreign_domains_without_owner() -> None:
         by_name = {d.name: d for d in h.hv.list_domains()}
         assert by_name["test"].owner is None
         assert by_name["test"].state is PowerState.RUNNING
+    finally:
+        h.hv.close()
+
+
+@pytest.mark.libvirt
+def test_libvirt_errors_of_missing_objects_translate_to_gone() -> None:
+    """libvirt's own "no such domain / pool / network / volume" errors, met at any call (an
+    object that vanishes between our lookup and our action), are Gone, never bad input."""
+    h = _libvirt_harness()
+    try:
+        conn: Any = h.hv._connection()  # type: ignore[attr-defined]
+        lookups: dict[str, Callable[[], object]] = {
+            "domain": lambda: conn.lookupByName("nope"),
+            "pool": lambda: conn.storagePoolLookupByName("nope"),
+            "network": lambda: conn.networkLookupByName("nope"),
+            "volume": lambda: conn.storagePoolLookupByName(POOL).storageVolLookupByName("nope"),
+        }
+        for what, lookup in lookups.items():
+            with pytest.raises(libvirt.libvirtError) as raised:
+                lookup()
+            error = translate_error(raised.value, f"look up {what}")
+            assert type(error) is Gone, (what, error)
+            assert error.exit_code == 1 and not error.temporary
     finally:
         h.hv.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from orchestrator.clock import FakeClock
-from orchestrator.errors import HypervisorUnavailable, NotFound
+from orchestrator.errors import Gone, HypervisorUnavailable
 from orchestrator.hypervisor.fake import FakeHypervisor
 from orchestrator.hypervisor.retry import Retrying
 
@@ -44,7 +44,7 @@ def test_other_errors_are_not_retried() -> None:
     hv, slept = make(outage=0.0)  # down until the first wait
     hv.network_info("default")
     assert slept == [0.5]
-    with pytest.raises(NotFound):
+    with pytest.raises(Gone):
         hv.network_info("nowhere")
     assert slept == [0.5]  # a permanent error is raised at once
 

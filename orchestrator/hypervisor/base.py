@@ -1,8 +1,10 @@
 """The narrow seam between orchestrator and a hypervisor.
 
-Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, and the plain records
+Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, the plain records
 that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
-``NetworkInfo``). Implemented by ``hypervisor.libvirt`` (the real daemon) and
+``NetworkInfo``), and the rules every adapter follows, stated once: ``check_volume_name``,
+``check_backing_format``, ``UPLOAD_FORMATS`` / ``check_upload_format``, ``reservation_present``
+and ``UNAVAILABLE_HINT`` (the hint of every ``HypervisorUnavailable``). Implemented by ``hypervisor.libvirt`` (the real daemon) and
 ``hypervisor.fake`` (in memory, with fault injection). Called by ``engine.operations`` and
 ``service``; nothing above this seam imports libvirt.
 
@@ -22,10 +24,12 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.errors import HypervisorError
+from orchestrator.errors import HypervisorError, InvalidInput
 from orchestrator.hypervisor.domainxml import Domain, Ownership
 
 __all__ = [
+    "UNAVAILABLE_HINT",
+    "UPLOAD_FORMATS",
     "DomainInfo",
     "Hypervisor",
     "NetworkInfo",
@@ -34,9 +38,18 @@ __all__ = [
     "PowerState",
     "Reservation",
     "VolumeInfo",
+    "check_backing_format",
+    "check_upload_format",
+    "check_volume_name",
     "reservation_present",
     "same_mac",
 ]
+
+# The hint of every HypervisorUnavailable an adapter raises.
+UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
+
+# The formats ``Hypervisor.upload_volume`` accepts.
+UPLOAD_FORMATS: tuple[str, ...] = ("raw", "iso", "qcow2")
 
 
 class PowerState(str, enum.Enum):
@@ -73,6 +86,24 @@ class Reservation:
     mac: str
     ip: str
     name: str
+
+
+def check_volume_name(name: str) -> None:
+    """InvalidInput unless ``name`` is a safe volume name (no path, not hidden, not empty)."""
+    if not name or "/" in name or name.startswith(".") or "\x00" in name:
+        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
+
+
+def check_backing_format(name: str, backing_format: str) -> None:
+    """InvalidInput unless an overlay's backing format is given: it is pinned, never probed."""
+    if not backing_format:
+        raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+
+
+def check_upload_format(name: str, fmt: str) -> None:
+    """InvalidInput unless ``fmt`` is one of ``UPLOAD_FORMATS``."""
+    if fmt not in UPLOAD_FORMATS:
+        raise InvalidInput(f"upload {name}: format {fmt!r} not one of {', '.join(UPLOAD_FORMATS)}")
 
 
 def same_mac(a: str, b: str) -> bool:

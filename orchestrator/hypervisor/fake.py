@@ -29,12 +29,16 @@ from dataclasses import dataclass, field
 from orchestrator.clock import Clock
 from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import (
+    UNAVAILABLE_HINT,
     DomainInfo,
     NetworkInfo,
     PoolInfo,
     PowerState,
     Reservation,
     VolumeInfo,
+    check_backing_format,
+    check_upload_format,
+    check_volume_name,
     reservation_present,
     same_mac,
 )
@@ -62,7 +66,6 @@ _METHODS = frozenset({
     "add_reservation", "remove_reservation", "leased_addresses",
 })  # fmt: skip
 
-_UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
 
 
 @dataclass
@@ -107,11 +110,6 @@ class _Network:
     info: NetworkInfo
     reservations: list[Reservation] = field(default_factory=list)
     leases: dict[str, str] = field(default_factory=dict)
-
-
-def _check_volume_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or "\x00" in name:
-        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
 
 
 
@@ -218,7 +216,7 @@ class FakeHypervisor:
     def _enter(self, method: str, name: str) -> None:
         self.calls.append((method, name))
         if self._unavailable:
-            raise HypervisorUnavailable(f"{method} {name}: hypervisor unavailable", hint=_UNAVAILABLE_HINT)
+            raise HypervisorUnavailable(f"{method} {name}: hypervisor unavailable", hint=UNAVAILABLE_HINT)
         pending = self._failures.get(method)
         if pending:
             raise pending.pop(0)
@@ -385,9 +383,8 @@ class FakeHypervisor:
         self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
     ) -> VolumeInfo:
         self._enter("create_overlay", name)
-        _check_volume_name(name)
-        if not backing_format:
-            raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+        check_volume_name(name)
+        check_backing_format(name, backing_format)
         path = self._path_in(pool, name)
         vol = _Volume(name, path, "qcow2", capacity_bytes, min(OVERLAY_ALLOCATION, capacity_bytes),
                       backing=(backing_path, backing_format))
@@ -395,23 +392,22 @@ class FakeHypervisor:
 
     def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
         self._enter("create_volume", name)
-        _check_volume_name(name)
+        check_volume_name(name)
         # Data disks count their full size, so surge planning errs on the safe side.
         vol = _Volume(name, self._path_in(pool, name), "qcow2", capacity_bytes, capacity_bytes)
         return self._add_volume(pool, vol)
 
     def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
         self._enter("upload_volume", name)
-        _check_volume_name(name)
-        if fmt not in ("raw", "iso", "qcow2"):
-            raise InvalidInput(f"upload {name}: format {fmt!r} not one of raw, iso, qcow2")
+        check_volume_name(name)
+        check_upload_format(name, fmt)
         self._pool(pool).volumes.pop(name, None)
         vol = _Volume(name, self._path_in(pool, name), fmt, len(data), len(data), data=bytes(data))
         return self._add_volume(pool, vol)
 
     def delete_volume(self, pool: str, name: str) -> None:
         self._enter("delete_volume", name)
-        _check_volume_name(name)
+        check_volume_name(name)
         self._pool(pool).volumes.pop(name, None)
 
     def list_volumes(self, pool: str) -> list[VolumeInfo]:

@@ -26,24 +26,25 @@ from orchestrator.errors import (
     Gone,
     HypervisorError,
     HypervisorUnavailable,
-    InvalidInput,
     OrchError,
 )
 from orchestrator.hypervisor.base import (
+    UNAVAILABLE_HINT,
     DomainInfo,
     NetworkInfo,
     PoolInfo,
     PowerState,
     Reservation,
     VolumeInfo,
+    check_backing_format,
+    check_upload_format,
+    check_volume_name,
     reservation_present,
     same_mac,
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership, parse_owner
 
 __all__ = ["POWER_STATES", "LibvirtHypervisor", "translate_error"]
-
-UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
 
 # libvirt prints every error to stderr by default; we translate them instead.
 libvirt.registerErrorHandler(lambda *_args: None, None)
@@ -86,7 +87,6 @@ _UNDEFINE_FLAG_SETS = (
 )
 
 _UPLOAD_CHUNK = 256 * 1024
-_UPLOAD_FORMATS = ("raw", "iso", "qcow2")
 
 
 def translate_error(
@@ -106,11 +106,6 @@ def translate_error(
     if kind is HypervisorUnavailable:
         return HypervisorUnavailable(message, hint=UNAVAILABLE_HINT)
     return kind(message)
-
-
-def _check_volume_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or "\x00" in name:
-        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
 
 
 def _xml(root: ET.Element) -> str:
@@ -365,9 +360,8 @@ class LibvirtHypervisor:
     def create_overlay(
         self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
     ) -> VolumeInfo:
-        _check_volume_name(name)
-        if not backing_format:
-            raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+        check_volume_name(name)
+        check_backing_format(name, backing_format)
         xml = _volume_xml(
             name, capacity_bytes=capacity_bytes, fmt="qcow2", backing=(backing_path, backing_format)
         )
@@ -375,14 +369,13 @@ class LibvirtHypervisor:
 
     @_storage
     def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
-        _check_volume_name(name)
+        check_volume_name(name)
         return self._create(pool, name, _volume_xml(name, capacity_bytes=capacity_bytes, fmt="qcow2"))
 
     @_storage
     def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
-        _check_volume_name(name)
-        if fmt not in _UPLOAD_FORMATS:
-            raise InvalidInput(f"upload {name}: format {fmt!r} not one of {', '.join(_UPLOAD_FORMATS)}")
+        check_volume_name(name)
+        check_upload_format(name, fmt)
         self.delete_volume(pool, name)
         info = self._create(pool, name, _volume_xml(name, capacity_bytes=len(data), fmt=fmt))
         try:
@@ -417,7 +410,7 @@ class LibvirtHypervisor:
 
     @_storage
     def delete_volume(self, pool: str, name: str) -> None:
-        _check_volume_name(name)
+        check_volume_name(name)
         p = self._pool(pool)
         try:
             with self._errors(f"delete volume {name} in pool {pool}"):

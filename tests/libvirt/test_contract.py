@@ -21,7 +21,13 @@ import pytest
 
 from orchestrator.clock import FakeClock
 from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
-from orchestrator.hypervisor.base import Hypervisor, PowerState, Reservation
+from orchestrator.hypervisor.base import (
+    UNAVAILABLE_HINT,
+    UPLOAD_FORMATS,
+    Hypervisor,
+    PowerState,
+    Reservation,
+)
 from orchestrator.hypervisor.domainxml import BackingStore, Disk, Domain, Interface, Ownership
 from orchestrator.hypervisor.fake import FakeHypervisor
 from orchestrator.hypervisor.libvirt import LibvirtHypervisor, translate_error
@@ -275,6 +281,15 @@ def test_unsafe_volume_names_are_invalid_input(h: Harness, bad: str) -> None:
         h.hv.delete_volume(POOL, bad)
 
 
+def test_upload_formats_and_backing_format_are_the_seams_rules(h: Harness) -> None:
+    with pytest.raises(InvalidInput, match=", ".join(UPLOAD_FORMATS)):
+        h.hv.upload_volume(POOL, name="web-1-seed.img", data=b"x", fmt="vmdk")
+    with pytest.raises(InvalidInput, match="never probed"):
+        h.hv.create_overlay(POOL, name="web-1-os.qcow2", backing_path=BASE_IMAGE,
+                            backing_format="", capacity_bytes=MiB)
+    assert h.hv.list_volumes(POOL) == []  # refused before acting
+
+
 def test_verbs_on_a_missing_pool_raise_gone(h: Harness) -> None:
     calls: list[Callable[[], object]] = [
         lambda: h.hv.pool_info("nope"),
@@ -312,7 +327,7 @@ def test_unreachable_hypervisor_is_unavailable_with_a_hint(h: Harness) -> None:
     with pytest.raises(HypervisorUnavailable) as info:
         down.list_domains()
     assert info.value.exit_code == 4 and info.value.temporary
-    assert info.value.hint is not None and "orch lab up" in info.value.hint
+    assert info.value.hint == UNAVAILABLE_HINT and "orch lab up" in info.value.hint
     down.close()
 
 

@@ -2,7 +2,8 @@
 
 Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, the plain records
 that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
-``NetworkInfo``), and the rules every adapter follows, stated once: ``check_volume_name``,
+``NetworkInfo``), the verb list derived from the protocol (``VERBS``) with the verbs that
+change something (``MUTATING_VERBS``), and the rules every adapter follows, stated once: ``check_volume_name``,
 ``check_backing_format``, ``UPLOAD_FORMATS`` / ``check_upload_format``, ``reservation_present``
 and ``UNAVAILABLE_HINT`` (the hint of every ``HypervisorUnavailable``). Implemented by ``hypervisor.libvirt`` (the real daemon) and
 ``hypervisor.fake`` (in memory, with fault injection). Called by ``engine.operations`` and
@@ -28,8 +29,10 @@ from orchestrator.errors import HypervisorError, InvalidInput
 from orchestrator.hypervisor.domainxml import Domain, Ownership
 
 __all__ = [
+    "MUTATING_VERBS",
     "UNAVAILABLE_HINT",
     "UPLOAD_FORMATS",
+    "VERBS",
     "DomainInfo",
     "Hypervisor",
     "NetworkInfo",
@@ -230,4 +233,28 @@ class Hypervisor(Protocol):
         """Remove a static DHCP host; missing already: no error."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End the connection (the next verb opens a new one); changes no object and never
+        fails: clean-up paths call it."""
+        ...
+
+
+def _verbs(protocol: type) -> tuple[str, ...]:
+    """The public callables of ``protocol`` (not its properties), in declaration order."""
+    return tuple(name for name, member in vars(protocol).items()
+                 if not name.startswith("_") and callable(member))
+
+
+VERBS: tuple[str, ...] = _verbs(Hypervisor)
+"""Every verb of the ``Hypervisor`` protocol, read off the class: adding a method to the
+protocol adds it here (and to the fake's fault injection, the retry wrapper's checks and the
+tests that wrap every verb)."""
+
+MUTATING_VERBS: frozenset[str] = frozenset({
+    "define_domain", "start", "shutdown", "destroy", "undefine",
+    "create_overlay", "create_volume", "upload_volume", "delete_volume",
+    "add_reservation", "remove_reservation",
+})  # fmt: skip
+"""The verbs that change a hypervisor object; every other verb of ``VERBS`` only reads
+(``close`` ends the connection and touches no object). A new verb is a read unless it is
+listed here; the contract tests check both directions on both adapters."""

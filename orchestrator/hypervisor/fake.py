@@ -30,6 +30,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import (
     UNAVAILABLE_HINT,
+    VERBS,
     DomainInfo,
     NetworkInfo,
     PoolInfo,
@@ -58,13 +59,8 @@ DEFAULT_POOLS: tuple[PoolInfo, ...] = (
     PoolInfo("default", "/var/lib/libvirt/images", 100 * GiB, 100 * GiB, True),
 )
 
-# The methods ``fail_next`` may target: the protocol's verbs.
-_METHODS = frozenset({
-    "define_domain", "start", "shutdown", "destroy", "undefine", "domain_state",
-    "domain_owner", "list_domains", "pool_info", "create_overlay", "create_volume",
-    "upload_volume", "delete_volume", "list_volumes", "network_info", "list_reservations",
-    "add_reservation", "remove_reservation", "leased_addresses",
-})  # fmt: skip
+# The methods ``fail_next`` may target: the protocol's verbs but ``close``, which never fails.
+_FAILABLE = frozenset(VERBS) - {"close"}
 
 
 
@@ -152,8 +148,8 @@ class FakeHypervisor:
     # --- fault injection and introspection -------------------------------------------------
     def fail_next(self, method_name: str, error: Exception, count: int = 1) -> None:
         """Make the next ``count`` calls of ``method_name`` raise ``error`` (before acting)."""
-        if method_name not in _METHODS:
-            raise InvalidInput(f"fail_next: {method_name!r} is not a hypervisor method")
+        if method_name not in _FAILABLE:
+            raise InvalidInput(f"fail_next: {method_name!r} is not a hypervisor verb that can fail")
         self._failures.setdefault(method_name, []).extend([error] * count)
 
     def crash(self, name: str) -> None:

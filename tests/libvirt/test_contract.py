@@ -10,6 +10,9 @@ test driver cannot upload) are met by polling with a deadline or stated per impl
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import itertools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -22,8 +25,10 @@ import pytest
 from orchestrator.clock import FakeClock
 from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import (
+    MUTATING_VERBS,
     UNAVAILABLE_HINT,
     UPLOAD_FORMATS,
+    VERBS,
     Hypervisor,
     PowerState,
     Reservation,
@@ -44,6 +49,8 @@ class Harness:
     hv: Hypervisor
     tick: Callable[[], None]  # let a little (real or fake) time pass while polling
     make_unavailable: Callable[[], Hypervisor]
+    # everything the hypervisor holds, read past the adapter (not through the verbs tested)
+    snapshot: Callable[[], object]
 
 
 def _libvirt_harness() -> Harness:
@@ -60,11 +67,20 @@ def _libvirt_harness() -> Harness:
     ip = ET.SubElement(net, "ip", {"address": "10.213.0.1", "prefix": "24"})
     ET.SubElement(ET.SubElement(ip, "dhcp"), "range", {"start": "10.213.0.10", "end": "10.213.0.250"})
     conn.networkDefineXML(ET.tostring(net, encoding="unicode")).create()
+    def snapshot() -> object:
+        return (
+            {d.name(): (d.XMLDesc(0), d.state()) for d in conn.listAllDomains(0)},
+            {p.name(): (p.isActive(), {v.name(): v.XMLDesc(0) for v in p.listAllVolumes(0)})
+             for p in conn.listAllStoragePools(0)},
+            {n.name(): (n.isActive(), n.XMLDesc(0)) for n in conn.listAllNetworks(0)},
+        )
+
     return Harness(
         kind="libvirt",
         hv=hv,
         tick=lambda: time.sleep(0.01),  # one poll interval; the deadline is what bounds the wait
         make_unavailable=lambda: LibvirtHypervisor("qemu+unix:///system?socket=/nonexistent"),
+        snapshot=snapshot,
     )
 
 
@@ -80,7 +96,18 @@ def _fake_harness() -> Harness:
         down.set_unavailable(True)
         return down
 
-    return Harness(kind="fake", hv=hv, tick=lambda: clock.advance(0.25), make_unavailable=unavailable)
+    def snapshot() -> object:
+        return (
+            {n: dataclasses.astuple(r) for n, r in hv._records.items()},
+            {p.name: (p.capacity, p.active, {v.name: dataclasses.astuple(v)
+                                             for v in p.volumes.values()})
+             for p in hv._pools.values()},
+            {n.info.name: (n.info, list(n.reservations), dict(n.leases))
+             for n in hv._networks.values()},
+        )
+
+    return Harness(kind="fake", hv=hv, tick=lambda: clock.advance(0.25),
+                   make_unavailable=unavailable, snapshot=snapshot)
 
 
 @pytest.fixture(params=[pytest.param("libvirt", marks=pytest.mark.libvirt), "fake"])
@@ -319,6 +346,79 @@ def test_upload_volume(h: Harness) -> None:
     info = h.hv.upload_volume(POOL, name="web-1-seed.iso", data=payload, fmt="iso")
     assert (info.name, info.format, info.capacity_bytes) == ("web-1-seed.iso", "iso", len(payload))
     assert [v.capacity_bytes for v in h.hv.list_volumes(POOL)] == [len(payload)]
+
+
+# --- which verbs change something: MUTATING_VERBS, checked both ways ----------------------
+def _populate(h: Harness) -> None:
+    """A running and a stopped domain of ours, a data volume and a reservation."""
+    h.hv.define_domain(make_domain(h, "web-1", owner=Ownership("web", 1, 1)))
+    h.hv.start("web-1")
+    h.hv.define_domain(make_domain(h, "web-2", owner=Ownership("web", 1, 2)))
+    h.hv.create_volume(POOL, name="web-1-data0.qcow2", capacity_bytes=MiB)
+    h.hv.add_reservation("orchlab", Reservation("52:54:00:00:00:01", "10.213.0.11", "web-1"))
+
+
+# What each read-only verb is called with, by parameter name: a domain name both running and
+# stopped (so that neither a start nor a stop could pass for a read).
+_READ_ARGS: dict[str, tuple[str, ...]] = {
+    "name": ("web-1", "web-2"), "pool": (POOL,), "network": ("orchlab",),
+}
+
+
+@pytest.mark.parametrize("verb", sorted(set(VERBS) - MUTATING_VERBS))
+def test_every_verb_not_in_mutating_verbs_only_reads(h: Harness, verb: str) -> None:
+    if verb == "close" and h.kind == "libvirt":
+        pytest.skip("the test driver's objects live in the connection that close ends")
+    _populate(h)
+    before = h.snapshot()
+    params = [p for p in inspect.signature(getattr(Hypervisor, verb)).parameters if p != "self"]
+    for args in itertools.product(*(_READ_ARGS[p] for p in params)):
+        getattr(h.hv, verb)(*args)
+        assert h.snapshot() == before, f"{verb}{args} changed the hypervisor"
+
+
+_R1 = Reservation("52:54:00:00:00:01", "10.213.0.11", "web-1")
+# verb -> (set-up, the call of the verb): each call changes something when it runs after its
+# set-up. Keyed by every mutating verb, so a new one must say how it changes the hypervisor.
+_CHANGES: dict[str, tuple[Callable[[Harness], object], Callable[[Harness, Any], object]]] = {
+    "define_domain": (lambda h: make_domain(h, "web-1"), lambda h, dom: h.hv.define_domain(dom)),
+    "start": (lambda h: h.hv.define_domain(make_domain(h, "web-1")),
+              lambda h, _: h.hv.start("web-1")),
+    "shutdown": (lambda h: (h.hv.define_domain(make_domain(h, "web-1")), h.hv.start("web-1")),
+                 lambda h, _: h.hv.shutdown("web-1")),
+    "destroy": (lambda h: (h.hv.define_domain(make_domain(h, "web-1")), h.hv.start("web-1")),
+                lambda h, _: h.hv.destroy("web-1")),
+    "undefine": (lambda h: h.hv.define_domain(make_domain(h, "web-1")),
+                 lambda h, _: h.hv.undefine("web-1")),
+    "create_overlay": (lambda h: None, lambda h, _: h.hv.create_overlay(
+        POOL, name="web-1-os.qcow2", backing_path=BASE_IMAGE, backing_format="qcow2",
+        capacity_bytes=MiB)),
+    "create_volume": (lambda h: None, lambda h, _: h.hv.create_volume(
+        POOL, name="web-1-data0.qcow2", capacity_bytes=MiB)),
+    "upload_volume": (lambda h: None, lambda h, _: h.hv.upload_volume(
+        POOL, name="web-1-seed.iso", data=b"seed", fmt="iso")),
+    "delete_volume": (lambda h: h.hv.create_volume(POOL, name="web-1-data0.qcow2",
+                                                   capacity_bytes=MiB),
+                      lambda h, _: h.hv.delete_volume(POOL, "web-1-data0.qcow2")),
+    "add_reservation": (lambda h: None, lambda h, _: h.hv.add_reservation("orchlab", _R1)),
+    "remove_reservation": (lambda h: h.hv.add_reservation("orchlab", _R1),
+                           lambda h, _: h.hv.remove_reservation("orchlab", _R1)),
+}
+
+
+def test_every_mutating_verb_has_a_change_case() -> None:
+    assert set(_CHANGES) == MUTATING_VERBS
+
+
+@pytest.mark.parametrize("verb", sorted(MUTATING_VERBS))
+def test_every_mutating_verb_changes_something(h: Harness, verb: str) -> None:
+    if verb == "upload_volume" and h.kind == "libvirt":
+        pytest.skip("the test driver cannot upload (test_upload_volume)")
+    set_up, call = _CHANGES[verb]
+    made = set_up(h)
+    before = h.snapshot()
+    call(h, made)
+    assert h.snapshot() != before, f"{verb} changed nothing"
 
 
 # --- connection -----------------------------------------------------------------------------

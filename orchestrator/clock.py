@@ -2,7 +2,12 @@
 
 Owned here: ``Clock`` (the protocol), ``RealClock`` and ``FakeClock``.
 Called by the engine (health grace periods, probe intervals, timeouts), the service and ssh
-wrappers. Tests inject ``FakeClock`` so minutes-long timeouts pass in milliseconds.
+wrappers, and ``hypervisor.retry`` (its back-off). Tests inject ``FakeClock`` so
+minutes-long timeouts pass in milliseconds.
+
+Two ways to wait: ``await sleep`` on the event loop, and ``pause``, which blocks the calling
+thread, for code that runs in a worker thread (the hypervisor calls, and so the retries of
+one), where it holds up only that worker.
 """
 
 from __future__ import annotations
@@ -23,7 +28,13 @@ class Clock(Protocol):
         """Seconds on a monotonic scale (for deadlines and durations)."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on the event loop."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Block the calling thread for ``seconds`` (worker threads only, never the loop)."""
+        ...
 
 
 class RealClock:
@@ -35,6 +46,9 @@ class RealClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
 
 
 class FakeClock:
@@ -61,6 +75,11 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._t += max(0.0, seconds)
+
+    def pause(self, seconds: float) -> None:
+        """Virtual time moves on at once (nothing blocks); sleepers whose deadline it passes
+        wake at their next turn."""
+        self.advance(seconds)
 
     async def sleep(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()

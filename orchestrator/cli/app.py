@@ -92,6 +92,7 @@ class AppContext:
         # imported here so that `orch image`/`orch lab` work without reaching libvirt
         from orchestrator.engine.health import SshProber
         from orchestrator.engine.operations import Engine, Settings
+        from orchestrator.hypervisor.base import Hypervisor
         from orchestrator.hypervisor.libvirt import LibvirtHypervisor
         from orchestrator.hypervisor.retry import Retrying
         from orchestrator.reconcile import Reconciler
@@ -99,8 +100,10 @@ class AppContext:
         from orchestrator.upgrades import Upgrades
 
         clock = RealClock()
+        hv: Hypervisor = Retrying(LibvirtHypervisor(self.libvirt_uri), clock=clock,
+                                  log=self.progress)
         engine = Engine(
-            hv=Retrying(LibvirtHypervisor(self.libvirt_uri), log=self.progress),
+            hv=hv,
             store=self.store,
             registry=self.registry,
             clock=clock,

@@ -63,7 +63,6 @@ DEFAULT_POOLS: tuple[PoolInfo, ...] = (
 _FAILABLE = frozenset(VERBS) - {"close"}
 
 
-
 @dataclass
 class _DomainRecord:
     definition: Domain
@@ -106,7 +105,6 @@ class _Network:
     info: NetworkInfo
     reservations: list[Reservation] = field(default_factory=list)
     leases: dict[str, str] = field(default_factory=dict)
-
 
 
 class FakeHypervisor:

@@ -2,9 +2,13 @@
 
 Owned here: ``Clock`` (the protocol), ``RealClock`` and ``FakeClock``.
 Called by: cli.app, cli.images, dryrun.simworld, engine.context, engine.health,
-engine.simulate, hypervisor.fake, ssh, usecases.session, usecases.watch
-They use it for health grace periods, probe intervals, timeouts and time stamps. Tests and dry
+engine.simulate, hypervisor.fake, hypervisor.retry, ssh, usecases.session, usecases.watch
+Its users wait through it for health grace periods, probe intervals, timeouts and time stamps. Tests and dry
 runs inject ``FakeClock`` so minutes-long timeouts pass in milliseconds.
+
+Two ways to wait: ``await sleep`` on the event loop, and ``pause``, which blocks the calling
+thread, for code that runs in a worker thread (the hypervisor calls, and so the retries of
+one), where it holds up only that worker.
 """
 
 from __future__ import annotations
@@ -25,7 +29,13 @@ class Clock(Protocol):
         """Seconds on a monotonic scale (for deadlines and durations)."""
         ...
 
-    async def sleep(self, seconds: float) -> None: ...
+    async def sleep(self, seconds: float) -> None:
+        """Wait ``seconds`` on the event loop."""
+        ...
+
+    def pause(self, seconds: float) -> None:
+        """Block the calling thread for ``seconds`` (worker threads only, never the loop)."""
+        ...
 
 
 class RealClock:
@@ -37,6 +47,9 @@ class RealClock:
 
     async def sleep(self, seconds: float) -> None:
         await asyncio.sleep(max(0.0, seconds))
+
+    def pause(self, seconds: float) -> None:
+        time.sleep(max(0.0, seconds))
 
 
 class FakeClock:
@@ -63,6 +76,11 @@ class FakeClock:
 
     def advance(self, seconds: float) -> None:
         self._t += max(0.0, seconds)
+
+    def pause(self, seconds: float) -> None:
+        """Virtual time moves on at once (nothing blocks); sleepers whose deadline it passes
+        wake at their next turn."""
+        self.advance(seconds)
 
     async def sleep(self, seconds: float) -> None:
         loop = asyncio.get_running_loop()

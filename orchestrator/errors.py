@@ -15,17 +15,26 @@ usecases.watch
 
     OrchError                       exit 1   base; "the operation ran and failed"
     ├── InvalidInput                exit 2   bad flags, names, specs, files; nothing was changed
-    │   └── NotFound                exit 2   a named set, instance or image does not exist
+    │   └── NotFound                exit 2   a set, instance or image the user named does not
+    │                                        exist (store, registry, use cases)
     ├── Conflict                    exit 3   a lock is held, an operation already runs
     ├── EnvironmentProblem          exit 4   libvirt unreachable, a tool missing; has a hint
     ├── OperationFailed             exit 1   ran and failed (unhealthy after create, ...)
     ├── SecurityError               exit 1   host key mismatch, unsafe file; never retried
     ├── HypervisorError             exit 1   libvirt refused an action (Permanent)
+    │   ├── Gone                    exit 1   a domain, pool, network or volume is not there
+    │   │                                    (hypervisor adapters; may vanish mid-operation)
     │   └── HypervisorUnavailable   exit 4   connection lost/refused (Temporary)
     ├── Timeout                     exit 1   a bounded wait ran out (Temporary)
     └── Unreachable                 exit 1   a guest cannot be reached over SSH (Temporary)
 
 ``temporary`` tells retry loops whether trying again may help.
+
+``NotFound`` and ``Gone`` are kept apart on purpose: a name the user gave that matches
+nothing is bad input, refused before anything changes; a hypervisor object that is not there
+(undefined by hand, deleted by another process) is met while acting, so it is a failure of
+the operation. A use case that checks a user-named hypervisor object up front (a network, a
+pool) turns ``Gone`` into ``InvalidInput`` itself.
 """
 
 from __future__ import annotations
@@ -55,7 +64,8 @@ class InvalidInput(OrchError):
 
 
 class NotFound(InvalidInput):
-    pass
+    """A set, instance or image the user named does not exist (never a hypervisor object:
+    that is ``Gone``)."""
 
 
 class Conflict(OrchError):
@@ -79,9 +89,7 @@ class HypervisorError(OrchError):
 
 
 class Gone(HypervisorError):
-    """A hypervisor object (domain, volume, pool, network) is not there."""
-
-    exit_code = 1
+    """A hypervisor object (domain, storage pool, network, volume) is not there."""
 
 
 class HypervisorUnavailable(HypervisorError):

@@ -98,13 +98,16 @@ class AppContext:
         # imported here so that `orch image`/`orch lab` work without reaching libvirt
         from orchestrator.engine.context import Engine, Settings
         from orchestrator.engine.health import SshProber
+        from orchestrator.hypervisor.base import Hypervisor
         from orchestrator.hypervisor.libvirt import LibvirtHypervisor
         from orchestrator.hypervisor.retry import Retrying
         from orchestrator.usecases.session import Env
 
         clock = RealClock()
+        hv: Hypervisor = Retrying(LibvirtHypervisor(self.libvirt_uri), clock=clock,
+                                  log=self.progress)
         engine = Engine(
-            hv=Retrying(LibvirtHypervisor(self.libvirt_uri), log=self.progress),
+            hv=hv,
             store=self.store,
             registry=self.registry,
             clock=clock,

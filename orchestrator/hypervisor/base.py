@@ -1,18 +1,26 @@
 """The narrow seam between orchestrator and a hypervisor.
 
-Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, and the plain records
+Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, the plain records
 that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
-``NetworkInfo``). Implemented by ``hypervisor.libvirt`` (the real daemon),
+``NetworkInfo``), the verb list derived from the protocol (``VERBS``) with the verbs that
+change something (``MUTATING_VERBS``), and the rules every adapter follows, stated once: ``check_volume_name``,
+``check_backing_format``, ``UPLOAD_FORMATS`` / ``check_upload_format``, ``reservation_present``
+and ``UNAVAILABLE_HINT`` (the hint of every ``HypervisorUnavailable``). Implemented by ``hypervisor.libvirt`` (the real daemon),
 ``hypervisor.fake`` (in memory, with fault injection) and ``hypervisor.retry`` (a wrapper);
 nothing above this seam imports libvirt.
-Called by: dryrun.plan, dryrun.simworld, engine.addresses, engine.context, engine.steps,
-hypervisor.fake, hypervisor.libvirt, hypervisor.retry, usecases.controller,
+
+Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
+engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, usecases.controller,
 usecases.session, usecases.sets, usecases.views, usecases.watch
 
 Every method is synchronous and quick (no method waits for a guest): waiting is the
 engine's job, done by polling ``domain_state`` against the injected clock.
-Errors: ``errors.NotFound`` for a missing object, ``errors.HypervisorError`` for a refusal,
-``errors.HypervisorUnavailable`` when the daemon cannot be reached.
+Errors: ``errors.Gone`` (a ``HypervisorError``, exit 1) for a domain, pool, network or volume
+that is not there, ``errors.HypervisorError`` for a refusal, ``errors.HypervisorUnavailable``
+when the daemon cannot be reached; ``errors.InvalidInput`` only for arguments the seam refuses
+before acting (an unsafe volume name, an unknown upload format). Never ``errors.NotFound``:
+that is for names the user gave (sets, instances, images); a use case that checks a
+user-named network or pool turns ``Gone`` into ``InvalidInput`` itself.
 """
 
 from __future__ import annotations
@@ -21,10 +29,14 @@ import enum
 from dataclasses import dataclass
 from typing import Protocol
 
-from orchestrator.errors import HypervisorError
+from orchestrator.errors import HypervisorError, InvalidInput
 from orchestrator.hypervisor.domainxml import Domain, Ownership
 
 __all__ = [
+    "MUTATING_VERBS",
+    "UNAVAILABLE_HINT",
+    "UPLOAD_FORMATS",
+    "VERBS",
     "DomainInfo",
     "Hypervisor",
     "NetworkInfo",
@@ -33,9 +45,18 @@ __all__ = [
     "PowerState",
     "Reservation",
     "VolumeInfo",
+    "check_backing_format",
+    "check_upload_format",
+    "check_volume_name",
     "reservation_present",
     "same_mac",
 ]
+
+# The hint of every HypervisorUnavailable an adapter raises.
+UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
+
+# The formats ``Hypervisor.upload_volume`` accepts.
+UPLOAD_FORMATS: tuple[str, ...] = ("raw", "iso", "qcow2")
 
 
 class PowerState(str, enum.Enum):
@@ -72,6 +93,24 @@ class Reservation:
     mac: str
     ip: str
     name: str
+
+
+def check_volume_name(name: str) -> None:
+    """InvalidInput unless ``name`` is a safe volume name (no path, not hidden, not empty)."""
+    if not name or "/" in name or name.startswith(".") or "\x00" in name:
+        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
+
+
+def check_backing_format(name: str, backing_format: str) -> None:
+    """InvalidInput unless an overlay's backing format is given: it is pinned, never probed."""
+    if not backing_format:
+        raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+
+
+def check_upload_format(name: str, fmt: str) -> None:
+    """InvalidInput unless ``fmt`` is one of ``UPLOAD_FORMATS``."""
+    if fmt not in UPLOAD_FORMATS:
+        raise InvalidInput(f"upload {name}: format {fmt!r} not one of {', '.join(UPLOAD_FORMATS)}")
 
 
 def same_mac(a: str, b: str) -> bool:
@@ -114,7 +153,12 @@ class PoolInfo:
 
 
 class Hypervisor(Protocol):
-    """What the engine needs from a hypervisor, and nothing more."""
+    """What the engine needs from a hypervisor, and nothing more.
+
+    A verb that names a domain, pool or network that is not there raises ``errors.Gone``
+    (exit 1: met while acting, not bad input), unless its docstring says otherwise ("missing
+    already: no error", ``PowerState.MISSING``, None). An object may vanish between two
+    verbs, or inside one (undefined by hand): that is ``Gone`` too."""
 
     @property
     def uri(self) -> str: ...
@@ -193,4 +237,28 @@ class Hypervisor(Protocol):
         """Remove a static DHCP host; missing already: no error."""
         ...
 
-    def close(self) -> None: ...
+    def close(self) -> None:
+        """End the connection (the next verb opens a new one); changes no object and never
+        fails: clean-up paths call it."""
+        ...
+
+
+def _verbs(protocol: type) -> tuple[str, ...]:
+    """The public callables of ``protocol`` (not its properties), in declaration order."""
+    return tuple(name for name, member in vars(protocol).items()
+                 if not name.startswith("_") and callable(member))
+
+
+VERBS: tuple[str, ...] = _verbs(Hypervisor)
+"""Every verb of the ``Hypervisor`` protocol, read off the class: adding a method to the
+protocol adds it here (and to the fake's fault injection, the retry wrapper's checks and the
+tests that wrap every verb)."""
+
+MUTATING_VERBS: frozenset[str] = frozenset({
+    "define_domain", "start", "shutdown", "destroy", "undefine",
+    "create_overlay", "create_volume", "upload_volume", "delete_volume",
+    "add_reservation", "remove_reservation",
+})  # fmt: skip
+"""The verbs that change a hypervisor object; every other verb of ``VERBS`` only reads
+(``close`` ends the connection and touches no object). A new verb is a read unless it is
+listed here; the contract tests check both directions on both adapters."""

@@ -2,7 +2,8 @@
 
 Owned here: ``Domain`` and its parts (``DirectKernelBoot``, ``Disk``, ``BackingStore``,
 ``Interface``), ``Ownership`` (our metadata), ``to_xml`` and ``parse_owner``.
-Called by: engine.steps, hypervisor.base, hypervisor.fake, hypervisor.libvirt
+Called by: engine.steps, hypervisor.base, hypervisor.fake, hypervisor.libvirt,
+hypervisor.retry
 ``engine.steps`` builds a ``Domain`` per instance; ``hypervisor.base`` passes ``Domain``
 and ``Ownership`` across the seam; the adapters use ``to_xml`` for libvirt and ``parse_owner``
 to read our metadata back.

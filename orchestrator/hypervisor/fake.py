@@ -29,14 +29,19 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from orchestrator.clock import Clock
-from orchestrator.errors import HypervisorError, HypervisorUnavailable, InvalidInput, NotFound
+from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import (
+    UNAVAILABLE_HINT,
+    VERBS,
     DomainInfo,
     NetworkInfo,
     PoolInfo,
     PowerState,
     Reservation,
     VolumeInfo,
+    check_backing_format,
+    check_upload_format,
+    check_volume_name,
     reservation_present,
     same_mac,
 )
@@ -56,15 +61,8 @@ DEFAULT_POOLS: tuple[PoolInfo, ...] = (
     PoolInfo("default", "/var/lib/libvirt/images", 100 * GiB, 100 * GiB, True),
 )
 
-# The methods ``fail_next`` may target: the protocol's verbs.
-_METHODS = frozenset({
-    "define_domain", "start", "shutdown", "destroy", "undefine", "domain_state",
-    "domain_owner", "list_domains", "pool_info", "create_overlay", "create_volume",
-    "upload_volume", "delete_volume", "list_volumes", "network_info", "list_reservations",
-    "add_reservation", "remove_reservation", "leased_addresses",
-})  # fmt: skip
-
-_UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
+# The methods ``fail_next`` may target: the protocol's verbs but ``close``, which never fails.
+_FAILABLE = frozenset(VERBS) - {"close"}
 
 
 @dataclass
@@ -111,12 +109,6 @@ class _Network:
     leases: dict[str, str] = field(default_factory=dict)
 
 
-def _check_volume_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or "\x00" in name:
-        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
-
-
-
 class FakeHypervisor:
     """The ``Hypervisor`` protocol in memory; see the module docstring for its behaviour."""
 
@@ -156,8 +148,8 @@ class FakeHypervisor:
     # --- fault injection and introspection -------------------------------------------------
     def fail_next(self, method_name: str, error: Exception, count: int = 1) -> None:
         """Make the next ``count`` calls of ``method_name`` raise ``error`` (before acting)."""
-        if method_name not in _METHODS:
-            raise InvalidInput(f"fail_next: {method_name!r} is not a hypervisor method")
+        if method_name not in _FAILABLE:
+            raise InvalidInput(f"fail_next: {method_name!r} is not a hypervisor verb that can fail")
         self._failures.setdefault(method_name, []).extend([error] * count)
 
     def crash(self, name: str) -> None:
@@ -220,7 +212,7 @@ class FakeHypervisor:
     def _enter(self, method: str, name: str) -> None:
         self.calls.append((method, name))
         if self._unavailable:
-            raise HypervisorUnavailable(f"{method} {name}: hypervisor unavailable", hint=_UNAVAILABLE_HINT)
+            raise HypervisorUnavailable(f"{method} {name}: hypervisor unavailable", hint=UNAVAILABLE_HINT)
         pending = self._failures.get(method)
         if pending:
             raise pending.pop(0)
@@ -228,25 +220,25 @@ class FakeHypervisor:
     def _record(self, name: str) -> _DomainRecord:
         rec = self._records.get(name)
         if rec is None:
-            raise NotFound(f"domain {name}: Domain not found")
+            raise Gone(f"domain {name}: Domain not found")
         return rec
 
     def _pool(self, pool: str) -> _Pool:
         p = self._pools.get(pool)
         if p is None:
-            raise NotFound(f"storage pool {pool}: Storage pool not found")
+            raise Gone(f"storage pool {pool}: Storage pool not found")
         return p
 
     def _volume(self, pool: str, name: str) -> _Volume:
         vol = self._pool(pool).volumes.get(name)
         if vol is None:
-            raise NotFound(f"volume {name} in pool {pool}: Storage volume not found")
+            raise Gone(f"volume {name} in pool {pool}: Storage volume not found")
         return vol
 
     def _network(self, network: str) -> _Network:
         net = self._networks.get(network)
         if net is None:
-            raise NotFound(f"network {network}: Network not found")
+            raise Gone(f"network {network}: Network not found")
         return net
 
     def _settle(self, rec: _DomainRecord) -> None:
@@ -387,9 +379,8 @@ class FakeHypervisor:
         self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
     ) -> VolumeInfo:
         self._enter("create_overlay", name)
-        _check_volume_name(name)
-        if not backing_format:
-            raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+        check_volume_name(name)
+        check_backing_format(name, backing_format)
         path = self._path_in(pool, name)
         vol = _Volume(name, path, "qcow2", capacity_bytes, min(OVERLAY_ALLOCATION, capacity_bytes),
                       backing=(backing_path, backing_format))
@@ -397,23 +388,22 @@ class FakeHypervisor:
 
     def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
         self._enter("create_volume", name)
-        _check_volume_name(name)
+        check_volume_name(name)
         # Data disks count their full size, so surge planning errs on the safe side.
         vol = _Volume(name, self._path_in(pool, name), "qcow2", capacity_bytes, capacity_bytes)
         return self._add_volume(pool, vol)
 
     def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
         self._enter("upload_volume", name)
-        _check_volume_name(name)
-        if fmt not in ("raw", "iso", "qcow2"):
-            raise InvalidInput(f"upload {name}: format {fmt!r} not one of raw, iso, qcow2")
+        check_volume_name(name)
+        check_upload_format(name, fmt)
         self._pool(pool).volumes.pop(name, None)
         vol = _Volume(name, self._path_in(pool, name), fmt, len(data), len(data), data=bytes(data))
         return self._add_volume(pool, vol)
 
     def delete_volume(self, pool: str, name: str) -> None:
         self._enter("delete_volume", name)
-        _check_volume_name(name)
+        check_volume_name(name)
         self._pool(pool).volumes.pop(name, None)
 
     def list_volumes(self, pool: str) -> list[VolumeInfo]:

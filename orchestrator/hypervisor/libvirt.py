@@ -24,27 +24,28 @@ from typing import Any
 import libvirt
 
 from orchestrator.errors import (
+    Gone,
     HypervisorError,
     HypervisorUnavailable,
-    InvalidInput,
-    NotFound,
     OrchError,
 )
 from orchestrator.hypervisor.base import (
+    UNAVAILABLE_HINT,
     DomainInfo,
     NetworkInfo,
     PoolInfo,
     PowerState,
     Reservation,
     VolumeInfo,
+    check_backing_format,
+    check_upload_format,
+    check_volume_name,
     reservation_present,
     same_mac,
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership, parse_owner
 
 __all__ = ["POWER_STATES", "LibvirtHypervisor", "translate_error"]
-
-UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
 
 # libvirt prints every error to stderr by default; we translate them instead.
 libvirt.registerErrorHandler(lambda *_args: None, None)
@@ -63,10 +64,10 @@ POWER_STATES: dict[int, PowerState] = {
 
 # Error codes whose meaning does not depend on context.
 _ERROR_KINDS: dict[int, type[OrchError]] = {
-    libvirt.VIR_ERR_NO_DOMAIN: NotFound,
-    libvirt.VIR_ERR_NO_STORAGE_VOL: NotFound,
-    libvirt.VIR_ERR_NO_NETWORK: NotFound,
-    libvirt.VIR_ERR_NO_STORAGE_POOL: NotFound,
+    libvirt.VIR_ERR_NO_DOMAIN: Gone,
+    libvirt.VIR_ERR_NO_STORAGE_VOL: Gone,
+    libvirt.VIR_ERR_NO_NETWORK: Gone,
+    libvirt.VIR_ERR_NO_STORAGE_POOL: Gone,
     libvirt.VIR_ERR_NO_CONNECT: HypervisorUnavailable,
     libvirt.VIR_ERR_INVALID_CONN: HypervisorUnavailable,
     libvirt.VIR_ERR_RPC: HypervisorUnavailable,
@@ -87,7 +88,6 @@ _UNDEFINE_FLAG_SETS = (
 )
 
 _UPLOAD_CHUNK = 256 * 1024
-_UPLOAD_FORMATS = ("raw", "iso", "qcow2")
 
 
 def translate_error(
@@ -107,11 +107,6 @@ def translate_error(
     if kind is HypervisorUnavailable:
         return HypervisorUnavailable(message, hint=UNAVAILABLE_HINT)
     return kind(message)
-
-
-def _check_volume_name(name: str) -> None:
-    if not name or "/" in name or name.startswith(".") or "\x00" in name:
-        raise InvalidInput(f"invalid volume name {name!r}: no '/', no leading '.', not empty")
 
 
 def _xml(root: ET.Element) -> str:
@@ -226,7 +221,7 @@ class LibvirtHypervisor:
             # domain of that name: a redefinition must carry the existing domain's UUID.
             try:
                 existing = self._domain(domain.name)
-            except NotFound:
+            except Gone:
                 pass
             else:
                 with self._errors(f"UUID of domain {domain.name}"):
@@ -276,7 +271,7 @@ class LibvirtHypervisor:
     def undefine(self, name: str) -> None:
         try:
             dom = self._domain(name)
-        except NotFound:
+        except Gone:
             return
         with self._errors(f"undefine domain {name}"):
             if dom.isActive():
@@ -297,12 +292,12 @@ class LibvirtHypervisor:
     def domain_state(self, name: str) -> PowerState:
         try:
             dom = self._domain(name)
-        except NotFound:
+        except Gone:
             return PowerState.MISSING
         try:
             with self._errors(f"state of domain {name}"):
                 state, reason = dom.state()
-        except NotFound:
+        except Gone:
             return PowerState.MISSING
         return self._power_state(int(state), int(reason))
 
@@ -318,7 +313,7 @@ class LibvirtHypervisor:
             dom = self._domain(name)
             with self._errors(f"XML of domain {name}"):
                 return parse_owner(str(dom.XMLDesc(0)))
-        except NotFound:
+        except Gone:
             return None
 
     def list_domains(self) -> list[DomainInfo]:
@@ -332,7 +327,7 @@ class LibvirtHypervisor:
                     name = str(dom.name())
                     state, reason = dom.state()
                     owner = parse_owner(str(dom.XMLDesc(0)))
-            except NotFound:
+            except Gone:
                 continue  # undefined while we were listing
             out.append(DomainInfo(name, self._power_state(int(state), int(reason)), owner))
         return sorted(out, key=lambda d: d.name)
@@ -366,9 +361,8 @@ class LibvirtHypervisor:
     def create_overlay(
         self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
     ) -> VolumeInfo:
-        _check_volume_name(name)
-        if not backing_format:
-            raise InvalidInput(f"overlay {name}: the backing format must be given, never probed")
+        check_volume_name(name)
+        check_backing_format(name, backing_format)
         xml = _volume_xml(
             name, capacity_bytes=capacity_bytes, fmt="qcow2", backing=(backing_path, backing_format)
         )
@@ -376,14 +370,13 @@ class LibvirtHypervisor:
 
     @_storage
     def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
-        _check_volume_name(name)
+        check_volume_name(name)
         return self._create(pool, name, _volume_xml(name, capacity_bytes=capacity_bytes, fmt="qcow2"))
 
     @_storage
     def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
-        _check_volume_name(name)
-        if fmt not in _UPLOAD_FORMATS:
-            raise InvalidInput(f"upload {name}: format {fmt!r} not one of {', '.join(_UPLOAD_FORMATS)}")
+        check_volume_name(name)
+        check_upload_format(name, fmt)
         self.delete_volume(pool, name)
         info = self._create(pool, name, _volume_xml(name, capacity_bytes=len(data), fmt=fmt))
         try:
@@ -418,12 +411,12 @@ class LibvirtHypervisor:
 
     @_storage
     def delete_volume(self, pool: str, name: str) -> None:
-        _check_volume_name(name)
+        check_volume_name(name)
         p = self._pool(pool)
         try:
             with self._errors(f"delete volume {name} in pool {pool}"):
                 p.storageVolLookupByName(name).delete(0)
-        except NotFound:
+        except Gone:
             return
 
     @_storage
@@ -438,7 +431,7 @@ class LibvirtHypervisor:
             try:
                 with self._errors(f"inspect volume in pool {pool}"):
                     out.append(self._volume_info(vol))
-            except NotFound:
+            except Gone:
                 continue  # deleted while we were listing
         return sorted(out, key=lambda v: v.name)
 

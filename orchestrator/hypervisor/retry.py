@@ -7,30 +7,48 @@ seconds have passed; then the error stands. A daemon never reached fails at once
 "libvirtd is not running", which a wait would only hide.
 Called by: cli.app (around the libvirt adapter, whose connection reopens itself when it died)
 Every protocol verb is idempotent, so repeating one whose reply was lost is safe.
+
+Every verb of ``base.VERBS`` is a method of its own here, typed as in the protocol (so mypy
+checks ``Retrying`` against ``Hypervisor``), and each goes through ``_call``. The back-off
+waits with the injected clock's blocking ``pause``: hypervisor calls run in worker threads,
+so a retry holds up only its own worker.
 """
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
-from typing import Any
+from typing import ParamSpec, TypeVar
 
+from orchestrator.clock import Clock
 from orchestrator.errors import HypervisorUnavailable
-from orchestrator.hypervisor.base import Hypervisor
+from orchestrator.hypervisor.base import (
+    DomainInfo,
+    Hypervisor,
+    NetworkInfo,
+    PoolInfo,
+    PowerState,
+    Reservation,
+    VolumeInfo,
+)
+from orchestrator.hypervisor.domainxml import Domain, Ownership
+
+__all__ = ["Retrying"]
+
+P = ParamSpec("P")
+T = TypeVar("T")
 
 
 class Retrying:
-    def __init__(self, inner: Hypervisor, *, give_up_after: float = 60.0,
+    """``Hypervisor`` around ``inner``: unavailable-daemon errors retried with back-off."""
+
+    def __init__(self, inner: Hypervisor, *, clock: Clock, give_up_after: float = 60.0,
                  first_delay: float = 0.5, max_delay: float = 8.0,
-                 sleep: Callable[[float], None] = time.sleep,
-                 monotonic: Callable[[], float] = time.monotonic,
                  log: Callable[[str], None] = lambda line: None) -> None:
         self._inner = inner
+        self._clock = clock
         self._give_up_after = give_up_after
         self._first_delay = first_delay
         self._max_delay = max_delay
-        self._sleep = sleep
-        self._monotonic = monotonic
         self._log = log
         self._reached = False
 
@@ -38,25 +56,87 @@ class Retrying:
     def uri(self) -> str:
         return self._inner.uri
 
-    def __getattr__(self, verb: str) -> Any:
-        target = getattr(self._inner, verb)
-        if not callable(target):
-            return target
+    def _call(self, verb: Callable[P, T], *args: P.args, **kwargs: P.kwargs) -> T:
+        """``verb(*args, **kwargs)``, retried while the daemon is away (see the module)."""
+        deadline = self._clock.monotonic() + self._give_up_after
+        delay = self._first_delay
+        while True:
+            try:
+                result = verb(*args, **kwargs)
+            except HypervisorUnavailable as exc:
+                if not self._reached or self._clock.monotonic() + delay > deadline:
+                    raise
+                name = getattr(verb, "__name__", "call")
+                self._log(f"libvirt unavailable ({exc.message}); retrying {name} in "
+                          f"{delay:.1f}s")
+                self._clock.pause(delay)
+                delay = min(delay * 2, self._max_delay)
+            else:
+                self._reached = True
+                return result
 
-        def call(*args: Any, **kwargs: Any) -> Any:
-            deadline = self._monotonic() + self._give_up_after
-            delay = self._first_delay
-            while True:
-                try:
-                    result = target(*args, **kwargs)
-                except HypervisorUnavailable as exc:
-                    if not self._reached or self._monotonic() + delay > deadline:
-                        raise
-                    self._log(f"libvirt unavailable ({exc.message}); retrying {verb} in "
-                              f"{delay:.1f}s")
-                    self._sleep(delay)
-                    delay = min(delay * 2, self._max_delay)
-                else:
-                    self._reached = True
-                    return result
-        return call
+    # --- domains ---------------------------------------------------------------------------
+    def define_domain(self, domain: Domain) -> None:
+        return self._call(self._inner.define_domain, domain)
+
+    def start(self, name: str) -> None:
+        return self._call(self._inner.start, name)
+
+    def shutdown(self, name: str) -> None:
+        return self._call(self._inner.shutdown, name)
+
+    def destroy(self, name: str) -> None:
+        return self._call(self._inner.destroy, name)
+
+    def undefine(self, name: str) -> None:
+        return self._call(self._inner.undefine, name)
+
+    def domain_state(self, name: str) -> PowerState:
+        return self._call(self._inner.domain_state, name)
+
+    def domain_owner(self, name: str) -> Ownership | None:
+        return self._call(self._inner.domain_owner, name)
+
+    def list_domains(self) -> list[DomainInfo]:
+        return self._call(self._inner.list_domains)
+
+    # --- storage ---------------------------------------------------------------------------
+    def pool_info(self, pool: str) -> PoolInfo:
+        return self._call(self._inner.pool_info, pool)
+
+    def create_overlay(
+        self, pool: str, *, name: str, backing_path: str, backing_format: str, capacity_bytes: int
+    ) -> VolumeInfo:
+        return self._call(self._inner.create_overlay, pool, name=name, backing_path=backing_path,
+                          backing_format=backing_format, capacity_bytes=capacity_bytes)
+
+    def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
+        return self._call(self._inner.create_volume, pool, name=name, capacity_bytes=capacity_bytes)
+
+    def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
+        return self._call(self._inner.upload_volume, pool, name=name, data=data, fmt=fmt)
+
+    def delete_volume(self, pool: str, name: str) -> None:
+        return self._call(self._inner.delete_volume, pool, name)
+
+    def list_volumes(self, pool: str) -> list[VolumeInfo]:
+        return self._call(self._inner.list_volumes, pool)
+
+    # --- network ---------------------------------------------------------------------------
+    def network_info(self, network: str) -> NetworkInfo:
+        return self._call(self._inner.network_info, network)
+
+    def list_reservations(self, network: str) -> list[Reservation]:
+        return self._call(self._inner.list_reservations, network)
+
+    def leased_addresses(self, network: str) -> dict[str, str]:
+        return self._call(self._inner.leased_addresses, network)
+
+    def add_reservation(self, network: str, reservation: Reservation) -> None:
+        return self._call(self._inner.add_reservation, network, reservation)
+
+    def remove_reservation(self, network: str, reservation: Reservation) -> None:
+        return self._call(self._inner.remove_reservation, network, reservation)
+
+    def close(self) -> None:
+        return self._call(self._inner.close)

@@ -10,20 +10,32 @@ test driver cannot upload) are met by polling with a deadline or stated per impl
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
+import itertools
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import libvirt
 import pytest
 
 from orchestrator.clock import FakeClock
-from orchestrator.errors import HypervisorError, HypervisorUnavailable, InvalidInput, NotFound
-from orchestrator.hypervisor.base import Hypervisor, PowerState, Reservation
+from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
+from orchestrator.hypervisor.base import (
+    MUTATING_VERBS,
+    UNAVAILABLE_HINT,
+    UPLOAD_FORMATS,
+    VERBS,
+    Hypervisor,
+    PowerState,
+    Reservation,
+)
 from orchestrator.hypervisor.domainxml import BackingStore, Disk, Domain, Interface, Ownership
 from orchestrator.hypervisor.fake import FakeHypervisor
-from orchestrator.hypervisor.libvirt import LibvirtHypervisor
+from orchestrator.hypervisor.libvirt import LibvirtHypervisor, translate_error
 
 POOL = "default"
 POOL_PATH = "/var/lib/orch-contract-pool"
@@ -37,6 +49,8 @@ class Harness:
     hv: Hypervisor
     tick: Callable[[], None]  # let a little (real or fake) time pass while polling
     make_unavailable: Callable[[], Hypervisor]
+    # everything the hypervisor holds, read past the adapter (not through the verbs tested)
+    snapshot: Callable[[], object]
 
 
 def _libvirt_harness() -> Harness:
@@ -53,11 +67,20 @@ def _libvirt_harness() -> Harness:
     ip = ET.SubElement(net, "ip", {"address": "10.213.0.1", "prefix": "24"})
     ET.SubElement(ET.SubElement(ip, "dhcp"), "range", {"start": "10.213.0.10", "end": "10.213.0.250"})
     conn.networkDefineXML(ET.tostring(net, encoding="unicode")).create()
+    def snapshot() -> object:
+        return (
+            {d.name(): (d.XMLDesc(0), d.state()) for d in conn.listAllDomains(0)},
+            {p.name(): (p.isActive(), {v.name(): v.XMLDesc(0) for v in p.listAllVolumes(0)})
+             for p in conn.listAllStoragePools(0)},
+            {n.name(): (n.isActive(), n.XMLDesc(0)) for n in conn.listAllNetworks(0)},
+        )
+
     return Harness(
         kind="libvirt",
         hv=hv,
         tick=lambda: time.sleep(0.01),  # one poll interval; the deadline is what bounds the wait
         make_unavailable=lambda: LibvirtHypervisor("qemu+unix:///system?socket=/nonexistent"),
+        snapshot=snapshot,
     )
 
 
@@ -73,7 +96,18 @@ def _fake_harness() -> Harness:
         down.set_unavailable(True)
         return down
 
-    return Harness(kind="fake", hv=hv, tick=lambda: clock.advance(0.25), make_unavailable=unavailable)
+    def snapshot() -> object:
+        return (
+            {n: dataclasses.astuple(r) for n, r in hv._records.items()},
+            {p.name: (p.capacity, p.active, {v.name: dataclasses.astuple(v)
+                                             for v in p.volumes.values()})
+             for p in hv._pools.values()},
+            {n.info.name: (n.info, list(n.reservations), dict(n.leases))
+             for n in hv._networks.values()},
+        )
+
+    return Harness(kind="fake", hv=hv, tick=lambda: clock.advance(0.25),
+                   make_unavailable=unavailable, snapshot=snapshot)
 
 
 @pytest.fixture(params=[pytest.param("libvirt", marks=pytest.mark.libvirt), "fake"])
@@ -143,12 +177,15 @@ def test_undefine_of_a_running_domain_is_refused(h: Harness) -> None:
     assert h.hv.domain_state("web-1") is PowerState.RUNNING
 
 
-def test_verbs_on_a_missing_domain_raise_not_found(h: Harness) -> None:
+def test_verbs_on_a_missing_domain_raise_gone(h: Harness) -> None:
     assert h.hv.domain_state("nope") is PowerState.MISSING
     assert h.hv.domain_owner("nope") is None
+    h.hv.undefine("nope")  # missing already: no error
     for verb in (h.hv.start, h.hv.shutdown, h.hv.destroy):
-        with pytest.raises(NotFound):
+        with pytest.raises(Gone) as info:
             verb("nope")
+        # a hypervisor object that is not there is not bad input: exit 1, not 2
+        assert not isinstance(info.value, InvalidInput) and info.value.exit_code == 1
 
 
 def test_ownership_metadata_round_trips(h: Harness) -> None:
@@ -179,7 +216,7 @@ def test_network_info(h: Harness) -> None:
     default = h.hv.network_info("default")
     assert (default.gateway, default.prefix) == ("192.168.122.1", 24)
     assert (default.dhcp_start, default.dhcp_end) == ("192.168.122.2", "192.168.122.254")
-    with pytest.raises(NotFound):
+    with pytest.raises(Gone):
         h.hv.network_info("nope")
 
 
@@ -218,11 +255,19 @@ def test_conflicting_reservation_is_refused_and_names_the_holder(
     assert h.hv.list_reservations("orchlab") == [mine]
 
 
-def test_reservations_on_a_missing_network_raise_not_found(h: Harness) -> None:
-    with pytest.raises(NotFound):
-        h.hv.list_reservations("nope")
-    with pytest.raises(NotFound):
-        h.hv.add_reservation("nope", Reservation("52:54:00:00:00:01", "10.0.0.2", "x"))
+def test_verbs_on_a_missing_network_raise_gone(h: Harness) -> None:
+    r = Reservation("52:54:00:00:00:01", "10.0.0.2", "x")
+    calls: list[Callable[[], object]] = [
+        lambda: h.hv.network_info("nope"),
+        lambda: h.hv.list_reservations("nope"),
+        lambda: h.hv.leased_addresses("nope"),
+        lambda: h.hv.add_reservation("nope", r),
+        lambda: h.hv.remove_reservation("nope", r),
+    ]
+    for call in calls:
+        with pytest.raises(Gone) as info:
+            call()
+        assert not isinstance(info.value, InvalidInput) and info.value.exit_code == 1
 
 
 # --- storage --------------------------------------------------------------------------------
@@ -263,13 +308,29 @@ def test_unsafe_volume_names_are_invalid_input(h: Harness, bad: str) -> None:
         h.hv.delete_volume(POOL, bad)
 
 
-def test_missing_pool_raises_not_found(h: Harness) -> None:
-    with pytest.raises(NotFound):
-        h.hv.pool_info("nope")
-    with pytest.raises(NotFound):
-        h.hv.list_volumes("nope")
-    with pytest.raises(NotFound):
-        h.hv.create_volume("nope", name="x.qcow2", capacity_bytes=MiB)
+def test_upload_formats_and_backing_format_are_the_seams_rules(h: Harness) -> None:
+    with pytest.raises(InvalidInput, match=", ".join(UPLOAD_FORMATS)):
+        h.hv.upload_volume(POOL, name="web-1-seed.img", data=b"x", fmt="vmdk")
+    with pytest.raises(InvalidInput, match="never probed"):
+        h.hv.create_overlay(POOL, name="web-1-os.qcow2", backing_path=BASE_IMAGE,
+                            backing_format="", capacity_bytes=MiB)
+    assert h.hv.list_volumes(POOL) == []  # refused before acting
+
+
+def test_verbs_on_a_missing_pool_raise_gone(h: Harness) -> None:
+    calls: list[Callable[[], object]] = [
+        lambda: h.hv.pool_info("nope"),
+        lambda: h.hv.list_volumes("nope"),
+        lambda: h.hv.create_volume("nope", name="x.qcow2", capacity_bytes=MiB),
+        lambda: h.hv.create_overlay("nope", name="x.qcow2", backing_path=BASE_IMAGE,
+                                    backing_format="qcow2", capacity_bytes=MiB),
+        lambda: h.hv.upload_volume("nope", name="x.iso", data=b"x", fmt="iso"),
+        lambda: h.hv.delete_volume("nope", "x.qcow2"),
+    ]
+    for call in calls:
+        with pytest.raises(Gone) as info:
+            call()
+        assert not isinstance(info.value, InvalidInput) and info.value.exit_code == 1
 
 
 def test_upload_volume(h: Harness) -> None:
@@ -287,13 +348,90 @@ def test_upload_volume(h: Harness) -> None:
     assert [v.capacity_bytes for v in h.hv.list_volumes(POOL)] == [len(payload)]
 
 
+# --- which verbs change something: MUTATING_VERBS, checked both ways ----------------------
+def _populate(h: Harness) -> None:
+    """A running and a stopped domain of ours, a data volume and a reservation."""
+    h.hv.define_domain(make_domain(h, "web-1", owner=Ownership("web", 1, 1)))
+    h.hv.start("web-1")
+    h.hv.define_domain(make_domain(h, "web-2", owner=Ownership("web", 1, 2)))
+    h.hv.create_volume(POOL, name="web-1-data0.qcow2", capacity_bytes=MiB)
+    h.hv.add_reservation("orchlab", Reservation("52:54:00:00:00:01", "10.213.0.11", "web-1"))
+
+
+# What each read-only verb is called with, by parameter name: a domain name both running and
+# stopped (so that neither a start nor a stop could pass for a read).
+_READ_ARGS: dict[str, tuple[str, ...]] = {
+    "name": ("web-1", "web-2"), "pool": (POOL,), "network": ("orchlab",),
+}
+
+
+# close ends the connection, and with it the test driver's objects: not a read to compare
+@pytest.mark.parametrize("verb", sorted(set(VERBS) - MUTATING_VERBS - {"close"}))
+def test_every_verb_not_in_mutating_verbs_only_reads(h: Harness, verb: str) -> None:
+    _populate(h)
+    before = h.snapshot()
+    params = [p for p in inspect.signature(getattr(Hypervisor, verb)).parameters if p != "self"]
+    for args in itertools.product(*(_READ_ARGS[p] for p in params)):
+        getattr(h.hv, verb)(*args)
+        assert h.snapshot() == before, f"{verb}{args} changed the hypervisor"
+
+
+_R1 = Reservation("52:54:00:00:00:01", "10.213.0.11", "web-1")
+# verb -> (set-up, the call of the verb): each call changes something when it runs after its
+# set-up. Keyed by every mutating verb, so a new one must say how it changes the hypervisor.
+_CHANGES: dict[str, tuple[Callable[[Harness], object], Callable[[Harness, Any], object]]] = {
+    "define_domain": (lambda h: make_domain(h, "web-1"), lambda h, dom: h.hv.define_domain(dom)),
+    "start": (lambda h: h.hv.define_domain(make_domain(h, "web-1")),
+              lambda h, _: h.hv.start("web-1")),
+    "shutdown": (lambda h: (h.hv.define_domain(make_domain(h, "web-1")), h.hv.start("web-1")),
+                 lambda h, _: h.hv.shutdown("web-1")),
+    "destroy": (lambda h: (h.hv.define_domain(make_domain(h, "web-1")), h.hv.start("web-1")),
+                lambda h, _: h.hv.destroy("web-1")),
+    "undefine": (lambda h: h.hv.define_domain(make_domain(h, "web-1")),
+                 lambda h, _: h.hv.undefine("web-1")),
+    "create_overlay": (lambda h: None, lambda h, _: h.hv.create_overlay(
+        POOL, name="web-1-os.qcow2", backing_path=BASE_IMAGE, backing_format="qcow2",
+        capacity_bytes=MiB)),
+    "create_volume": (lambda h: None, lambda h, _: h.hv.create_volume(
+        POOL, name="web-1-data0.qcow2", capacity_bytes=MiB)),
+    "upload_volume": (lambda h: None, lambda h, _: h.hv.upload_volume(
+        POOL, name="web-1-seed.iso", data=b"seed", fmt="iso")),
+    "delete_volume": (lambda h: h.hv.create_volume(POOL, name="web-1-data0.qcow2",
+                                                   capacity_bytes=MiB),
+                      lambda h, _: h.hv.delete_volume(POOL, "web-1-data0.qcow2")),
+    "add_reservation": (lambda h: None, lambda h, _: h.hv.add_reservation("orchlab", _R1)),
+    "remove_reservation": (lambda h: h.hv.add_reservation("orchlab", _R1),
+                           lambda h, _: h.hv.remove_reservation("orchlab", _R1)),
+}
+
+
+def test_every_mutating_verb_has_a_change_case() -> None:
+    assert set(_CHANGES) == MUTATING_VERBS
+
+
+@pytest.mark.parametrize("verb", sorted(MUTATING_VERBS))
+def test_every_mutating_verb_changes_something(h: Harness, verb: str) -> None:
+    set_up, call = _CHANGES[verb]
+    if verb == "upload_volume" and h.kind == "libvirt":
+        # the test driver cannot upload: refused, and nothing changed (test_upload_volume)
+        before = h.snapshot()
+        with pytest.raises(HypervisorError, match="not supported"):
+            call(h, set_up(h))
+        assert h.snapshot() == before
+        return
+    made = set_up(h)
+    before = h.snapshot()
+    call(h, made)
+    assert h.snapshot() != before, f"{verb} changed nothing"
+
+
 # --- connection -----------------------------------------------------------------------------
 def test_unreachable_hypervisor_is_unavailable_with_a_hint(h: Harness) -> None:
     down = h.make_unavailable()
     with pytest.raises(HypervisorUnavailable) as info:
         down.list_domains()
     assert info.value.exit_code == 4 and info.value.temporary
-    assert info.value.hint is not None and "orch lab up" in info.value.hint
+    assert info.value.hint == UNAVAILABLE_HINT and "orch lab up" in info.value.hint
     down.close()
 
 
@@ -348,3 +486,27 @@ def test_libvirt_lists_foreign_domains_without_owner() -> None:
         assert by_name["test"].state is PowerState.RUNNING
     finally:
         h.hv.close()
+
+
+@pytest.mark.libvirt
+def test_libvirt_errors_of_missing_objects_translate_to_gone() -> None:
+    """libvirt's own "no such domain / pool / network / volume" errors, met at any call (an
+    object that vanishes between our lookup and our action), are Gone, never bad input."""
+    h = _libvirt_harness()
+    try:
+        conn: Any = h.hv._connection()  # type: ignore[attr-defined]
+        lookups: dict[str, Callable[[], object]] = {
+            "domain": lambda: conn.lookupByName("nope"),
+            "pool": lambda: conn.storagePoolLookupByName("nope"),
+            "network": lambda: conn.networkLookupByName("nope"),
+            "volume": lambda: conn.storagePoolLookupByName(POOL).storageVolLookupByName("nope"),
+        }
+        for what, lookup in lookups.items():
+            with pytest.raises(libvirt.libvirtError) as raised:
+                lookup()
+            error = translate_error(raised.value, f"look up {what}")
+            assert type(error) is Gone, (what, error)
+            assert error.exit_code == 1 and not error.temporary
+    finally:
+        h.hv.close()
+

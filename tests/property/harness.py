@@ -15,19 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from orchestrator.hypervisor.base import VERBS
 from orchestrator.hypervisor.domainxml import Domain
 from orchestrator.model import ScaleSetSpec, validate
 from tests.world import Upgrades, World, make_world
 
 SET = "web"
 OLD, NEW = "tiny:1", "tiny:2"
-# Every verb of the Hypervisor protocol: the watcher looks at the world after each of them.
-VERBS = (
-    "define_domain", "start", "shutdown", "destroy", "undefine", "domain_state",
-    "domain_owner", "list_domains", "pool_info", "create_overlay", "create_volume",
-    "upload_volume", "delete_volume", "list_volumes", "network_info", "list_reservations",
-    "add_reservation", "remove_reservation", "leased_addresses",
-)  # fmt: skip
 # A rolling upgrade of 12 fake instances makes a few thousand calls (ACPI-deaf guests poll
 # for a minute each); far more means the driver loops without end.
 CALL_BUDGET = 60_000
@@ -179,7 +173,7 @@ class Watcher:
 
     def install(self) -> None:
         hv = self.world.hv
-        for verb in VERBS:
+        for verb in VERBS:  # every verb of the protocol: the world is checked after each
             setattr(hv, verb, self._wrap(verb, getattr(hv, verb)))
 
     def _wrap(self, verb: str, fn: Callable[..., Any]) -> Callable[..., Any]:

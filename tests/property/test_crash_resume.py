@@ -26,16 +26,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.hypervisor.base import PowerState
+from orchestrator.hypervisor.base import MUTATING_VERBS, PowerState
 from orchestrator.model import ScaleSetSpec, validate
 from tests.world import Reconciler, Upgrades, World, make_world
 
 SET = "web"
-MUTATING = ("define_domain", "start", "shutdown", "destroy", "undefine", "create_overlay",
-            "create_volume", "upload_volume", "delete_volume", "add_reservation",
-            "remove_reservation")
-
-
 DEAD_PID = 2**22 + 7  # above pid_max's default: no such process
 
 
@@ -67,7 +62,7 @@ class Killer:
 
     def install(self) -> None:
         hv = self.world.hv
-        for verb in MUTATING:
+        for verb in MUTATING_VERBS:
             setattr(hv, verb, self._wrap(getattr(hv, verb)))
         store = self.world.store
         real_transaction = store.transaction
@@ -90,7 +85,7 @@ class Killer:
     def revive(self) -> None:
         """The dead process is gone: a new one uses the same hypervisor and store."""
         hv, store, real_transaction = self._restore
-        for verb in MUTATING:
+        for verb in MUTATING_VERBS:
             setattr(hv, verb, getattr(type(hv), verb).__get__(hv))
         store.transaction = real_transaction  # type: ignore[method-assign]
         # the dead process's pid is gone too (here it is the test's own, still alive)

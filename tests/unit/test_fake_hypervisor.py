@@ -10,7 +10,7 @@ import dataclasses
 import pytest
 
 from orchestrator.clock import FakeClock
-from orchestrator.errors import HypervisorError, HypervisorUnavailable, InvalidInput, NotFound
+from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import PoolInfo, PowerState, Reservation
 from orchestrator.hypervisor.domainxml import (
     BackingStore,
@@ -209,7 +209,7 @@ def test_crash_stops_at_once_and_start_recovers(hv: FakeHypervisor) -> None:
     assert hv.domain_state("web-1") is PowerState.CRASHED
     hv.start("web-1")
     assert hv.domain_state("web-1") is PowerState.RUNNING
-    with pytest.raises(NotFound):
+    with pytest.raises(Gone):
         hv.crash("missing")
 
 
@@ -247,6 +247,6 @@ def test_domains_exposes_the_persistent_definition(hv: FakeHypervisor) -> None:
 
 def test_custom_pools_and_networks(clock: FakeClock) -> None:
     hv = FakeHypervisor(clock=clock, networks=[], pools=[PoolInfo("p", "/p", MiB, MiB, True)])
-    with pytest.raises(NotFound):
+    with pytest.raises(Gone):
         hv.network_info("default")
     assert hv.pool_info("p").capacity_bytes == MiB

@@ -28,7 +28,7 @@ define apt_install_missing
 	fi
 endef
 
-.PHONY: help setup packages test-packages venv images lab demo test test-fast nightly check clean-demo
+.PHONY: help setup packages test-packages venv images debian-cache lab demo test test-fast nightly check clean-demo
 
 help:
 	@echo "make demo   - set up everything, boot a scale set of 3 VMs in the lab, show them"
@@ -56,6 +56,14 @@ images: venv
 	@for v in 1 2; do $(ORCH) image show tiny:$$v >/dev/null 2>&1 \
 		|| $(ORCH) image build tiny --version $$v -o json >/dev/null; done
 
+# The debian-12 recipe downloads Debian's packages (mmdebstrap) and caches the root filesystem
+# it makes; the tests build that image inside the lab's namespace, which has no network, so
+# the cache is filled here first, outside it (a throwaway state dir; later runs take seconds).
+debian-cache: venv
+	@tmp=$$(mktemp -d /var/tmp/orch-debian-cache-XXXXXX); \
+	ORCH_STATE_DIR=$$tmp $(ORCH) image build debian-12 --version 0 -o json >/dev/null; \
+	rc=$$?; rm -rf $$tmp; exit $$rc
+
 lab: setup
 	@$(ORCH) lab up -o json >/dev/null
 
@@ -63,7 +71,7 @@ demo: setup lab
 	@bash scripts/demo.sh
 
 # Everything but the tests marked `nightly` (within 30 minutes on 2 cores).
-test: setup test-packages lab
+test: setup test-packages debian-cache lab
 	@$(ORCH) lab exec -- $(VENV)/bin/pytest -q -p no:cacheprovider -m "not nightly" tests
 
 test-fast: venv test-packages
@@ -72,7 +80,7 @@ test-fast: venv test-packages
 # The long real-VM suite: every test marked `vm` or `nightly`, in the lab. Writes JUnit XML
 # and a Markdown summary to reports/ (also when tests fail); exits with pytest's status.
 NIGHTLY_MARK ?= vm or nightly
-nightly: setup test-packages lab
+nightly: setup test-packages debian-cache lab
 	@mkdir -p reports
 	@rc=0; $(ORCH) lab exec -- $(VENV)/bin/pytest -q -p no:cacheprovider -m "$(NIGHTLY_MARK)" \
 		--junitxml=reports/nightly-junit.xml tests || rc=$$?; \

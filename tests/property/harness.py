@@ -4,8 +4,8 @@ surge invariants after every hypervisor call, and an independent model of the ro
 (docs/semantics.md#rolling) that predicts the batches and the final status.
 
 Owned here: ``Scenario``, ``Prediction``/``predict``, ``Watcher``, ``Run``/``prepare``,
-``leaks``. Used by the modules of ``tests/property``; uses ``tests.unit.conftest.make_world``
-for the fake world (FakeHypervisor, FakeProber, FakeClock, Service).
+``leaks``. Used by the modules of ``tests/property``; uses ``tests.world.make_world``
+for the fake world (FakeHypervisor, FakeProber, FakeClock, the use cases).
 """
 
 from __future__ import annotations

@@ -21,6 +21,7 @@ import subprocess
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -90,8 +91,20 @@ class Streamed:
             if m:
                 return m
 
-    def kill(self) -> None:
+    def kill(self, *, reap: bool = True) -> None:
+        """SIGKILL the command; with ``reap`` false it is left a zombie (as under a PID 1
+        that does not reap): dead, its pid still present, until ``reap_killed``."""
         os.kill(self.proc.pid, signal.SIGKILL)
+        if reap:
+            assert self.proc.wait(timeout=30) == -signal.SIGKILL
+            return
+        stat = Path(f"/proc/{self.proc.pid}/stat")
+        deadline = time.monotonic() + 30
+        while stat.read_text().rsplit(")", 1)[1].split()[0] != "Z":
+            assert time.monotonic() < deadline, "the killed command never died"
+            time.sleep(0.05)
+
+    def reap_killed(self) -> None:
         assert self.proc.wait(timeout=30) == -signal.SIGKILL
 
     def finish(self, *, timeout: float) -> int:
@@ -174,7 +187,9 @@ def wait_domain_state(name: str, wanted: str, *, timeout: float) -> None:
 # generation (the ACPI shutdown just requested, or about to be; the tiny guest is off within
 # ~0.3 s); once it is powered off (the new OS disk being made); right after the domain was
 # started on the new model (its generation recorded, its health not yet awaited nor committed).
-KILL_POINTS = ["shutting-down", "powered-off", "restarted"]
+# "unreaped": killed when powered off, like "powered-off", and left a zombie while the
+# controller runs: its pid still answers kill(pid, 0), its lock is gone
+KILL_POINTS = ["shutting-down", "powered-off", "restarted", "unreaped"]
 
 
 @pytest.mark.parametrize("kill_point", KILL_POINTS)
@@ -192,9 +207,10 @@ def test_sigkill_mid_in_place_batch_is_resumed_by_controller(orch: Orch, set_nam
             if kill_point == "restarted":
                 wait_domain_state(domain, "running", timeout=60)
         state_at_kill = domain_state(domain)
-        update.kill()
+        update.kill(reap=kill_point != "unreaped")
     finally:
-        update.stop_if_running()
+        if kill_point != "unreaped":
+            update.stop_if_running()
 
     # the record still says RollingForward, but nothing drives it any more
     interrupted = latest(orch, set_name)
@@ -208,7 +224,11 @@ def test_sigkill_mid_in_place_batch_is_resumed_by_controller(orch: Orch, set_nam
     assert behind == ([0, 1, 2] if kill_point != "restarted"
                       else sorted({0, 1, 2} - {batch})), (kill_point, state_at_kill, behind)
 
-    proc, took = timed(lambda: controller_once(orch))
+    try:
+        proc, took = timed(lambda: controller_once(orch))
+    finally:
+        if kill_point == "unreaped":
+            update.reap_killed()
     print(f"{kill_point}: domain state at kill: {state_at_kill}; "
           f"controller run --once: {took:.1f}s")
     assert "resuming an interrupted rolling upgrade" in proc.stderr, proc.stderr

@@ -1,0 +1,91 @@
+"""Property tests of the pure policy decisions the use cases act on (``engine.policy``):
+which instances an upgrade touches, protection refusals, the scale-in order, the rollout of
+each mode and what a breach does, against statements of docs/semantics.md written here
+independently of the code."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from orchestrator.engine import policy
+from orchestrator.model import RollingUpgradePolicy, validate
+
+
+@dataclass(frozen=True)
+class Inst:
+    instance_id: int
+    model_generation: int
+    protect_from_scale_in: bool
+    protect_from_scale_set_actions: bool
+    created_at: str
+
+
+@st.composite
+def instance_sets(draw: st.DrawFn) -> list[Inst]:
+    ids = draw(st.lists(st.integers(0, 200), unique=True, max_size=25))
+    return [Inst(i, draw(st.integers(1, 3)), draw(st.booleans()), draw(st.booleans()),
+                 f"2026-01-01T00:00:{draw(st.integers(0, 59)):02d}Z") for i in ids]
+
+
+@given(instance_sets(), st.integers(1, 3))
+def test_an_upgrade_touches_exactly_the_unprotected_instances_behind(
+        instances: list[Inst], generation: int) -> None:
+    chosen = policy.eligible(instances, generation)
+    for inst in instances:
+        behind = inst.model_generation != generation
+        assert (inst.instance_id in chosen) == (behind and not inst.protect_from_scale_set_actions)
+
+
+@given(instance_sets(), st.sampled_from(["start", "stop", "restart", "deallocate",
+                                         "reimage", "delete", "update-instances"]))
+def test_protection_refuses_every_action_but_start_and_names_the_instances(
+        instances: list[Inst], action: str) -> None:
+    refusal = policy.refuse_protected(instances, action)
+    protected = [i.instance_id for i in instances if i.protect_from_scale_set_actions]
+    if action == "start" or not protected:
+        assert refusal is None
+    else:
+        assert refusal is not None
+        assert refusal.startswith("instances ") and refusal.endswith(
+            "are protected from scale set actions")
+        named = refusal.removeprefix("instances ").split(" are ")[0].split(", ")
+        assert sorted(map(int, named)) == sorted(protected)
+
+
+@given(instance_sets(), st.integers(0, 30), st.sampled_from(["Default", "NewestVM", "OldestVM"]))
+def test_scale_in_removes_only_unprotected_instances_in_the_stated_order(
+        instances: list[Inst], count: int, scale_in_policy: str) -> None:
+    verdict = policy.scale_in_victims(instances, count, scale_in_policy=scale_in_policy)
+    free = [i for i in instances
+            if not i.protect_from_scale_in and not i.protect_from_scale_set_actions]
+    if count > len(free):
+        assert isinstance(verdict, str) and f"only {len(free)} are not protected" in verdict
+        return
+    assert isinstance(verdict, list) and len(verdict) == count
+    by_id = {i.instance_id: i for i in instances}
+    assert all(v in {i.instance_id for i in free} for v in verdict)
+    kept = [i for i in free if i.instance_id not in verdict]
+    for victim in (by_id[v] for v in verdict):
+        for other in kept:
+            if scale_in_policy == "OldestVM":  # no kept instance is older than a victim
+                assert (victim.created_at, victim.instance_id) < (other.created_at,
+                                                                   other.instance_id)
+            else:  # highest instanceIds go first
+                assert victim.instance_id > other.instance_id
+
+
+def test_each_mode_has_its_rollout() -> None:
+    assert [policy.rollout_of(m) for m in ("Automatic", "Rolling", "Manual")] == [
+        "all-at-once", "rolling", "none"]
+
+
+@given(st.booleans(), st.booleans(), st.lists(st.integers(0, 50), max_size=5))
+def test_a_breach_rolls_back_only_failed_in_place_instances_when_asked(
+        rollback: bool, surge: bool, failed: list[int]) -> None:
+    rolling = validate(RollingUpgradePolicy, {"rollbackFailedInstancesOnPolicyBreach": rollback,
+                                              "maxSurge": surge})
+    verdict = policy.on_breach(rolling, surge=surge, failed=failed)
+    assert verdict == ("rollback" if rollback and not surge and failed else "stop")

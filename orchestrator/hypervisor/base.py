@@ -4,8 +4,9 @@ Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, the plain 
 that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
 ``NetworkInfo``), the verb list derived from the protocol (``VERBS``) with the verbs that
 change something (``MUTATING_VERBS``), and the rules every adapter follows, stated once: ``check_volume_name``,
-``check_backing_format``, ``UPLOAD_FORMATS`` / ``check_upload_format``, ``reservation_present``
-and ``UNAVAILABLE_HINT`` (the hint of every ``HypervisorUnavailable``). Implemented by ``hypervisor.libvirt`` (the real daemon),
+``check_backing_format``, ``UPLOAD_FORMATS`` / ``check_upload_format``, ``check_sha256``,
+``upload_file_size``, ``reservation_present`` and ``UNAVAILABLE_HINT`` (the hint of every
+``HypervisorUnavailable``). Implemented by ``hypervisor.libvirt`` (the real daemon),
 ``hypervisor.fake`` (in memory, with fault injection) and ``hypervisor.retry`` (a wrapper);
 nothing above this seam imports libvirt.
 
@@ -26,6 +27,8 @@ user-named network or pool turns ``Gone`` into ``InvalidInput`` itself.
 from __future__ import annotations
 
 import enum
+import os
+import stat
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -46,16 +49,18 @@ __all__ = [
     "Reservation",
     "VolumeInfo",
     "check_backing_format",
+    "check_sha256",
     "check_upload_format",
     "check_volume_name",
     "reservation_present",
     "same_mac",
+    "upload_file_size",
 ]
 
 # The hint of every HypervisorUnavailable an adapter raises.
 UNAVAILABLE_HINT = "is libvirtd running? try `orch lab up`"
 
-# The formats ``Hypervisor.upload_volume`` accepts.
+# The formats ``Hypervisor.upload_volume`` and ``Hypervisor.upload_file`` accept.
 UPLOAD_FORMATS: tuple[str, ...] = ("raw", "iso", "qcow2")
 
 
@@ -111,6 +116,28 @@ def check_upload_format(name: str, fmt: str) -> None:
     """InvalidInput unless ``fmt`` is one of ``UPLOAD_FORMATS``."""
     if fmt not in UPLOAD_FORMATS:
         raise InvalidInput(f"upload {name}: format {fmt!r} not one of {', '.join(UPLOAD_FORMATS)}")
+
+
+def check_sha256(name: str, sha256: str) -> str:
+    """``sha256`` in lower case; InvalidInput unless it is 64 hex digits."""
+    digest = sha256.lower()
+    if len(digest) != 64 or digest.strip("0123456789abcdef"):
+        raise InvalidInput(f"upload {name}: {sha256!r} is not a sha256 (64 hex digits)")
+    return digest
+
+
+def upload_file_size(name: str, path: str) -> int:
+    """The size of the local file ``path`` that ``upload_file`` copies; InvalidInput unless it
+    is a readable regular file (refused before anything is created)."""
+    try:
+        st = os.stat(path)
+    except OSError as exc:
+        raise InvalidInput(f"upload {name}: cannot read {path}: {exc.strerror}") from exc
+    if not stat.S_ISREG(st.st_mode):
+        raise InvalidInput(f"upload {name}: {path} is not a regular file")
+    if not os.access(path, os.R_OK):
+        raise InvalidInput(f"upload {name}: cannot read {path}: Permission denied")
+    return st.st_size
 
 
 def same_mac(a: str, b: str) -> bool:
@@ -213,6 +240,16 @@ class Hypervisor(Protocol):
         """A volume whose content is ``data`` (cloud-init seed ISOs); replaces one of the name."""
         ...
 
+    def upload_file(self, pool: str, *, name: str, path: str, fmt: str, sha256: str) -> VolumeInfo:
+        """A volume that is a byte copy of the local file ``path`` (a base image; capacity:
+        the file's size), streamed in chunks with its holes skipped (never read whole), then
+        read back and hashed: content other than ``sha256`` deletes the volume and raises
+        ``HypervisorError`` naming both hashes. A volume of the name with that size and
+        content already: returned as it is, nothing uploaded; with other content: replaced.
+        InvalidInput, before acting, for a file that is not a readable regular file or a
+        ``sha256`` that is not 64 hex digits (and as ``upload_volume`` for name and format)."""
+        ...
+
     def delete_volume(self, pool: str, name: str) -> None:
         """Delete a volume; missing already: no error."""
         ...
@@ -256,7 +293,7 @@ tests that wrap every verb)."""
 
 MUTATING_VERBS: frozenset[str] = frozenset({
     "define_domain", "start", "shutdown", "destroy", "undefine",
-    "create_overlay", "create_volume", "upload_volume", "delete_volume",
+    "create_overlay", "create_volume", "upload_volume", "upload_file", "delete_volume",
     "add_reservation", "remove_reservation",
 })  # fmt: skip
 """The verbs that change a hypervisor object; every other verb of ``VERBS`` only reads

@@ -12,18 +12,24 @@ Owned here: ``FakeHypervisor``. Used by unit tests (with ``clock.FakeClock``) an
   ``add_external_file`` (images), or when a NIC's network is missing.
 - volumes take space from their pool (an overlay a small allocation, data disks and uploads
   their full size); creating past the pool's capacity fails with "no space left".
+- ``upload_file`` records the file's path and hashes the file in chunks (``sparse``), as the
+  real upload streams it: a sha256 other than the one given leaves no volume and names both
+  hashes; a volume of the name with that size and content is returned without reading the
+  file (``uploads`` lists the files actually read).
 - reservations follow libvirt's matching rules: an identical entry again is a no-op, the same
   MAC, IP or name with a different partner is a conflict.
 
 Fault injection (``fail_next``, ``crash``, ``set_ignores_acpi``, ``set_unavailable``,
 ``set_pool_capacity``) and introspection (``domains``, ``calls``, ``volume_backing``,
-``volume_data``) serve the tests. Everything is synchronous; time moves only with the clock.
+``volume_data``, ``volume_source``, ``uploads``) serve the tests. Everything is synchronous;
+time moves only with the clock.
 
 Called by: dryrun.simworld, engine.simulate
 """
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -40,12 +46,15 @@ from orchestrator.hypervisor.base import (
     Reservation,
     VolumeInfo,
     check_backing_format,
+    check_sha256,
     check_upload_format,
     check_volume_name,
     reservation_present,
     same_mac,
+    upload_file_size,
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership
+from orchestrator.hypervisor.sparse import file_sha256
 
 __all__ = ["DEFAULT_NETWORKS", "DEFAULT_POOLS", "OVERLAY_ALLOCATION", "FakeHypervisor"]
 
@@ -84,9 +93,17 @@ class _Volume:
     allocation: int
     backing: tuple[str, str] | None = None
     data: bytes | None = None
+    source: str | None = None  # the local file upload_file copied
+    sha256: str | None = None  # of that file's content
 
     def info(self) -> VolumeInfo:
         return VolumeInfo(self.name, self.path, self.fmt, self.capacity, self.allocation)
+
+    def content_sha256(self) -> str | None:
+        """The sha256 of what the volume holds, or None for one created empty."""
+        if self.data is not None:
+            return hashlib.sha256(self.data).hexdigest()
+        return self.sha256
 
 
 @dataclass
@@ -140,6 +157,8 @@ class FakeHypervisor:
         self._boot_counter = itertools.count(1)
         self.calls: list[tuple[str, str]] = []
         """Every protocol call in order, as (method, object name), failed ones included."""
+        self.uploads: list[tuple[str, str]] = []
+        """(volume name, file path) of every file ``upload_file`` read (not the reused)."""
 
     @property
     def uri(self) -> str:
@@ -185,6 +204,10 @@ class FakeHypervisor:
     def volume_data(self, pool: str, name: str) -> bytes | None:
         """The bytes uploaded into a volume, or None for a volume created empty."""
         return self._volume(pool, name).data
+
+    def volume_source(self, pool: str, name: str) -> str | None:
+        """The local file ``upload_file`` copied into a volume, or None."""
+        return self._volume(pool, name).source
 
     def guest_ready(self, name: str) -> bool:
         """Whether the guest has been running for ``boot_seconds`` (what a probe would see)."""
@@ -399,6 +422,28 @@ class FakeHypervisor:
         check_upload_format(name, fmt)
         self._pool(pool).volumes.pop(name, None)
         vol = _Volume(name, self._path_in(pool, name), fmt, len(data), len(data), data=bytes(data))
+        return self._add_volume(pool, vol)
+
+    def upload_file(self, pool: str, *, name: str, path: str, fmt: str, sha256: str) -> VolumeInfo:
+        self._enter("upload_file", name)
+        check_volume_name(name)
+        check_upload_format(name, fmt)
+        expected = check_sha256(name, sha256)
+        size = upload_file_size(name, path)
+        p = self._pool(pool)
+        have = p.volumes.get(name)
+        if have is not None:
+            if have.capacity == size and have.content_sha256() == expected:
+                return have.info()  # the image is there already: nothing read, nothing sent
+            del p.volumes[name]  # other content: replaced
+        self.uploads.append((name, path))
+        arrived = file_sha256(path)
+        if arrived != expected:
+            raise HypervisorError(
+                f"upload {name} to pool {pool}: sha256 {arrived} on arrival, expected "
+                f"{expected} ({path} read as {arrived}); the volume was deleted")
+        vol = _Volume(name, self._path_in(pool, name), fmt, size, size, source=path,
+                      sha256=arrived)
         return self._add_volume(pool, vol)
 
     def delete_volume(self, pool: str, name: str) -> None:

@@ -116,6 +116,10 @@ class Retrying:
     def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
         return self._call(self._inner.upload_volume, pool, name=name, data=data, fmt=fmt)
 
+    def upload_file(self, pool: str, *, name: str, path: str, fmt: str, sha256: str) -> VolumeInfo:
+        return self._call(self._inner.upload_file, pool, name=name, path=path, fmt=fmt,
+                          sha256=sha256)
+
     def delete_volume(self, pool: str, name: str) -> None:
         return self._call(self._inner.delete_volume, pool, name)
 

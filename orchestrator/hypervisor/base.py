@@ -2,7 +2,7 @@
 
 Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, the plain records
 that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
-``NetworkInfo``), the verb list derived from the protocol (``VERBS``) with the verbs that
+``NetworkInfo``, ``PoolInfo``, ``HostInfo``), the verb list derived from the protocol (``VERBS``) with the verbs that
 change something (``MUTATING_VERBS``), and the rules every adapter follows, stated once: ``check_volume_name``,
 ``check_backing_format``, ``UPLOAD_FORMATS`` / ``check_upload_format``, ``check_sha256``,
 ``upload_file_size``, ``reservation_present`` and ``UNAVAILABLE_HINT`` (the hint of every
@@ -36,11 +36,13 @@ from orchestrator.errors import HypervisorError, InvalidInput
 from orchestrator.hypervisor.domainxml import Domain, Ownership
 
 __all__ = [
+    "DOMAIN_TYPES",
     "MUTATING_VERBS",
     "UNAVAILABLE_HINT",
     "UPLOAD_FORMATS",
     "VERBS",
     "DomainInfo",
+    "HostInfo",
     "Hypervisor",
     "NetworkInfo",
     "Ownership",
@@ -179,6 +181,21 @@ class PoolInfo:
     active: bool
 
 
+# The domain types ``HostInfo.domain_types`` reports: hardware virtualisation, emulation (TCG).
+DOMAIN_TYPES: tuple[str, ...] = ("kvm", "qemu")
+
+
+@dataclass(frozen=True)
+class HostInfo:
+    """What a host offers placement (``host_info``)."""
+
+    hostname: str  # as the host says; not an identity (copies of one image share it)
+    memory_bytes_total: int
+    memory_bytes_free: int  # the kernel's free memory now (page cache not counted)
+    cpus: int  # logical CPUs
+    domain_types: tuple[str, ...]  # of DOMAIN_TYPES, sorted: what it runs x86_64 guests with
+
+
 class Hypervisor(Protocol):
     """What the engine needs from a hypervisor, and nothing more.
 
@@ -272,6 +289,14 @@ class Hypervisor(Protocol):
 
     def remove_reservation(self, network: str, reservation: Reservation) -> None:
         """Remove a static DHCP host; missing already: no error."""
+        ...
+
+    # --- host --------------------------------------------------------------------------
+    def host_info(self) -> HostInfo:
+        """The host's name, memory, CPUs and the domain types it offers for x86_64 guests
+        (``kvm`` is offered where ``/dev/kvm`` exists, which does not prove guests boot
+        under it). The first call on a freshly started daemon may take seconds (it probes
+        its emulators)."""
         ...
 
     def close(self) -> None:

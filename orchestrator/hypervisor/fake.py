@@ -12,6 +12,8 @@ Owned here: ``FakeHypervisor``. Used by unit tests (with ``clock.FakeClock``) an
   ``add_external_file`` (images), or when a NIC's network is missing.
 - volumes take space from their pool (an overlay a small allocation, data disks and uploads
   their full size); creating past the pool's capacity fails with "no space left".
+- ``host_info`` reports the ``host`` it was given (``DEFAULT_HOST``; ``set_host``), its free
+  memory less the memory of every domain that is up (running, paused, going down).
 - ``upload_file`` records the file's path and hashes the file in chunks (``sparse``), as the
   real upload streams it: a sha256 other than the one given leaves no volume and names both
   hashes; a volume of the name with that size and content is returned without reading the
@@ -29,6 +31,7 @@ Called by: dryrun.simworld, engine.simulate
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import itertools
 from collections.abc import Iterable
@@ -40,6 +43,7 @@ from orchestrator.hypervisor.base import (
     UNAVAILABLE_HINT,
     VERBS,
     DomainInfo,
+    HostInfo,
     NetworkInfo,
     PoolInfo,
     PowerState,
@@ -56,7 +60,8 @@ from orchestrator.hypervisor.base import (
 from orchestrator.hypervisor.domainxml import Domain, Ownership
 from orchestrator.hypervisor.sparse import file_sha256
 
-__all__ = ["DEFAULT_NETWORKS", "DEFAULT_POOLS", "OVERLAY_ALLOCATION", "FakeHypervisor"]
+__all__ = ["DEFAULT_HOST", "DEFAULT_NETWORKS", "DEFAULT_POOLS", "OVERLAY_ALLOCATION",
+           "FakeHypervisor"]
 
 GiB = 1024**3
 # What a fresh qcow2 overlay occupies on disk (header, L1 table, refcounts), roughly.
@@ -69,6 +74,10 @@ DEFAULT_NETWORKS: tuple[NetworkInfo, ...] = (
 DEFAULT_POOLS: tuple[PoolInfo, ...] = (
     PoolInfo("default", "/var/lib/libvirt/images", 100 * GiB, 100 * GiB, True),
 )
+
+# A host like the 2-core, 24 GiB machines the product is tested on, with software emulation.
+DEFAULT_HOST = HostInfo(hostname="fake", memory_bytes_total=24 * GiB, memory_bytes_free=23 * GiB,
+                        cpus=2, domain_types=("qemu",))
 
 # The methods ``fail_next`` may target: the protocol's verbs but ``close``, which never fails.
 _FAILABLE = frozenset(VERBS) - {"close"}
@@ -138,8 +147,10 @@ class FakeHypervisor:
         networks: Iterable[NetworkInfo] | None = None,
         pools: Iterable[PoolInfo] | None = None,
         uri: str = "fake:///",
+        host: HostInfo = DEFAULT_HOST,
     ) -> None:
         self._clock = clock
+        self._host = host
         self.boot_seconds = boot_seconds
         self.shutdown_seconds = shutdown_seconds
         self._uri = uri
@@ -184,6 +195,10 @@ class FakeHypervisor:
     def set_unavailable(self, unavailable: bool = True) -> None:
         """While set, every protocol call raises ``HypervisorUnavailable`` (daemon down)."""
         self._unavailable = unavailable
+
+    def set_host(self, host: HostInfo) -> None:
+        """What ``host_info`` reports from now on (free memory: before the domains' use)."""
+        self._host = host
 
     def set_pool_capacity(self, pool: str, capacity_bytes: int) -> None:
         self._pool(pool).capacity = capacity_bytes
@@ -486,6 +501,17 @@ class FakeHypervisor:
             r for r in net.reservations
             if not (same_mac(r.mac, reservation.mac) and r.ip == reservation.ip)
         ]
+
+    # --- host ------------------------------------------------------------------------------
+    def host_info(self) -> HostInfo:
+        self._enter("host_info", "")
+        used = 0
+        for rec in self._records.values():
+            self._settle(rec)
+            if rec.state in (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTTING_DOWN):
+                used += rec.definition.memory_mib * 1024 * 1024
+        free = max(0, min(self._host.memory_bytes_free, self._host.memory_bytes_total) - used)
+        return dataclasses.replace(self._host, memory_bytes_free=free)
 
     def close(self) -> None:
         # Never fails, like closing a dead libvirt connection: cleanup paths call it.

@@ -23,6 +23,7 @@ from orchestrator.clock import Clock
 from orchestrator.errors import HypervisorUnavailable
 from orchestrator.hypervisor.base import (
     DomainInfo,
+    HostInfo,
     Hypervisor,
     NetworkInfo,
     PoolInfo,
@@ -141,6 +142,10 @@ class Retrying:
 
     def remove_reservation(self, network: str, reservation: Reservation) -> None:
         return self._call(self._inner.remove_reservation, network, reservation)
+
+    # --- host ------------------------------------------------------------------------------
+    def host_info(self) -> HostInfo:
+        return self._call(self._inner.host_info)
 
     def close(self) -> None:
         return self._call(self._inner.close)

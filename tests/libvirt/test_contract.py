@@ -16,6 +16,7 @@ import gc
 import hashlib
 import inspect
 import itertools
+import socket
 import time
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
@@ -29,6 +30,7 @@ import pytest
 from orchestrator.clock import FakeClock
 from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
 from orchestrator.hypervisor.base import (
+    DOMAIN_TYPES,
     MUTATING_VERBS,
     UNAVAILABLE_HINT,
     UPLOAD_FORMATS,
@@ -38,8 +40,8 @@ from orchestrator.hypervisor.base import (
     Reservation,
 )
 from orchestrator.hypervisor.domainxml import BackingStore, Disk, Domain, Interface, Ownership
-from orchestrator.hypervisor.fake import FakeHypervisor
-from orchestrator.hypervisor.libvirt import LibvirtHypervisor, translate_error
+from orchestrator.hypervisor.fake import DEFAULT_HOST, FakeHypervisor
+from orchestrator.hypervisor.libvirt import LibvirtHypervisor, domain_types_of, translate_error
 
 POOL = "default"
 POOL_PATH = "/var/lib/orch-contract-pool"
@@ -491,6 +493,32 @@ def test_every_mutating_verb_changes_something(h: Harness, verb: str) -> None:
     assert h.snapshot() != before, f"{verb} changed nothing"
 
 
+# --- host -----------------------------------------------------------------------------------
+def test_host_info_describes_the_host(h: Harness) -> None:
+    info = h.hv.host_info()
+    assert info.hostname
+    assert 0 < info.memory_bytes_total and 0 <= info.memory_bytes_free <= info.memory_bytes_total
+    assert info.cpus >= 1
+    assert set(info.domain_types) <= set(DOMAIN_TYPES)
+    assert list(info.domain_types) == sorted(set(info.domain_types))
+    if h.kind == "libvirt":
+        # the test driver's canned node: the machine's hostname, 16 CPUs, and i686 guests of
+        # type 'test' only, so no x86_64 kvm or qemu (a qemu driver's: test_domain_types_of)
+        assert info.hostname == socket.gethostname()
+        assert info.cpus == 16 and info.domain_types == ()
+    else:
+        assert info == DEFAULT_HOST  # nothing runs yet: all its free memory
+
+
+def test_running_domains_leave_free_memory_at_most_as_it_was(h: Harness) -> None:
+    idle = h.hv.host_info()
+    h.hv.define_domain(make_domain(h, "web-1"))
+    h.hv.start("web-1")
+    busy = h.hv.host_info()
+    assert busy.memory_bytes_total == idle.memory_bytes_total
+    assert busy.memory_bytes_free <= idle.memory_bytes_free  # the fake: 128 MiB less
+
+
 # --- connection -----------------------------------------------------------------------------
 def test_unreachable_hypervisor_is_unavailable_with_a_hint(h: Harness) -> None:
     down = h.make_unavailable()
@@ -540,6 +568,22 @@ def test_libvirt_paused_domain_maps_to_paused_and_can_be_destroyed() -> None:
         assert h.hv.domain_state("web-1") is PowerState.STOPPED
     finally:
         h.hv.close()
+
+
+CAPABILITIES = (Path(__file__).parent / "data" / "capabilities-qemu.xml").read_text()
+
+
+@pytest.mark.libvirt
+@pytest.mark.parametrize(("capabilities", "types"), [
+    (CAPABILITIES, ("kvm", "qemu")),
+    (CAPABILITIES.replace("<domain type='kvm'/>", ""), ("qemu",)),  # no /dev/kvm
+    (CAPABILITIES.replace("name='x86_64'", "name='aarch64'"), ()),  # i686 guests do not count
+    (CAPABILITIES.replace("<os_type>hvm", "<os_type>xen"), ()),
+    (CAPABILITIES.replace("<domain type='kvm'/>", "<domain type='kvm'/><domain type='xen'/>"),
+     ("kvm", "qemu")),
+], ids=["kvm-and-qemu", "qemu-only", "no-x86_64", "not-hvm", "others-left-out"])
+def test_domain_types_of(capabilities: str, types: tuple[str, ...]) -> None:
+    assert domain_types_of(capabilities) == types
 
 
 @pytest.mark.libvirt

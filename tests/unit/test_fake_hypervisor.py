@@ -16,7 +16,7 @@ import pytest
 
 from orchestrator.clock import FakeClock
 from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, InvalidInput
-from orchestrator.hypervisor.base import PoolInfo, PowerState, Reservation
+from orchestrator.hypervisor.base import HostInfo, PoolInfo, PowerState, Reservation
 from orchestrator.hypervisor.domainxml import (
     BackingStore,
     DirectKernelBoot,
@@ -24,7 +24,7 @@ from orchestrator.hypervisor.domainxml import (
     Domain,
     Interface,
 )
-from orchestrator.hypervisor.fake import OVERLAY_ALLOCATION, FakeHypervisor
+from orchestrator.hypervisor.fake import DEFAULT_HOST, OVERLAY_ALLOCATION, FakeHypervisor
 
 BASE = "/images/tiny-1.qcow2"
 KERNEL = "/images/tiny-1.vmlinuz"
@@ -293,6 +293,35 @@ def test_upload_file_does_not_hold_the_file_in_memory(tmp_path: Path) -> None:
                          env={**os.environ, "PYTHONPATH": str(root)})
     before_kib, after_kib = map(int, out.stdout.split())
     assert after_kib - before_kib < 16 * 1024, (before_kib, after_kib)  # KiB: < 16 of 64 MiB
+
+
+# --- host_info ------------------------------------------------------------------------------
+def test_host_info_is_configurable_and_domains_that_are_up_use_its_memory(
+        clock: FakeClock) -> None:
+    host = HostInfo(hostname="h1", memory_bytes_total=1024 * MiB, memory_bytes_free=512 * MiB,
+                    cpus=4, domain_types=("kvm", "qemu"))
+    hv = FakeHypervisor(clock=clock, host=host)
+    hv.add_external_file(BASE)
+    hv.add_external_file(KERNEL)
+    assert hv.host_info() == host
+    running(hv, "web-1")  # 128 MiB
+    running(hv, "web-2")
+    assert hv.host_info().memory_bytes_free == 256 * MiB
+    hv.shutdown("web-2")  # going down: still up
+    assert hv.host_info().memory_bytes_free == 256 * MiB
+    clock.advance(hv.shutdown_seconds)
+    assert hv.host_info().memory_bytes_free == 384 * MiB
+    hv.set_host(dataclasses.replace(host, memory_bytes_free=100 * MiB))
+    assert hv.host_info().memory_bytes_free == 0  # never below nothing
+    assert hv.host_info().domain_types == ("kvm", "qemu") and hv.host_info().cpus == 4
+
+
+def test_the_default_host_is_the_test_machine_with_emulation(hv: FakeHypervisor) -> None:
+    assert hv.host_info() == DEFAULT_HOST
+    assert DEFAULT_HOST.domain_types == ("qemu",) and DEFAULT_HOST.cpus == 2
+    hv.set_unavailable(True)
+    with pytest.raises(HypervisorUnavailable):
+        hv.host_info()
 
 
 # --- fault injection ------------------------------------------------------------------------

@@ -43,12 +43,8 @@ from dataclasses import asdict, dataclass
 from orchestrator.clock import RealClock
 from orchestrator.errors import HypervisorUnavailable, OrchError
 from orchestrator.hypervisor.base import Hypervisor
-from orchestrator.hypervisor.libvirt import (
-    CONNECT_TIMEOUT,
-    KEEPALIVE,
-    LibvirtHypervisor,
-    remote_of,
-)
+from orchestrator.hypervisor.libvirt import LibvirtHypervisor
+from orchestrator.hypervisor.remote import CONNECT_TIMEOUT, KEEPALIVE, remote_of
 from orchestrator.hypervisor.retry import Retrying
 
 

@@ -11,8 +11,8 @@ change something (``MUTATING_VERBS``), and the rules every adapter follows, stat
 nothing above this seam imports libvirt.
 
 Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
-engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, usecases.controller,
-usecases.session, usecases.sets, usecases.views, usecases.watch
+engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.libvirtxml, hypervisor.retry,
+usecases.controller, usecases.session, usecases.sets, usecases.views, usecases.watch
 
 Every method is synchronous and quick (no method waits for a guest): waiting is the
 engine's job, done by polling ``domain_state`` against the injected clock.

@@ -8,18 +8,18 @@ the ``Hypervisor`` protocol of ``hypervisor.base``)
 
 Every verb is synchronous and idempotent where the protocol says so ("already off", "already
 missing" are not errors). Domain XML comes from ``domainxml.Domain.to_xml``; volume and
-DHCP-host XML is built here with ElementTree, never by string formatting.
+DHCP-host XML from ``libvirtxml`` (ElementTree, never string formatting).
 
-Remote hosts (``qemu+tcp://``, ``qemu+tls://``, ``qemu+ssh://``, ...; see ``remote_of``): before
-the process's first connection libvirt's default event loop is registered and run by a daemon
-thread (``EVENT_LOOP``), and every remote connection gets ``setKeepAlive(*KEEPALIVE)``: a host
-that silently drops packets closes the connection within 8-12 s, and the call in flight
-raises ``HypervisorUnavailable`` instead of hanging (without keepalive it still hung after
-45 s). The next verb reopens the connection; for tcp and tls its TCP
-handshake is tried first with a ``CONNECT_TIMEOUT`` (libvirt's own connect has none: about
-two minutes of SYN retries to a blackholed host). Local URIs (``qemu:///system``,
-``qemu+unix://``, ``test:///``) get no keepalive: a unix socket fails at once when its daemon
-dies, and the test driver refuses keepalive altogether.
+Remote hosts (``qemu+tcp://``, ``qemu+tls://``, ``qemu+ssh://``, ...; ``remote.remote_of``):
+before the process's first connection libvirt's default event loop is registered and run by
+a daemon thread (``EVENT_LOOP``), and every remote connection gets
+``setKeepAlive(*remote.KEEPALIVE)``: a host that silently drops packets closes the
+connection within 8-12 s, and the call in flight raises ``HypervisorUnavailable`` instead of
+hanging (without keepalive it still hung after 45 s). The next verb reopens the connection;
+for tcp and tls its TCP handshake is tried first (``remote.probe``, ``CONNECT_TIMEOUT``:
+libvirt's own connect has no timeout, about two minutes of SYN retries to a blackholed
+host). Local URIs (``qemu:///system``, ``qemu+unix://``, ``test:///``) get no keepalive: a
+unix socket fails at once when its daemon dies, and the test driver refuses keepalive.
 """
 
 from __future__ import annotations
@@ -27,13 +27,11 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import socket
 import threading
 import xml.etree.ElementTree as ET
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
-from urllib.parse import urlsplit
 
 import libvirt
 
@@ -44,7 +42,6 @@ from orchestrator.errors import (
     OrchError,
 )
 from orchestrator.hypervisor.base import (
-    DOMAIN_TYPES,
     UNAVAILABLE_HINT,
     DomainInfo,
     HostInfo,
@@ -63,68 +60,22 @@ from orchestrator.hypervisor.base import (
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership, parse_owner
 from orchestrator.hypervisor.eventloop import EventLoop
+from orchestrator.hypervisor.libvirtxml import (
+    domain_types_of,
+    host_xml,
+    prefix_from_netmask,
+    volume_xml,
+)
+from orchestrator.hypervisor.remote import CONNECT_TIMEOUT, KEEPALIVE, probe, remote_of
 from orchestrator.hypervisor.sparse import Sha256, section_at
 
-__all__ = [
-    "CONNECT_TIMEOUT",
-    "EVENT_LOOP",
-    "KEEPALIVE",
-    "POWER_STATES",
-    "LibvirtHypervisor",
-    "Remote",
-    "domain_types_of",
-    "remote_of",
-    "translate_error",
-]
+__all__ = ["EVENT_LOOP", "POWER_STATES", "LibvirtHypervisor", "translate_error"]
 
 # libvirt prints every error to stderr by default; we translate them instead.
 libvirt.registerErrorHandler(lambda *_args: None, None)
 
 # The process's one libvirt event loop (keepalive needs it); started before the first open.
 EVENT_LOOP = EventLoop(libvirt)
-
-# Keepalive of a remote connection: (interval, count). A ping after `interval` s without
-# traffic; `count` unanswered pings later the connection is closed. Nominally that is
-# interval * (count + 1) after the last answer, but libvirt's keepalive timer counts whole
-# seconds, so an idle connection pings every interval + 1 s: a call to a host cut off after
-# an idle spell failed after up to (count + 1) * (interval + 1). Measured over qemu+tcp, the
-# call failed after 8.0-11.7 s with (2, 3), 12.0-16.0 s with (3, 3), 9-13.0 s with (3, 2).
-KEEPALIVE: tuple[int, int] = (2, 3)
-
-# How long (re)connecting to a tcp or tls host waits for the TCP handshake, in seconds.
-CONNECT_TIMEOUT = 5.0
-
-# libvirt's remote transports; a URI with a host and no transport is tls.
-_REMOTE_TRANSPORTS = frozenset({"tcp", "tls", "ssh", "libssh", "libssh2", "ext"})
-# The transports whose daemon port this adapter probes before libvirt connects; ssh and ext
-# run a command of their own (an ssh config's ConnectTimeout bounds ssh's connect).
-_PROBED_PORTS = {"tcp": 16509, "tls": 16514}
-
-
-@dataclasses.dataclass(frozen=True)
-class Remote:
-    """How a URI reaches a daemon on another host."""
-
-    transport: str  # "tcp" | "tls" | "ssh" | "libssh" | "libssh2" | "ext" | another
-    host: str
-    probe_port: int | None  # the TCP port tried before connecting (tcp, tls), else None
-
-
-def remote_of(uri: str) -> Remote | None:
-    """The remote side of ``uri``, or None for a local daemon or driver (``qemu:///system``,
-    ``qemu+unix:///system``, ``test:///default``): those need no keepalive."""
-    parts = urlsplit(uri)
-    _driver, _, transport = parts.scheme.partition("+")
-    host = parts.hostname or ""
-    if transport == "unix" or (not transport and not host):
-        return None
-    transport = transport or "tls"
-    try:
-        port = parts.port
-    except ValueError:
-        port = None  # not a port: libvirt's open says what is wrong with it
-    probe = (port or _PROBED_PORTS[transport]) if transport in _PROBED_PORTS and host else None
-    return Remote(transport, host, probe)
 
 # The one table from libvirt's domain states to ours (nova's guest.py style).
 POWER_STATES: dict[int, PowerState] = {
@@ -185,61 +136,6 @@ def translate_error(
     return kind(message)
 
 
-def _xml(root: ET.Element) -> str:
-    return ET.tostring(root, encoding="unicode")
-
-
-def _sub(parent: ET.Element, tag: str, text: str | None = None, **attrs: str) -> ET.Element:
-    el = ET.SubElement(parent, tag, attrs)
-    if text is not None:
-        el.text = text
-    return el
-
-
-def _volume_xml(
-    name: str, *, capacity_bytes: int, fmt: str, backing: tuple[str, str] | None = None,
-    allocation_bytes: int | None = None,
-) -> str:
-    vol = ET.Element("volume")
-    _sub(vol, "name", name)
-    _sub(vol, "capacity", str(capacity_bytes), unit="bytes")
-    if allocation_bytes is not None:
-        _sub(vol, "allocation", str(allocation_bytes), unit="bytes")
-    target = _sub(vol, "target")
-    _sub(target, "format", type=fmt)
-    _sub(_sub(target, "permissions"), "mode", "0644")
-    if backing is not None:
-        store = _sub(vol, "backingStore")
-        _sub(store, "path", backing[0])
-        _sub(store, "format", type=backing[1])  # pinned: never let qemu probe the format
-    return _xml(vol)
-
-
-def _host_xml(reservation: Reservation) -> str:
-    attrs = {"mac": reservation.mac, "ip": reservation.ip}
-    if reservation.name:
-        attrs["name"] = reservation.name
-    return _xml(ET.Element("host", attrs))
-
-
-
-def domain_types_of(capabilities: str) -> tuple[str, ...]:
-    """The ``DOMAIN_TYPES`` a host's capabilities XML offers for x86_64 hvm guests, sorted."""
-    found: set[str] = set()
-    for guest in ET.fromstring(capabilities).findall("./guest"):
-        if guest.findtext("os_type", "").strip() != "hvm":
-            continue
-        for arch in guest.findall("./arch"):
-            if arch.get("name") == "x86_64":
-                found.update(d.get("type", "") for d in arch.findall("./domain"))
-    return tuple(sorted(found & set(DOMAIN_TYPES)))
-
-
-def _prefix_from_netmask(netmask: str) -> int:
-    bits = "".join(f"{int(part):08b}" for part in netmask.split("."))
-    return bits.count("1")
-
-
 def _storage(method: Callable[..., Any]) -> Callable[..., Any]:
     """Storage calls one at a time: libvirt refuses a pool refresh (and other pool work)
     while a volume job of another thread runs ("pool has asynchronous jobs running")."""
@@ -272,6 +168,7 @@ class LibvirtHypervisor:
         self._open = open_connection
         self._conn: Any = None
         self._storage_lock = threading.RLock()
+        self._connect_lock = threading.Lock()
 
     @property
     def uri(self) -> str:
@@ -279,14 +176,29 @@ class LibvirtHypervisor:
 
     # --- connection and error plumbing -------------------------------------------------------
     def _connection(self) -> Any:
-        if self._conn is not None and self._alive(self._conn):
-            return self._conn
+        conn = self._conn
+        if conn is not None and self._alive(conn):
+            return conn
+        with self._connect_lock:  # worker threads whose calls all failed reopen once
+            if self._conn is not None and self._alive(self._conn):
+                return self._conn
+            return self._reopen()
+
+    def _reopen(self) -> Any:
         if self._conn is not None:
             self.close()  # dead (keepalive timeout, daemon gone): release it, open anew
         EVENT_LOOP.ensure()  # before any connection: keepalive needs the loop
         remote = self._remote
         if remote is not None and remote.probe_port is not None:
-            self._probe(remote.host, remote.probe_port)
+            try:
+                probe(remote.host, remote.probe_port, timeout=self._connect_timeout)
+            except OSError as exc:
+                reason = str(exc) or type(exc).__name__
+                if isinstance(exc, TimeoutError):
+                    reason = f"no answer within {self._connect_timeout:g}s"
+                raise HypervisorUnavailable(
+                    f"connect to {self._uri}: {remote.host}:{remote.probe_port}: {reason}",
+                    hint=UNAVAILABLE_HINT) from exc
         open_connection = self._open or libvirt.open
         try:
             conn = open_connection(self._uri)
@@ -296,18 +208,6 @@ class LibvirtHypervisor:
             self._set_keepalive(conn, *self._keepalive)
         self._conn = conn
         return conn
-
-    def _probe(self, host: str, port: int) -> None:
-        """HypervisorUnavailable unless ``host:port`` completes a TCP handshake in time."""
-        try:
-            with socket.create_connection((host, port), timeout=self._connect_timeout):
-                pass
-        except OSError as exc:
-            reason = str(exc) or type(exc).__name__
-            if isinstance(exc, TimeoutError):
-                reason = f"no answer within {self._connect_timeout:g}s"
-            raise HypervisorUnavailable(f"connect to {self._uri}: {host}:{port}: {reason}",
-                                        hint=UNAVAILABLE_HINT) from exc
 
     def _set_keepalive(self, conn: Any, interval: int, count: int) -> None:
         try:
@@ -501,7 +401,7 @@ class LibvirtHypervisor:
     ) -> VolumeInfo:
         check_volume_name(name)
         check_backing_format(name, backing_format)
-        xml = _volume_xml(
+        xml = volume_xml(
             name, capacity_bytes=capacity_bytes, fmt="qcow2", backing=(backing_path, backing_format)
         )
         return self._create(pool, name, xml)
@@ -509,14 +409,14 @@ class LibvirtHypervisor:
     @_storage
     def create_volume(self, pool: str, *, name: str, capacity_bytes: int) -> VolumeInfo:
         check_volume_name(name)
-        return self._create(pool, name, _volume_xml(name, capacity_bytes=capacity_bytes, fmt="qcow2"))
+        return self._create(pool, name, volume_xml(name, capacity_bytes=capacity_bytes, fmt="qcow2"))
 
     @_storage
     def upload_volume(self, pool: str, *, name: str, data: bytes, fmt: str = "raw") -> VolumeInfo:
         check_volume_name(name)
         check_upload_format(name, fmt)
         self.delete_volume(pool, name)
-        info = self._create(pool, name, _volume_xml(name, capacity_bytes=len(data), fmt=fmt))
+        info = self._create(pool, name, volume_xml(name, capacity_bytes=len(data), fmt=fmt))
         try:
             self._send(pool, name, data)
         except OrchError:
@@ -564,7 +464,7 @@ class LibvirtHypervisor:
                 with self._errors(f"volume {name} in pool {pool}"):
                     return self._volume_info(existing)  # the image is there already
             self.delete_volume(pool, name)
-        xml = _volume_xml(name, capacity_bytes=size, fmt="raw", allocation_bytes=0)
+        xml = volume_xml(name, capacity_bytes=size, fmt="raw", allocation_bytes=0)
         with self._errors(f"create volume {name} in pool {pool}"):
             vol = p.createXML(xml, 0)
         try:
@@ -702,7 +602,7 @@ class LibvirtHypervisor:
             name=network,
             bridge=bridge.get("name", "") if bridge is not None else "",
             gateway=ip.get("address", ""),
-            prefix=int(prefix) if prefix else _prefix_from_netmask(netmask or "0.0.0.0"),
+            prefix=int(prefix) if prefix else prefix_from_netmask(netmask or "0.0.0.0"),
             dhcp_start=rng.get("start", "") if rng is not None else "",
             dhcp_end=rng.get("end", "") if rng is not None else "",
             active=active,
@@ -741,7 +641,7 @@ class LibvirtHypervisor:
             if net.isActive():
                 flags |= libvirt.VIR_NETWORK_UPDATE_AFFECT_LIVE
             net.update(
-                command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, _host_xml(reservation), flags
+                command, libvirt.VIR_NETWORK_SECTION_IP_DHCP_HOST, -1, host_xml(reservation), flags
             )
 
     def add_reservation(self, network: str, reservation: Reservation) -> None:

@@ -18,16 +18,10 @@ import libvirt
 import pytest
 
 from orchestrator.errors import HypervisorUnavailable
-from orchestrator.hypervisor import libvirt as adapter
 from orchestrator.hypervisor.base import UNAVAILABLE_HINT
 from orchestrator.hypervisor.eventloop import EventLoop
-from orchestrator.hypervisor.libvirt import (
-    EVENT_LOOP,
-    KEEPALIVE,
-    LibvirtHypervisor,
-    Remote,
-    remote_of,
-)
+from orchestrator.hypervisor.libvirt import EVENT_LOOP, LibvirtHypervisor
+from orchestrator.hypervisor.remote import CONNECT_TIMEOUT, KEEPALIVE, Remote, remote_of
 
 
 def libvirt_error(code: int, domain: int, message: str) -> libvirt.libvirtError:
@@ -224,7 +218,7 @@ def test_keepalive_budget_is_within_fifteen_seconds() -> None:
     interval, count = KEEPALIVE
     assert interval >= 1 and count >= 1
     assert (count + 1) * (interval + 1) <= 15
-    assert adapter.CONNECT_TIMEOUT <= 15
+    assert CONNECT_TIMEOUT <= 15
 
 
 @pytest.mark.parametrize("uri", ["qemu:///system", "qemu+unix:///system", "test:///default"])
@@ -303,3 +297,22 @@ def test_a_call_cut_by_the_keepalive_is_unavailable_and_the_next_call_reopens() 
     assert hv.list_domains() == []  # reopened
     assert len(opener.connections) == 2 and first.closed
     assert opener.connections[1].keepalive == [KEEPALIVE]
+
+
+def test_threads_that_find_the_connection_dead_reopen_it_once() -> None:
+    opener = Opener()
+    hv = LibvirtHypervisor("qemu+ssh://host1/system", open_connection=opener)
+    hv.list_domains()
+    opener.connections[0].alive = False  # the keepalive closed it while nobody was calling
+    start = threading.Barrier(8)
+
+    def call() -> None:
+        start.wait()
+        hv.list_domains()
+
+    workers = [threading.Thread(target=call) for _ in range(8)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    assert len(opener.opened) == 2 and opener.connections[0].closed

@@ -41,7 +41,8 @@ from orchestrator.hypervisor.base import (
 )
 from orchestrator.hypervisor.domainxml import BackingStore, Disk, Domain, Interface, Ownership
 from orchestrator.hypervisor.fake import DEFAULT_HOST, FakeHypervisor
-from orchestrator.hypervisor.libvirt import LibvirtHypervisor, domain_types_of, translate_error
+from orchestrator.hypervisor.libvirt import LibvirtHypervisor, translate_error
+from orchestrator.hypervisor.libvirtxml import domain_types_of
 
 POOL = "default"
 POOL_PATH = "/var/lib/orch-contract-pool"

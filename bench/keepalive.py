@@ -20,7 +20,7 @@ worker thread so a call that hangs can be given up on after ``--wait`` seconds):
    time until it raises is the figure (keepalive (2, 3): 8-12 s; ``--no-keepalive``: it
    hangs until ``--wait``);
 4. the next call, which reopens the connection: for tcp and tls the adapter first tries the
-   TCP handshake with its connect timeout;
+   TCP handshake with its connect timeout, and gives libvirt's open up after its open timeout;
 5. with ``--restore CMD``: the command, then calls until one answers (recovery time).
 
 ``--retrying S`` puts the calls of phases 3 and 4 through ``hypervisor.retry.Retrying`` with
@@ -44,7 +44,7 @@ from orchestrator.clock import RealClock
 from orchestrator.errors import HypervisorUnavailable, OrchError
 from orchestrator.hypervisor.base import Hypervisor
 from orchestrator.hypervisor.libvirt import LibvirtHypervisor
-from orchestrator.hypervisor.remote import CONNECT_TIMEOUT, KEEPALIVE, remote_of
+from orchestrator.hypervisor.remote import CONNECT_TIMEOUT, KEEPALIVE, OPEN_TIMEOUT, remote_of
 from orchestrator.hypervisor.retry import Retrying
 
 
@@ -119,6 +119,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-keepalive", action="store_true", help="no keepalive (to compare)")
     parser.add_argument("--connect-timeout", type=float, default=CONNECT_TIMEOUT,
                         help=f"TCP handshake timeout of a reconnect [{CONNECT_TIMEOUT:g}]")
+    parser.add_argument("--open-timeout", type=float, default=OPEN_TIMEOUT,
+                        help=f"libvirt open timeout of a reconnect [{OPEN_TIMEOUT:g}]")
     parser.add_argument("--idle", type=float, default=0.0, help="idle seconds before the cut [0]")
     parser.add_argument("--wait", type=float, default=60.0,
                         help="give a hanging call up after this many seconds [60]")
@@ -136,7 +138,8 @@ def main(argv: list[str] | None = None) -> int:
 
     keepalive = None if args.no_keepalive else (interval, count)
     adapter = LibvirtHypervisor(args.uri, keepalive=keepalive,
-                                connect_timeout=args.connect_timeout)
+                                connect_timeout=args.connect_timeout,
+                                open_timeout=args.open_timeout)
     hv: Hypervisor = adapter
     phases: list[Phase] = []
     restored = False
@@ -174,7 +177,8 @@ def main(argv: list[str] | None = None) -> int:
     cut = phases[1]
     met = cut.unavailable and cut.seconds <= args.budget
     settings = {"uri": args.uri, "keepalive": keepalive, "connect_timeout": args.connect_timeout,
-                "idle": args.idle, "retrying": args.retrying, "budget": args.budget}
+                "open_timeout": args.open_timeout, "idle": args.idle, "retrying": args.retrying,
+                "budget": args.budget}
     if args.json:
         print(json.dumps({"settings": settings, "phases": [asdict(p) for p in phases],
                           "met": met}, indent=2))

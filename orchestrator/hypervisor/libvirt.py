@@ -18,7 +18,8 @@ connection within 8-12 s, and the call in flight raises ``HypervisorUnavailable`
 hanging (without keepalive it still hung after 45 s). The next verb reopens the connection;
 for tcp and tls its TCP handshake is tried first (``remote.probe``, ``CONNECT_TIMEOUT``:
 libvirt's own connect has no timeout, about two minutes of SYN retries to a blackholed
-host). Local URIs (``qemu:///system``, ``qemu+unix://``, ``test:///``) get no keepalive: a
+host), and every remote open is given up after ``OPEN_TIMEOUT`` (a daemon that accepts and
+never answers, an ssh host that drops packets; the late connection is closed). Local URIs (``qemu:///system``, ``qemu+unix://``, ``test:///``) get no keepalive: a
 unix socket fails at once when its daemon dies, and the test driver refuses keepalive.
 """
 
@@ -66,7 +67,13 @@ from orchestrator.hypervisor.libvirtxml import (
     prefix_from_netmask,
     volume_xml,
 )
-from orchestrator.hypervisor.remote import CONNECT_TIMEOUT, KEEPALIVE, probe, remote_of
+from orchestrator.hypervisor.remote import (
+    CONNECT_TIMEOUT,
+    KEEPALIVE,
+    OPEN_TIMEOUT,
+    probe,
+    remote_of,
+)
 from orchestrator.hypervisor.sparse import Sha256, section_at
 
 __all__ = ["EVENT_LOOP", "POWER_STATES", "LibvirtHypervisor", "translate_error"]
@@ -148,6 +155,52 @@ def _storage(method: Callable[..., Any]) -> Callable[..., Any]:
     return locked
 
 
+class _Opening:
+    """``open_connection(uri)`` in a thread of its own, waited for at most a timeout; a
+    connection that arrives after the wait was given up is closed at once."""
+
+    def __init__(self, open_connection: Callable[[str], Any], uri: str) -> None:
+        self._open, self._uri = open_connection, uri
+        self._lock = threading.Lock()
+        self._done = threading.Event()
+        self._abandoned = False
+        self._conn: Any = None
+        self._error: BaseException | None = None
+        threading.Thread(target=self._run, name=f"libvirt-open {uri}", daemon=True).start()
+
+    def _run(self) -> None:
+        conn: Any = None
+        try:
+            conn = self._open(self._uri)
+        except libvirt.libvirtError as exc:
+            self._error = exc  # raised in the waiting thread
+        finally:
+            with self._lock:
+                self._conn = conn
+                self._done.set()
+                late = self._abandoned
+            if late and conn is not None:
+                try:
+                    conn.close()
+                except libvirt.libvirtError:
+                    pass
+
+    def result(self, timeout: float) -> Any:
+        """The connection; its error; HypervisorUnavailable after ``timeout`` seconds."""
+        self._done.wait(timeout)
+        with self._lock:
+            if not self._done.is_set():
+                self._abandoned = True
+                raise HypervisorUnavailable(
+                    f"connect to {self._uri}: no answer within {timeout:g}s (the host or its "
+                    "libvirtd does not respond)", hint=UNAVAILABLE_HINT)
+        if self._error is not None:
+            raise self._error
+        if self._conn is None:  # the open raised something else: its thread printed it
+            raise HypervisorError(f"connect to {self._uri}: the open failed")
+        return self._conn
+
+
 class LibvirtHypervisor:
     """``Hypervisor`` on one libvirt connection, opened on first use and reopened if it died."""
 
@@ -157,14 +210,17 @@ class LibvirtHypervisor:
         *,
         keepalive: tuple[int, int] | None = KEEPALIVE,
         connect_timeout: float = CONNECT_TIMEOUT,
+        open_timeout: float = OPEN_TIMEOUT,
         open_connection: Callable[[str], Any] | None = None,
     ) -> None:
         """``keepalive``: (interval, count) for remote connections, None for none (the bench
-        compares); ``open_connection``: ``libvirt.open`` unless a test stands in for it."""
+        compares); the timeouts bound a remote (re)connect (``hypervisor.remote``);
+        ``open_connection``: ``libvirt.open`` unless a test stands in for it."""
         self._uri = uri
         self._remote = remote_of(uri)
         self._keepalive = keepalive
         self._connect_timeout = connect_timeout
+        self._open_timeout = open_timeout
         self._open = open_connection
         self._conn: Any = None
         self._storage_lock = threading.RLock()
@@ -201,7 +257,10 @@ class LibvirtHypervisor:
                     hint=UNAVAILABLE_HINT) from exc
         open_connection = self._open or libvirt.open
         try:
-            conn = open_connection(self._uri)
+            if remote is None:
+                conn = open_connection(self._uri)  # a unix socket or in-process: never hangs
+            else:
+                conn = _Opening(open_connection, self._uri).result(self._open_timeout)
         except libvirt.libvirtError as exc:
             raise translate_error(exc, f"connect to {self._uri}", connecting=True) from exc
         if remote is not None and self._keepalive is not None:

@@ -1,6 +1,7 @@
 """Remote libvirt URIs: which are remote, what keepalive they get, how a reconnect is bounded.
 
-Owned here: ``KEEPALIVE`` and ``CONNECT_TIMEOUT`` (the settings a remote connection gets),
+Owned here: ``KEEPALIVE``, ``CONNECT_TIMEOUT`` and ``OPEN_TIMEOUT`` (the settings a remote
+connection gets),
 ``Remote`` / ``remote_of`` (a URI's transport, host and the TCP port to probe; None for a
 local URI) and ``probe`` (a TCP handshake with a timeout, before libvirt connects: its own
 connect has none). No libvirt and no orchestrator error here: the adapter applies them.
@@ -13,7 +14,7 @@ import socket
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-__all__ = ["CONNECT_TIMEOUT", "KEEPALIVE", "Remote", "probe", "remote_of"]
+__all__ = ["CONNECT_TIMEOUT", "KEEPALIVE", "OPEN_TIMEOUT", "Remote", "probe", "remote_of"]
 
 # Keepalive of a remote connection: (interval, count). A ping after `interval` s without
 # traffic; `count` unanswered pings later the connection is closed. Nominally that is
@@ -25,6 +26,11 @@ KEEPALIVE: tuple[int, int] = (2, 3)
 
 # How long (re)connecting to a tcp or tls host waits for the TCP handshake, in seconds.
 CONNECT_TIMEOUT = 5.0
+
+# How long libvirt's open of a remote URI may take (ssh's login, the daemon's answer), in
+# seconds: a daemon that accepts the connection but never answers (frozen: measured, the open
+# was still waiting after 40 s), or an ssh host that drops packets, holds it up for minutes.
+OPEN_TIMEOUT = 10.0
 
 # The transports whose daemon port is probed before libvirt connects (a URI with a host and
 # no transport is tls); ssh and ext run a command of their own (an ssh config's

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -316,3 +317,53 @@ def test_threads_that_find_the_connection_dead_reopen_it_once() -> None:
     for t in workers:
         t.join()
     assert len(opener.opened) == 2 and opener.connections[0].closed
+
+
+# --- a remote open is bounded ---------------------------------------------------------------
+class StuckOpener(Opener):
+    """An open that hangs until released (a frozen daemon, an ssh host dropping packets)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.release = threading.Event()
+
+    def __call__(self, uri: str) -> FakeConnection:
+        self.release.wait(10)
+        return super().__call__(uri)
+
+
+def test_a_remote_open_that_hangs_is_unavailable_after_the_open_timeout() -> None:
+    opener = StuckOpener()
+    hv = LibvirtHypervisor("qemu+ssh://host1/system", open_connection=opener, open_timeout=0.2)
+    started = time.monotonic()
+    with pytest.raises(HypervisorUnavailable, match=r"no answer within 0\.2s") as info:
+        hv.list_domains()
+    assert time.monotonic() - started < 5
+    assert info.value.hint == UNAVAILABLE_HINT
+    opener.release.set()  # the open finishes late: that connection is closed, not kept
+    deadline = time.monotonic() + 5
+    while not (opener.connections and opener.connections[0].closed):
+        assert time.monotonic() < deadline, "the late connection was not closed"
+        time.sleep(0.01)
+    assert hv.list_domains() == []  # the next call opens anew
+    assert len(opener.connections) == 2 and not opener.connections[1].closed
+
+
+def test_a_remote_open_error_is_translated() -> None:
+    def refuse(uri: str) -> FakeConnection:
+        raise libvirt_error(libvirt.VIR_ERR_SYSTEM_ERROR, libvirt.VIR_FROM_RPC,
+                            "Cannot recv data: ssh: connect to host host1 port 22: refused")
+
+    with pytest.raises(HypervisorUnavailable, match="port 22: refused"):
+        LibvirtHypervisor("qemu+ssh://host1/system", open_connection=refuse).list_domains()
+
+
+def test_a_local_open_runs_in_the_calling_thread() -> None:
+    threads: list[threading.Thread] = []
+
+    def opener(uri: str) -> FakeConnection:
+        threads.append(threading.current_thread())
+        return FakeConnection()
+
+    LibvirtHypervisor("qemu:///system", open_connection=opener).list_domains()
+    assert threads == [threading.current_thread()]

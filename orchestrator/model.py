@@ -6,8 +6,8 @@ Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
 ``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
 Called by: cli.images, cli.vmss, dryrun.simworld, engine.addresses, engine.policy,
-engine.steps, images, usecases.rolling, usecases.session, usecases.sets, usecases.updates,
-usecases.views, usecases.watch
+engine.steps, images, usecases.placement, usecases.rolling, usecases.session, usecases.sets,
+usecases.updates, usecases.views, usecases.watch
 The CLI turns flags and files into specs; the use cases store them as JSON and
 read them back; the others read models, image references and rolling policies.
 
@@ -136,6 +136,8 @@ class RollingUpgradePolicy(_Base):
     prioritize_unhealthy_instances: Bool = False
     rollback_failed_instances_on_policy_breach: Bool = False
     max_surge: Bool = False
+    # a batch may hold instances of several fault domains (docs/semantics.md#fault-domains)
+    enable_cross_zone_upgrade: Bool = False
 
     @field_validator("pause_time_between_batches")
     @classmethod
@@ -175,6 +177,19 @@ class Model(_Base):
     ssh_public_key: str | None = None
     health_probe: HealthProbe = HealthProbe()
     tags: dict[str, str] = Field(default_factory=dict)
+    # the fault domains new instances may go to (empty: any)
+    fault_domains: tuple[str, ...] = ()
+
+    @field_validator("fault_domains")
+    @classmethod
+    def _fault_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for fd in value:
+            if not SET_NAME_RE.fullmatch(fd):
+                raise ValueError(f"invalid fault domain name {_show(fd)}: a-z, 0-9, '-', "
+                                 "starting with a letter, up to 40")
+        if len(set(value)) != len(value):
+            raise ValueError("fault domains must be unique")
+        return value
 
     @field_validator("image")
     @classmethod

@@ -10,8 +10,9 @@ and ``UNAVAILABLE_HINT`` (the hint of every ``HypervisorUnavailable``). Implemen
 nothing above this seam imports libvirt.
 
 Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
-engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, usecases.controller,
-usecases.session, usecases.sets, usecases.views, usecases.watch
+engine.hosts, engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.retry,
+usecases.controller, usecases.placement, usecases.recovery, usecases.session, usecases.sets,
+usecases.views, usecases.watch
 
 Every method is synchronous and quick (no method waits for a guest): waiting is the
 engine's job, done by polling ``domain_state`` against the injected clock.

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from orchestrator.engine import policy
 from orchestrator.engine.addresses import free_addresses
 from orchestrator.engine.health import HealthState
+from orchestrator.engine.hosts import LOCAL
 from orchestrator.engine.upgrade_state import (
     BatchRecord,
     LastAction,
@@ -29,7 +30,7 @@ from orchestrator.engine.upgrade_state import (
 from orchestrator.errors import Conflict, InvalidInput, OperationFailed
 from orchestrator.model import RollingUpgradePolicy, ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord
-from orchestrator.usecases import removal, rollout, sets, watch
+from orchestrator.usecases import placement, removal, rollout, sets, watch
 from orchestrator.usecases.recovery import command
 from orchestrator.usecases.session import Env, Session, lock_is_free, open_session
 
@@ -138,13 +139,15 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
         """Every instance with its current health: the monitor's latest round for those it
         probed, the settled record for the others (the batch just done)."""
         out = []
+        fd_of = placement.fault_domains(env)
         for i in session.store.list_instances(name):
             if i.instance_id in monitor.probed:
                 healthy = monitor.states.get(i.instance_id) is HealthState.HEALTHY
             else:
                 healthy = i.health.get("state") == HealthState.HEALTHY.value
             out.append(policy.Member(i.instance_id, i.model_generation, healthy,
-                                     i.protect_from_scale_set_actions))
+                                     i.protect_from_scale_set_actions,
+                                     fd_of.get(i.host, i.host)))
         return out
 
     async with watch.monitoring(probe) as monitor:
@@ -217,8 +220,19 @@ async def surge_batch(session: Session, batch: Sequence[InstanceRecord]) -> list
     """MaxSurge: new instances (new ids) on the latest model first; once healthy, the old
     ones of the batch go. A replacement that fails is removed; its old instance stays."""
     image = session.image(session.spec.model.image)
-    created = await sets.scale_out(session, image, len(batch),
-                                   generation=session.record.generation)
+    fd_of = placement.fault_domains(session.env)
+    # the replacements go where the old instances are, if that fault domain has room
+    same = sorted({fd_of.get(i.host, i.host) for i in batch})
+    try:
+        created = await sets.scale_out(session, image, len(batch),
+                                       generation=session.record.generation, fault_domains=same)
+    except InvalidInput as exc:
+        if not (session.engine.fleet and session.engine.fleet.registered):
+            raise
+        session.progress(f"{session.set_name}: fault domain {', '.join(same)} has no room for "
+                         f"the surge ({exc.message}); placing the replacements elsewhere")
+        created = await sets.scale_out(session, image, len(batch),
+                                       generation=session.record.generation)
     final = await watch.await_health(watch.session_probe(session), created)
     outcomes: list[rollout.Outcome] = []
     for old, new in zip(batch, created, strict=True):
@@ -303,12 +317,19 @@ async def surge_shortage(session: Session, spec: ScaleSetSpec | None = None) -> 
     batch = policy.batch_size(spec.upgrade_policy.rolling_upgrade_policy, spec.capacity)
     model = spec.model
     image = env.registry.get(model.image)
+    if env.engine.fleet is not None and env.engine.fleet.registered:
+        verdict = policy.place(await placement.rooms(env, session.set_name, model), batch,
+                               memory_bytes=model.memory_mib * 2**20,
+                               disk_bytes=placement.disk_bytes(model, image),
+                               fault_domains=model.fault_domains)
+        return verdict if isinstance(verdict, str) else None
     need_mem = batch * model.memory_mib * 2**20
-    have_mem = _mem_available()
+    have_mem = placement.mem_available()
     need_disk = batch * (sum(d.size_gib for d in model.data_disks) * 2**30
                          + image.virtual_size + 2**20)
-    pool = await env.engine.io(env.hv.pool_info, env.engine.settings.pool)
-    free_ips = len(await free_addresses(env.engine, model.network))
+    local = env.engine.at(LOCAL)
+    pool = await env.engine.io(local.hv.pool_info, local.pool)
+    free_ips = len(await free_addresses(env.engine, LOCAL, model.network))
     lacks = []
     if have_mem is not None and need_mem > have_mem:
         lacks.append(f"{need_mem // 2**20} MiB of memory ({have_mem // 2**20} MiB available)")
@@ -318,14 +339,3 @@ async def surge_shortage(session: Session, spec: ScaleSetSpec | None = None) -> 
     if batch > free_ips:
         lacks.append(f"{batch} free addresses on {model.network} ({free_ips} free)")
     return "; ".join(lacks) or None
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

@@ -35,6 +35,7 @@ from orchestrator.hypervisor.base import PowerState
 from orchestrator.images import Image
 from orchestrator.model import Model
 from orchestrator.store import InstanceRecord, Store
+from orchestrator.usecases import placement
 from orchestrator.usecases.session import Env, Session
 
 
@@ -125,8 +126,8 @@ async def await_health(probe: Probe, instances: Sequence[InstanceRecord]) -> dic
 
 
 async def running_states(env: Env) -> dict[str, PowerState]:
-    """Every domain's power state, in one hypervisor call."""
-    return {d.name: d.state for d in await env.engine.io(env.hv.list_domains)}
+    """Every domain's power state on the hosts that answer, one call per host."""
+    return (await placement.observe_power(env)).states
 
 
 async def probe_round(probe: Probe, instances: Sequence[InstanceRecord], *,

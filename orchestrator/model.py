@@ -6,8 +6,8 @@ Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
 ``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
 Called by: cli.images, cli.vmss, dryrun.simworld, engine.addresses, engine.policy,
-engine.steps, images, usecases.placement, usecases.rolling, usecases.session, usecases.sets,
-usecases.updates, usecases.views, usecases.watch
+engine.steps, images, usecases.hosts, usecases.placement, usecases.rolling,
+usecases.session, usecases.sets, usecases.updates, usecases.views, usecases.watch
 The CLI turns flags and files into specs; the use cases store them as JSON and
 read them back; the others read models, image references and rolling policies.
 

@@ -119,6 +119,7 @@ def _rolling_changes(opts: dict[str, Any]) -> dict[str, Any]:
         "pauseTimeBetweenBatches": opts.get("pause_time_between_batches"),
         "prioritizeUnhealthyInstances": opts.get("prioritize_unhealthy_instances"),
         "rollbackFailedInstancesOnPolicyBreach": opts.get("rollback_on_policy_breach"),
+        "enableCrossZoneUpgrade": opts.get("enable_cross_zone_upgrade"),
     }
     return {k: v for k, v in rolling.items() if v is not None}
 
@@ -135,6 +136,9 @@ def _model_changes(opts: dict[str, Any], *, current_probe: dict[str, Any] | None
         model["healthProbe"] = {**(current_probe or {}), **probe}
     if opts.get("data_disk_sizes_gb"):
         model["dataDisks"] = _disk_sizes(opts["data_disk_sizes_gb"])
+    if opts.get("fault_domains"):
+        model["faultDomains"] = [fd for value in opts["fault_domains"]
+                                 for fd in value.replace(",", " ").split()]
     if opts.get("custom_data") is not None:
         model["customData"] = _read_text_file(opts["custom_data"], "--custom-data")
     if opts.get("ssh_key_value") is not None:
@@ -168,6 +172,11 @@ def _policy_options(fn: F) -> F:
         click.option("--custom-data", type=click.Path(path_type=Path), help="cloud-init user-data file."),
         click.option("--ssh-key-value", type=click.Path(path_type=Path), help="Admin public key file."),
         click.option("--scale-in-policy", type=click.Choice(["Default", "OldestVM", "NewestVM"])),
+        click.option("--fault-domains", multiple=True,
+                     help="Fault domains new instances may go to (space or comma separated; "
+                          "default: any)."),
+        click.option("--enable-cross-zone-upgrade", type=click.BOOL, default=None,
+                     help="Rolling: a batch may hold instances of several fault domains."),
     ]):
         fn = decl(fn)
     return fn

@@ -174,6 +174,11 @@ class FakeHypervisor:
         self._external_files.add(path)
 
     @property
+    def external_files(self) -> frozenset[str]:
+        """The host files (images) domains may refer to."""
+        return frozenset(self._external_files)
+
+    @property
     def domains(self) -> dict[str, Domain]:
         """The persistent definition of every domain, by name (a copy)."""
         return {name: rec.definition for name, rec in self._records.items()}

@@ -5,8 +5,8 @@ answer are named), ``rooms`` (each host's room for the set's model: memory, pool
 free addresses, the set's instances there) and ``choose_hosts`` (``policy.place`` on them).
 With no host registered every instance goes to the implicit host, as on one machine.
 
-Called by: usecases.controller, usecases.rolling, usecases.sets, usecases.views,
-usecases.watch
+Called by: usecases.controller, usecases.hosts, usecases.rolling, usecases.sets,
+usecases.views, usecases.watch
 """
 
 from __future__ import annotations

@@ -470,6 +470,22 @@ FLAG_CASES: dict[str, Case] = {
     "global/domain-type": cli("--domain-type", "xen", "vmss", "list", problem="xen"),
     "global/unknown-option": cli("vmss", "list", "--colour", problem="--colour"),
     "global/unknown-command": cli("vmss", "explode", problem="explode"),
+    "host/name": cli("host", "add", "--name", "Lab_1", "--uri", "qemu+tcp://10.250.0.1/system",
+                     problem="invalid host name"),
+    "host/uri-scheme": cli("host", "add", "--name", "h1", "--uri", "http://h1/",
+                           problem="invalid libvirt URI"),
+    "host/uri-injection": cli("host", "add", "--name", "h1",
+                              "--uri", "qemu+ssh://h1/system;reboot", problem="invalid libvirt URI"),
+    "host/fault-domain": cli("host", "add", "--name", "h1", "--uri", "qemu:///system",
+                             "--fault-domain", "Rack A", problem="invalid fault domain"),
+    "host/network": cli("host", "add", "--name", "h1", "--uri", "qemu:///system",
+                        "--network", "../etc", problem="invalid network"),
+    "host/unknown": cli("host", "cordon", "--name", "h9", problem="host h9 is not registered"),
+    "host/remove-unknown": cli("host", "remove", "--name", "h9", problem="not registered"),
+    "host/cordon-local": cli("host", "cordon", "--name", "local",
+                             problem="implicit host local cannot be cordoned"),
+    "create/fault-domains": cli("vmss", "create", "--name", "new", "--image", "tiny:1",
+                                "--fault-domains", "Rack A", problem="fault domain"),
 }
 
 ALL_CASES = {**YAML_CASES, **NAME_CASES, **IMAGE_CASES, **FLAG_CASES}

@@ -24,11 +24,11 @@ from .fakecli import FakeCli, install
 # commands whose stdout is not orch's to format: the guest's terminal, CMD's own output
 NOT_RUN = {"vmss ssh": "an interactive SSH session", "lab exec": "its output is CMD's"}
 # commands that print nothing on stdout (a progress line on stderr): with -o json, nothing
-SILENT = {"vmss delete", "image delete"}
+SILENT = {"vmss delete", "image delete", "host remove"}
 # shown, and read-only: also checked in YAML, which must say the same as the JSON
 READ_ONLY = {"image list", "image show", "vmss list", "vmss show", "vmss list-instances",
              "vmss get-instance-view", "vmss list-operations", "vmss rolling-upgrade get-latest",
-             "vmss plan", "lab status"}
+             "vmss plan", "lab status", "host list", "host show"}
 
 
 def leaf_paths(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
@@ -125,7 +125,14 @@ def test_every_showing_command_prints_json(cli: FakeCli, tmp_path: Path) -> None
     assert show("controller run", "--once") == {"actions": [], "problems": []}
     for path in ("lab up", "lab status", "lab down"):
         assert show(path)["up"] is False
-    for path, args in (("vmss delete", ["--name", "api"]), ("image delete", ["imp:1"])):
+    hv = cli.world.add_host("h1", register=False)
+    assert show("host add", "--name", "h1", "--uri", hv.uri)["state"] == "Ready"
+    assert [h["name"] for h in show("host list")] == ["h1", "local"]
+    assert show("host cordon", "--name", "h1")["state"] == "Cordoned"
+    assert show("host uncordon", "--name", "h1")["state"] == "Ready"
+    assert show("host show", "--name", "h1")["faultDomain"] == "h1"
+    for path, args in (("vmss delete", ["--name", "api"]), ("image delete", ["imp:1"]),
+                       ("host remove", ["--name", "h1"])):
         code, out, err = cli.run(*path.split(), *args, "-o", "json")
         assert code == 0 and out == "", (path, err)
         done[path] = None

@@ -8,7 +8,7 @@ use cases' collaborators (``AppContext.env``) and the one event loop of a comman
 (``AppContext.run``), and the mapping of errors to one line on stderr plus an exit code
 (0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). ``main`` is the console script.
 
-Called by: cli, cli.hosts, cli.images, cli.labcmds, cli.vmss
+Called by: cli, cli.controller, cli.hosts, cli.images, cli.labcmds, cli.vmss
 """
 
 from __future__ import annotations

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from orchestrator.cli.app import (
     cli,
     pass_app,
 )
-from orchestrator.errors import InvalidInput, OperationFailed
+from orchestrator.errors import InvalidInput
 from orchestrator.model import (
     SET_NAME_RE,
     ScaleSetDocument,
@@ -39,7 +38,6 @@ from orchestrator.model import (
     validate,
 )
 from orchestrator.output import render as render_table
-from orchestrator.usecases import controller as controller_mod
 from orchestrator.usecases import rolling, sets, updates, views
 
 
@@ -569,41 +567,3 @@ def vmss_ssh(app: AppContext, name: str, instance_id: int, command: tuple[str, .
                                      connect_timeout=15.0)
 
     sys.exit(app.run(session()))
-
-
-
-
-@cli.group()
-def controller() -> None:
-    """The reconcile loop: resumes interrupted work, rolls out recorded model changes
-    (Automatic and Rolling sets), restarts instances that should run."""
-
-
-@controller.command("run")
-@click.option("--once", is_flag=True, help="One pass over every set, then exit.")
-@click.option("--interval", type=click.FloatRange(min=1, max=3600), default=15, show_default=True,
-              help="Seconds between passes.")
-@pass_app
-def controller_run(app: AppContext, once: bool, interval: float) -> None:
-    """Carry out pending and interrupted work; with --once, exit when done (exit 1 if a set
-    had a problem), else keep watching until interrupted. The metrics file (--metrics-file)
-    is written after every pass."""
-    env = app.env()
-    while True:
-        report = app.run(controller_mod.run_pass(env))
-        for line in report.problems:
-            app.progress(f"problem: {line}")
-        app.write_metrics()
-        if once:
-            app.show(report.as_dict())
-            if report.problems:
-                raise OperationFailed(f"{len(report.problems)} problem(s): {report.problems[0]}")
-            return
-        if pause_between_passes(interval):
-            return
-
-
-def pause_between_passes(seconds: float) -> bool:
-    """Wait until the controller's next pass is due; True ends the loop. The one seam the
-    tests replace to run passes without waiting."""
-    return threading.Event().wait(seconds)

@@ -117,7 +117,8 @@ def _instance_values(rec: InstanceRecord) -> tuple[Any, ...]:
 
 
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        """``durable`` false: no fsync per transaction (a dry run's throwaway copy)."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -131,7 +132,7 @@ class Store:
             ) from exc
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
         with self.transaction():

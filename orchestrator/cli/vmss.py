@@ -353,7 +353,8 @@ def vmss_plan(app: AppContext, /, **opts: Any) -> None:
     _show_plan_table(plan)
 
 
-PLAN_COLUMNS = [("batch", "BATCH"), ("instances", "INSTANCES"), ("action", "ACTION"),
+PLAN_COLUMNS = [("batch", "BATCH"), ("faultDomain", "FAULT DOMAIN"), ("instances", "INSTANCES"),
+                ("action", "ACTION"),
                 ("newInstances", "NEW IDS"), ("startSeconds", "START s"), ("endSeconds", "END s")]
 
 

@@ -185,6 +185,24 @@ class TestRollingByFaultDomain:
             assert after[new] == before[old]
 
 
+def test_a_plan_over_hosts_takes_one_fault_domain_per_batch(world: World) -> None:
+    from orchestrator.dryrun.plan import make_plan
+
+    three_hosts(world)
+    world.register_image("tiny", "2")
+    world.service.create(spec(6, maxBatchInstancePercent=50, maxUnhealthyInstancePercent=50))
+    fd_of = {i: f"fd-{h[1]}" for i, h in spread(world).items()}
+    before = snapshot(world.state_dir)
+    plan = run(make_plan(world.env, "web", changes={"model": {"image": "tiny:2"}}))
+    assert plan["outcome"] == "Completed", plan
+    assert [b["faultDomain"] for b in plan["batches"]] == ["fd-1", "fd-2", "fd-3"]
+    for batch in plan["batches"]:
+        assert {fd_of[i] for i in batch["instances"]} == {batch["faultDomain"]}
+    assert plan["predictedSeconds"] > 3 * world.hv.boot_seconds
+    assert snapshot(world.state_dir) == before  # a dry run changes nothing
+    assert {i.image for i in world.store.list_instances("web")} == {"tiny:1"}
+
+
 class TestUnreachableHost:
     def test_its_instances_show_unknown_and_count_unhealthy(self, world: World) -> None:
         three_hosts(world)

@@ -46,7 +46,7 @@ SSH_PUBLIC_KEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
     r"[A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$"
 )
-MAX_CAPACITY = 100
+MAX_CAPACITY = 1000
 _DURATION = TypeAdapter(_dt.timedelta)
 _V = TypeVar("_V")
 # Lax pydantic takes `capacity: true` as 1 and `maxSurge: 1` as true: a YAML slip would

@@ -26,12 +26,12 @@ class FakeProber:
 
     def _host_of(self, name: str) -> FakeHypervisor:
         for hv in self.hosts:
-            if name in hv.domains:
+            if hv.definition(name) is not None:
                 return hv
         return self.hv
 
     def _image_of(self, name: str) -> str | None:
-        domain = self._host_of(name).domains.get(name)
+        domain = self._host_of(name).definition(name)
         if domain is None:
             return None
         for disk in domain.disks:

@@ -183,6 +183,11 @@ class FakeHypervisor:
         """The persistent definition of every domain, by name (a copy)."""
         return {name: rec.definition for name, rec in self._records.items()}
 
+    def definition(self, name: str) -> Domain | None:
+        """The persistent definition of one domain, or None (no copy of every other one)."""
+        rec = self._records.get(name)
+        return rec.definition if rec is not None else None
+
     def volume_backing(self, pool: str, name: str) -> tuple[str, str] | None:
         """(backing path, backing format) of a volume, or None for a volume without one."""
         return self._volume(pool, name).backing

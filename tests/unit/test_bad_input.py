@@ -407,7 +407,7 @@ FLAG_CASES: dict[str, Case] = {
     "instance-id/run-command": cli("vmss", "run-command", "invoke", *W, "--instance-id", "1.5",
                                    "--scripts", "true", problem="--instance-id"),
     "capacity/negative": cli("vmss", "scale", *W, "--new-capacity", "-1", problem="capacity"),
-    "capacity/101": cli("vmss", "scale", *W, "--new-capacity", "101", problem="capacity"),
+    "capacity/1001": cli("vmss", "scale", *W, "--new-capacity", "1001", problem="capacity"),
     "capacity/1e30": cli("vmss", "scale", *W, "--new-capacity", str(10**30), problem="capacity"),
     "capacity/word": cli("vmss", "scale", *W, "--new-capacity", "two", problem="--new-capacity"),
     "capacity/unknown-set": cli("vmss", "scale", "--name", "nothere", "--new-capacity", "1",

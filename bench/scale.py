@@ -26,10 +26,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from orchestrator.dryrun.plan import make_plan  # noqa: E402
-from orchestrator.model import MAX_CAPACITY, ScaleSetSpec, validate  # noqa: E402
-from orchestrator.usecases import sets, updates  # noqa: E402
-from tests.world import World, make_world  # noqa: E402
+from orchestrator.dryrun.plan import make_plan
+from orchestrator.model import MAX_CAPACITY, ScaleSetSpec, validate
+from orchestrator.usecases import sets, updates
+from tests.world import World, make_world
 
 HOSTS = 4
 

@@ -101,6 +101,11 @@ class FakeClock:
             self._t = max(self._t, deadline)
             if not fut.done():
                 fut.set_result(None)
+            # every sleeper due at the same instant wakes with it (in the order they slept)
+            while self._sleepers and self._sleepers[0][0] == deadline:
+                _, _, more = heapq.heappop(self._sleepers)
+                if not more.done():
+                    more.set_result(None)
 
 
 def iso(ts: _dt.datetime) -> str:

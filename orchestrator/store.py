@@ -313,6 +313,12 @@ class Store:
             )
         return new
 
+    def set_health(self, set_name: str, instance_id: int, health: dict[str, Any]) -> None:
+        """Only an instance's health record (probes write it often; nothing else changes)."""
+        with self.transaction():
+            self._db.execute("UPDATE instances SET health=? WHERE set_name=? AND instance_id=?",
+                             (json.dumps(health), set_name, instance_id))
+
     def find_instance(self, set_name: str, instance_id: int) -> InstanceRecord | None:
         row = self._one(
             "SELECT * FROM instances WHERE set_name=? AND instance_id=?", (set_name, instance_id)

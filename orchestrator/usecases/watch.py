@@ -98,9 +98,7 @@ def record_boot(store: Store, clock: Clock, inst: InstanceRecord) -> InstanceRec
 
 
 def _persist(env: Env, set_name: str, instance_id: int, rec: HealthRecord) -> None:
-    inst = env.store.find_instance(set_name, instance_id)
-    if inst is not None:
-        env.store.update_instance(inst, health=record_to_json(rec, env.clock))
+    env.store.set_health(set_name, instance_id, record_to_json(rec, env.clock))
 
 
 async def await_health(probe: Probe, instances: Sequence[InstanceRecord]) -> dict[int, HealthRecord]:
@@ -145,10 +143,11 @@ async def probe_round(probe: Probe, instances: Sequence[InstanceRecord], *,
     final = await probe_once([probe.target(i) for i in running], records, prober=env.prober,
                              settings=probe.settings, clock=env.clock)
     states: dict[int, HealthState] = {}
-    for inst in running:
-        if inst.name in final:
-            _persist(env, probe.set_name, inst.instance_id, final[inst.name])
-            states[inst.instance_id] = final[inst.name].state
+    with env.store.transaction():  # one write for the whole round
+        for inst in running:
+            if inst.name in final:
+                _persist(env, probe.set_name, inst.instance_id, final[inst.name])
+                states[inst.instance_id] = final[inst.name].state
     return states
 
 

@@ -9,8 +9,8 @@ Each test boots at most 3 instances (the host has 2 cores and runs them under TC
 
 from __future__ import annotations
 
-import re
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 

@@ -136,6 +136,14 @@ class Registry:
     def verify(self, ref: str) -> Image:
         """The image, after checking its files still match the recorded sha256."""
         image = self.get(ref)
+        self.check_files(image)
+        return image
+
+    @staticmethod
+    def check_files(image: Image) -> None:
+        """InvalidInput unless the image's files still match the recorded sha256. Reads the
+        files only (no store access), so it may run in a worker thread."""
+        ref = image.ref
         hashes = image.record.manifest.get("sha256", {})
         for key in _HASHED_KEYS:
             path = image._file(key) if key != "disk" else image.disk
@@ -148,7 +156,6 @@ class Registry:
                     f"image {ref}: {path.name} changed since it was registered; images are "
                     "immutable (register a new version)"
                 )
-        return image
 
     # --- build -------------------------------------------------------------------------
     def _locked(self, purpose: str) -> contextlib.AbstractContextManager[None]:

@@ -107,7 +107,8 @@ async def finish_interrupted(session: Session, report: PassReport) -> bool:
 async def _finish_reimage(session: Session, inst: InstanceRecord) -> None:
     done = await steps.finish_reimage(session.engine, inst,
                                       model=session.model(inst.model_generation),
-                                      profile=session.spec.model, image=session.image(inst.image),
+                                      profile=session.spec.model,
+                                      image=await session.image(inst.image),
                                       admin_key=session.key.public_openssh)
     booted = watch.record_boot(session.store, session.engine.clock, done)
     await watch.await_health(watch.session_probe(session), [booted])
@@ -169,7 +170,8 @@ async def _recreate_missing(session: Session, inst: InstanceRecord) -> None:
     running = inst.power_intent == "running"
     with session.engine.step(inst, "recreate"):
         await steps.provision(session.engine, inst, session.model(inst.model_generation),
-                              session.image(inst.image), admin_key=session.key.public_openssh,
+                              await session.image(inst.image),
+                              admin_key=session.key.public_openssh,
                               start=running)
     if running:
         booted = watch.record_boot(session.store, session.engine.clock, inst)

@@ -219,7 +219,7 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
 async def surge_batch(session: Session, batch: Sequence[InstanceRecord]) -> list[rollout.Outcome]:
     """MaxSurge: new instances (new ids) on the latest model first; once healthy, the old
     ones of the batch go. A replacement that fails is removed; its old instance stays."""
-    image = session.image(session.spec.model.image)
+    image = await session.image(session.spec.model.image)
     fd_of = placement.fault_domains(session.env)
     # the replacements go where the old instances are, if that fault domain has room
     same = sorted({fd_of.get(i.host, i.host) for i in batch})

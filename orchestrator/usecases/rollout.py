@@ -59,7 +59,7 @@ class ToLatest(Change):
         model = session.spec.model
         return await steps.apply_model(session.engine, inst, model=model,
                                        generation=session.record.generation,
-                                       image=session.image(model.image))
+                                       image=await session.image(model.image))
 
 
 class ToPrevious(Change):
@@ -89,7 +89,8 @@ class Reimage(Change):
     async def act(self, session: Session, inst: InstanceRecord) -> InstanceRecord:
         return await steps.reimage(session.engine, inst,
                                    model=session.model(inst.model_generation),
-                                   profile=session.spec.model, image=session.image(inst.image),
+                                   profile=session.spec.model,
+                                   image=await session.image(inst.image),
                                    admin_key=session.key.public_openssh,
                                    all_disks=self.all_disks)
 

@@ -130,10 +130,13 @@ class Session:
         """The set's spec was written: read it again when next asked."""
         self._spec = None
 
-    def image(self, ref: str) -> Image:
-        """The registered image ``ref``, its files verified once in this session."""
+    async def image(self, ref: str) -> Image:
+        """The registered image ``ref``, its files verified once in this session (hashing
+        a large image happens off the event loop)."""
         if ref not in self._images:
-            self._images[ref] = self.env.registry.verify(ref)
+            image = self.env.registry.get(ref)
+            await self.engine.offload(lambda: self.env.registry.check_files(image))
+            self._images[ref] = image
         return self._images[ref]
 
     def model(self, generation: int) -> Model:

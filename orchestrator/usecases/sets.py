@@ -155,7 +155,7 @@ async def scale_to(session: Session, new_spec: ScaleSetSpec, *, wait: bool) -> N
             store.add_event(name, event, now=env.engine.now())
 
     if capacity > current:
-        image = session.image(session.spec.model.image)
+        image = await session.image(session.spec.model.image)
         await check_placement(env, session.spec.model)
         created = await scale_out(session, image, capacity - current,
                                   generation=session.record.generation)

@@ -86,7 +86,7 @@ class Probe:
 
 
 def session_probe(session: Session) -> Probe:
-    image = session.image(session.spec.model.image)
+    image = session.env.registry.get(session.spec.model.image)
     return Probe(session.env, session.set_name, probe_settings(session.spec.model, image),
                  session.key)
 

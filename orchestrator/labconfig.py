@@ -3,7 +3,7 @@ and pool XML, pid-file and /proc checks, and the status record.
 
 Owned here: everything about the lab that needs no root, no subprocess and no daemon, so it
 is unit-tested directly.
-Called by: lab (which acts on the host; and the tests)
+Called by: lab, labsys (which act on the machine; and the tests)
 """
 
 from __future__ import annotations
@@ -88,10 +88,10 @@ def network_xml() -> str:
     return ET.tostring(net, encoding="unicode")
 
 
-def pool_xml(pool_path: Path) -> str:
+def pool_xml(pool_path: Path, *, name: str = LAB_POOL) -> str:
     """A ``dir`` pool; mode 0711 so libvirt-qemu can reach volumes it was given."""
     pool = ET.Element("pool", {"type": "dir"})
-    ET.SubElement(pool, "name").text = LAB_POOL
+    ET.SubElement(pool, "name").text = name
     target = ET.SubElement(pool, "target")
     ET.SubElement(target, "path").text = str(pool_path)
     perms = ET.SubElement(target, "permissions")

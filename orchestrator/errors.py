@@ -8,7 +8,7 @@ line and exits with ``exit_code`` (docs/semantics.md#exit-codes); other modules 
 only to collect, record or translate them.
 Called by: cli.app, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld, engine.addresses,
 engine.context, engine.health, engine.steps, hypervisor.base, hypervisor.fake,
-hypervisor.libvirt, hypervisor.retry, images, lab, labconfig, labsys, locks,
+hypervisor.libvirt, hypervisor.retry, images, lab, labconfig, labhosts, labsys, locks,
 metrics, model, ssh, store, usecases.controller, usecases.recovery, usecases.removal,
 usecases.rolling, usecases.rollout, usecases.session, usecases.sets, usecases.updates,
 usecases.views, usecases.watch

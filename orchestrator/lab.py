@@ -2,7 +2,8 @@
 
 Owned here: the ``orchlab`` network namespace, the virtlogd and libvirtd daemons started in it
 (tracked by pid files under ``<state_dir>/lab/``), the isolated libvirt network ``orchlab`` and
-the ``dir`` storage pool ``orchlab``; the environment ``orch lab exec`` gives its command.
+the ``dir`` storage pool ``orchlab``; the environment ``orch lab exec`` gives its command; the
+verbs over the whole lab, its simulated hosts (``labhosts``) included.
 Called by: cli.app, cli.labcmds (``orch lab up|down|status|exec``, the domain type ``auto``
 picks; and the tests that need a real lab)
 
@@ -25,8 +26,10 @@ from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
 
+from orchestrator import labhosts
 from orchestrator.errors import EnvironmentProblem
 from orchestrator.labconfig import (  # re-exported: the lab's public face
+    HOSTS_MAX,
     LAB_BRIDGE,
     LAB_GATEWAY,
     LAB_LIBVIRT_URI,
@@ -34,8 +37,11 @@ from orchestrator.labconfig import (  # re-exported: the lab's public face
     LAB_NETWORK,
     LAB_POOL,
     LAB_PREFIX,
+    HostPlan,
+    LabHost,
     LabStatus,
     detect_domain_type,
+    host_plans,
     lab_dir,
     lab_env,
     live_daemon_pid,
@@ -73,11 +79,11 @@ from orchestrator.labsys import (
 )
 
 __all__ = [
-    "LAB_BRIDGE", "LAB_GATEWAY", "LAB_LIBVIRT_URI", "LAB_NAMESPACE", "LAB_NETWORK", "LAB_POOL",
-    "LAB_PREFIX", "LabStatus", "detect_domain_type", "lab_dir", "lab_down", "lab_env",
-    "lab_exec", "lab_status", "lab_up", "live_daemon_pid", "network_mismatches", "network_xml",
-    "pool_dir", "pool_target_path", "pool_xml", "process_alive", "read_pid_file",
-    "running_domains_on_lab",
+    "HOSTS_MAX", "LAB_BRIDGE", "LAB_GATEWAY", "LAB_LIBVIRT_URI", "LAB_NAMESPACE", "LAB_NETWORK",
+    "LAB_POOL", "LAB_PREFIX", "HostPlan", "LabHost", "LabStatus", "detect_domain_type",
+    "host_plans", "lab_dir", "lab_down", "lab_env", "lab_exec", "lab_hosts", "lab_status",
+    "lab_up", "live_daemon_pid", "network_mismatches", "network_xml", "pool_dir",
+    "pool_target_path", "pool_xml", "process_alive", "read_pid_file", "running_domains_on_lab",
 ]
 
 LIBVIRT_SOCKET = Path("/run/libvirt/libvirt-sock")
@@ -112,8 +118,16 @@ def _start_argv(daemon: Daemon) -> list[str]:
 # --- public verbs ---------------------------------------------------------------------------------
 
 
-def lab_up(state_dir: Path, *, progress: Progress = no_progress) -> LabStatus:
-    """Bring the lab up, or finish bringing it up; fast and harmless when it already is."""
+def lab_up(
+    state_dir: Path, *, hosts: int | None = None, progress: Progress = no_progress
+) -> LabStatus:
+    """Bring the lab up, or finish bringing it up; fast and harmless when it already is.
+
+    ``hosts``: how many simulated hosts (``labhosts``) the lab has from now on, 0 for the
+    single-host lab; None keeps as many as it was last given (none at first, and after
+    ``lab_down``)."""
+    if hosts is not None and not 0 <= hosts <= HOSTS_MAX:
+        raise ValueError(f"the lab has 0..{HOSTS_MAX} hosts, not {hosts}")
     require_root()
     check_tools(_REQUIRED_TOOLS)
     ensure_netns(LAB_NAMESPACE, progress)
@@ -128,6 +142,7 @@ def lab_up(state_dir: Path, *, progress: Progress = no_progress) -> LabStatus:
         LAB_NETWORK, network_xml(), bridge=LAB_BRIDGE, bridge_namespace=LAB_NAMESPACE,
         what=f"isolated, {LAB_GATEWAY}/{LAB_PREFIX}", progress=progress)
     virsh.ensure_pool(LAB_POOL, pool_dir(state_dir), progress)
+    labhosts.ensure_hosts(state_dir, hosts, progress)
     return lab_status(state_dir)
 
 
@@ -153,8 +168,11 @@ def _ensure_kvm_device_mode(progress: Progress, dev: Path = Path("/dev/kvm")) ->
 
 
 def lab_down(state_dir: Path, *, progress: Progress = no_progress) -> LabStatus:
-    """Stop what ``lab_up`` started; definitions, volumes and DHCP reservations are kept."""
+    """Stop what ``lab_up`` started, simulated hosts included; definitions, volumes and DHCP
+    reservations are kept (the hosts' in their state dirs)."""
     require_root()
+    # The hosts first: their veths are in the lab's namespace.
+    labhosts.remove_hosts(state_dir, progress)
     virtlogd, libvirtd = _virtlogd(state_dir), _libvirtd(state_dir)
     virsh = _virsh(state_dir)
     # Order matters: once libvirtd is gone virsh reaches nothing.
@@ -199,7 +217,7 @@ def _stop_orphan_dnsmasq(progress: Progress) -> None:
 
 
 def lab_status(state_dir: Path) -> LabStatus:
-    """Observe the lab without changing anything."""
+    """Observe the lab, its simulated hosts included, without changing anything."""
     problems: list[str] = []
     namespace = netns_exists(LAB_NAMESPACE)
     pids: dict[str, int | None] = {}
@@ -255,7 +273,16 @@ def lab_status(state_dir: Path) -> LabStatus:
         pool_path=pool_path,
         domain_type=detect_domain_type(),
         problems=tuple(problems),
+        hosts=labhosts.hosts_status(state_dir),
     )
+
+
+def lab_hosts(state_dir: Path) -> list[LabHost]:
+    """The lab's simulated hosts as they are now: for each its name, ``uri``
+    (``qemu+tcp://`` from the lab's namespace), fault domain, network, pool, and whether its
+    libvirtd answers there (``answers``; ``up``: everything of it is). Empty for the
+    single-host lab. Changes nothing."""
+    return list(labhosts.hosts_status(state_dir))
 
 
 def lab_exec(state_dir: Path, argv: Sequence[str]) -> int:

@@ -5,7 +5,7 @@ command that starts their daemons in namespaces of their own, the ``LabHost`` re
 
 Owned here: everything about the lab that needs no root, no subprocess and no daemon, so it
 is unit-tested directly.
-Called by: lab, labsys (which act on the machine; and the tests)
+Called by: lab, labhosts, labsys (which act on the machine; and the tests)
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ Owned here: the subprocess boundary of the lab (``run``: a timeout, and failures
 ``EnvironmentProblem``), namespace checks and creation, starting a daemon and waiting until
 its unix socket answers, stopping a pid only while it still is the program we started, and
 ``Virsh`` (one libvirt connection's networks and pools, defined and started idempotently).
-Called by: lab
+Called by: lab, labhosts
 
 libvirt is driven through the ``virsh`` CLI here, never the Python binding: the libvirt adapter
 (``hypervisor/libvirt.py``) is the only module importing libvirt.

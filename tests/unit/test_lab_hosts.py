@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator import labconfig
+from orchestrator import lab, labconfig, labhosts
 from orchestrator.labconfig import HostPlan, LabHost, LabStatus
 
 
@@ -291,3 +291,21 @@ class TestLabHostRecord:
         listed = both.as_dict()["hosts"]
         assert isinstance(listed, list) and [h["name"] for h in listed] == ["lab-1", "lab-2"]
         assert status().as_dict()["hosts"] == []
+
+
+class TestGuards:
+    def test_more_hosts_than_the_lab_has_is_refused_before_anything(
+        self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        monkeypatch.setattr("orchestrator.labsys.os.geteuid", lambda: 0)
+        with pytest.raises(ValueError, match="0..4"):
+            lab.lab_up(tmp_path, hosts=5)
+        assert not (tmp_path / "lab").exists()
+
+    def test_no_count_recorded_is_the_single_host_lab(self, tmp_path: Path) -> None:
+        assert labhosts.wanted_count(tmp_path) == 0
+        labconfig.hosts_count_file(tmp_path).parent.mkdir(parents=True)
+        labconfig.hosts_count_file(tmp_path).write_text("garbage")
+        assert labhosts.wanted_count(tmp_path) == 0
+        labconfig.hosts_count_file(tmp_path).write_text("3\n")
+        assert labhosts.wanted_count(tmp_path) == 3

@@ -81,6 +81,12 @@ from orchestrator.labsys import (
 
 HOST_TOOLS = ("unshare", "mount", "hostname", "sh")
 _MACHINE_ETC = Path("/etc/libvirt")
+# libvirt's cache of what the machine's qemu can do: keyed to the qemu binary, the kernel and
+# the CPU, which every host shares. Probing it anew takes 7-8 s of a host's first call on this
+# 2-core machine; a host whose cache is empty starts from a copy of the lab's (libvirt
+# re-probes if it no longer matches).
+_MACHINE_QEMU_CAPS = Path("/var/cache/libvirt/qemu/capabilities")
+_HOST_QEMU_CAPS = "cache/qemu/capabilities"
 _QEMU_COMM = "qemu-system-x86"  # /proc/PID/comm keeps 15 characters of qemu-system-x86_64
 
 
@@ -280,6 +286,11 @@ def _ensure_host_dirs(state_dir: Path, plan: HostPlan, progress: Progress) -> No
                 shutil.copytree(src, dst)
             else:
                 shutil.copy2(src, dst)
+        caps = base / _HOST_QEMU_CAPS
+        if not any(caps.glob("*.xml")) and any(_MACHINE_QEMU_CAPS.glob("*.xml")):
+            progress(f"copying the lab's qemu capabilities cache to {plan.name}")
+            for cached in _MACHINE_QEMU_CAPS.glob("*.xml"):
+                shutil.copy2(cached, caps / cached.name)
         conf, text = etc / "libvirtd.conf", host_libvirtd_conf(plan)
         if not conf.exists() or conf.read_text() != text:
             progress(f"writing {conf}")

@@ -67,6 +67,7 @@ from orchestrator.labsys import (
     ensure_traversable_dirs,
     in_netns,
     netns_exists,
+    netns_path,
     netns_pids,
     no_progress,
     pid_in_netns,
@@ -91,7 +92,8 @@ VIRTLOGD_SOCKET = Path("/run/libvirt/virtlogd-sock")
 # libvirt records the dnsmasq it spawned for a network here (used when libvirtd is gone).
 _DNSMASQ_PIDFILE = Path(f"/run/libvirt/network/{LAB_NETWORK}.pid")
 
-_REQUIRED_TOOLS = ("ip", "virsh", "libvirtd", "virtlogd", "dnsmasq", "qemu-system-x86_64")
+_REQUIRED_TOOLS = ("ip", "virsh", "libvirtd", "virtlogd", "dnsmasq", "qemu-system-x86_64",
+                   "nsenter")
 
 
 def _daemon(name: str, sock: Path, state_dir: Path) -> Daemon:
@@ -286,7 +288,11 @@ def lab_hosts(state_dir: Path) -> list[LabHost]:
 
 
 def lab_exec(state_dir: Path, argv: Sequence[str]) -> int:
-    """Run ``argv`` inside the lab namespace with the lab as default; return its exit code."""
+    """Run ``argv`` inside the lab namespace with the lab as default; return its exit code.
+
+    Only the network namespace is entered (``nsenter --net``), not a mount namespace of its
+    own as ``ip netns exec`` would make: so what the command mounts, such as the namespaces
+    of ``lab_up(hosts=N)`` run by a test inside the lab, is seen by every other process."""
     if not argv:
         raise EnvironmentProblem("lab exec needs a command", hint="orch lab exec -- CMD")
     require_root()
@@ -295,10 +301,11 @@ def lab_exec(state_dir: Path, argv: Sequence[str]) -> int:
         raise EnvironmentProblem("the lab is not up", hint="run `orch lab up`")
     env = dict(os.environ)
     env.update(lab_env(state_dir))
+    nsenter = [tool("nsenter"), f"--net={netns_path(LAB_NAMESPACE)}", "--", *argv]
     try:
         # stdio inherited: CMD may be interactive (ssh) and its output is the user's.
-        proc = subprocess.run(in_netns(LAB_NAMESPACE, *argv), env=env, check=False)
+        proc = subprocess.run(nsenter, env=env, check=False)
     except OSError as exc:
-        raise EnvironmentProblem(f"cannot run ip netns exec: {exc}") from exc
+        raise EnvironmentProblem(f"cannot run nsenter: {exc}") from exc
     # A signal-killed child reports -N; shells report 128+N, which is what users expect.
     return proc.returncode if proc.returncode >= 0 else 128 - proc.returncode

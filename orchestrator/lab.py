@@ -4,8 +4,8 @@ Owned here: the ``orchlab`` network namespace, the virtlogd and libvirtd daemons
 (tracked by pid files under ``<state_dir>/lab/``), the isolated libvirt network ``orchlab`` and
 the ``dir`` storage pool ``orchlab``; the environment ``orch lab exec`` gives its command; the
 verbs over the whole lab, its simulated hosts (``labhosts``) included.
-Called by: cli.app, cli.labcmds (``orch lab up|down|status|exec``, the domain type ``auto``
-picks; and the tests that need a real lab)
+Called by: cli.app, cli.labcmds (``orch lab up|down|status|hosts|exec``, the domain type
+``auto`` picks; and the tests that need a real lab)
 
 Why a namespace: on these machines traffic to private addresses is only allowed inside a
 namespace the project made itself (README, *The lab*), so libvirtd (and the dnsmasq and qemu it

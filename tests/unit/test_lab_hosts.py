@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator import lab, labconfig, labhosts
+from orchestrator.cli import main
 from orchestrator.labconfig import HostPlan, LabHost, LabStatus
 
 
@@ -301,6 +302,16 @@ class TestGuards:
         with pytest.raises(ValueError, match="0..4"):
             lab.lab_up(tmp_path, hosts=5)
         assert not (tmp_path / "lab").exists()
+
+    @pytest.mark.parametrize("count", ["5", "-1", "two"])
+    def test_cli_refuses_a_count_out_of_range_with_exit_2(
+        self, count: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    ) -> None:
+        with pytest.raises(SystemExit) as exc:
+            main(["--state-dir", str(tmp_path / "s"), "lab", "up", "--hosts", count])
+        assert exc.value.code == 2
+        assert "--hosts" in capsys.readouterr().err
+        assert not (tmp_path / "s").exists()
 
     def test_no_count_recorded_is_the_single_host_lab(self, tmp_path: Path) -> None:
         assert labhosts.wanted_count(tmp_path) == 0

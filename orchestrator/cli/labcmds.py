@@ -1,4 +1,5 @@
-"""`orch lab ...`: the sandboxed lab (libvirtd in network namespace orchlab).
+"""`orch lab ...`: the sandboxed lab (libvirtd in network namespace orchlab, and simulated
+hosts).
 
 Owned here: the ``orch lab`` commands and their flags; ``lab`` does the work.
 Called by: cli (importing it registers the commands)
@@ -30,10 +31,15 @@ def _lab_show(app: AppContext, status: Any) -> None:
 
 
 @lab.command("up")
+@click.option("--hosts", type=click.IntRange(0, lab_mod.HOSTS_MAX), default=None,
+              help="Simulated libvirt hosts lab-1..lab-N (each its own namespaces and "
+                   "libvirtd, reached over qemu+tcp://), 0 for none; without it, as many as "
+                   f"last time (none at first and after `lab down`). At most {lab_mod.HOSTS_MAX}.")
 @pass_app
-def lab_up(app: AppContext) -> None:
-    """Start virtlogd, libvirtd, network and pool in namespace orchlab (idempotent)."""
-    _lab_show(app, lab_mod.lab_up(app.ensure_state_dir(), progress=app.progress))
+def lab_up(app: AppContext, hosts: int | None) -> None:
+    """Start virtlogd, libvirtd, network and pool in namespace orchlab, and the simulated
+    hosts asked for (idempotent)."""
+    _lab_show(app, lab_mod.lab_up(app.ensure_state_dir(), hosts=hosts, progress=app.progress))
 
 
 @lab.command("down")
@@ -48,6 +54,20 @@ def lab_down(app: AppContext) -> None:
 def lab_status(app: AppContext) -> None:
     """Show whether the lab is up."""
     _lab_show(app, lab_mod.lab_status(app.ensure_state_dir()))
+
+
+_HOST_COLUMNS = (("name", "NAME"), ("uri", "URI"), ("faultDomain", "FAULT DOMAIN"),
+                 ("network", "NETWORK"), ("pool", "POOL"), ("answers", "ANSWERS"),
+                 ("up", "UP"))
+
+
+@lab.command("hosts")
+@pass_app
+def lab_hosts(app: AppContext) -> None:
+    """List the simulated hosts (`lab up --hosts N`): name, URI, fault domain, network, pool,
+    whether the daemon answers."""
+    app.show([host.as_dict() for host in lab_mod.lab_hosts(app.ensure_state_dir())],
+             columns=_HOST_COLUMNS)
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})

@@ -18,6 +18,7 @@ from orchestrator.cli.app import (
     cli,
     pass_app,
 )
+from orchestrator.clock import RealClock, iso
 
 
 # --- lab ------------------------------------------------------------------------------------
@@ -39,14 +40,28 @@ def _lab_show(app: AppContext, status: Any) -> None:
 def lab_up(app: AppContext, hosts: int | None) -> None:
     """Start virtlogd, libvirtd, network and pool in namespace orchlab, and the simulated
     hosts asked for (idempotent)."""
-    _lab_show(app, lab_mod.lab_up(app.ensure_state_dir(), hosts=hosts, progress=app.progress))
+    status = lab_mod.lab_up(app.ensure_state_dir(), hosts=hosts, progress=app.progress)
+    _sync_hosts(app)
+    _lab_show(app, status)
+
+
+def _sync_hosts(app: AppContext) -> None:
+    """The lab's simulated hosts are the controller's hosts lab-1..N (fault domains fd-N)."""
+    from orchestrator.usecases.hosts import sync_lab_hosts
+
+    hosts = [(h.name, h.uri, h.fault_domain, h.network, h.pool)
+             for h in lab_mod.lab_hosts(app.state_dir) if h.up]
+    for line in sync_lab_hosts(app.store, hosts, now=iso(RealClock().now())):
+        app.progress(line)
 
 
 @lab.command("down")
 @pass_app
 def lab_down(app: AppContext) -> None:
     """Stop what `lab up` started and remove the namespace (set definitions are kept)."""
-    _lab_show(app, lab_mod.lab_down(app.ensure_state_dir(), progress=app.progress))
+    status = lab_mod.lab_down(app.ensure_state_dir(), progress=app.progress)
+    _sync_hosts(app)
+    _lab_show(app, status)
 
 
 @lab.command("status")

@@ -5,19 +5,20 @@ daemon answers, that the network and pool exist there; nothing is recorded if an
 the observed state of a host (Ready, Cordoned, or Unreachable when its daemon does not
 answer), its room (``HostView``), and the refusal to remove a host that holds instances.
 
-Called by: cli.hosts
+Called by: cli.hosts, cli.labcmds
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from orchestrator.engine.addresses import free_addresses
 from orchestrator.engine.hosts import CORDONED, LOCAL, READY, Host
 from orchestrator.errors import EnvironmentProblem, Gone, HypervisorUnavailable, InvalidInput
 from orchestrator.model import NETWORK_NAME_RE, SET_NAME_RE
-from orchestrator.store import HostRecord
+from orchestrator.store import HostRecord, Store
 from orchestrator.usecases.placement import mem_available
 from orchestrator.usecases.session import Env
 
@@ -124,6 +125,27 @@ async def set_cordoned(env: Env, name: str, cordoned: bool) -> HostView:
     env.store.get_host(name)
     env.store.set_host_state(name, CORDONED if cordoned else READY)
     return await show(env, name)
+
+
+def sync_lab_hosts(store: Store, lab_hosts: Sequence[tuple[str, str, str, str, str]], *,
+                   now: str) -> list[str]:
+    """Register the lab's simulated hosts (name, uri, fault domain, network, pool) that are
+    not registered yet, and forget registered ``lab-N`` hosts the lab no longer has and
+    that hold no instance. ``orch lab up``/``down`` call it: the lab has just checked that
+    each daemon answers, from the only namespace that reaches it. Returns what changed."""
+    said = []
+    wanted = {h[0]: h for h in lab_hosts}
+    held = store.hosts_in_use()
+    for rec in store.list_hosts():
+        if rec.name.startswith("lab-") and rec.name not in wanted and not held.get(rec.name):
+            store.delete_host(rec.name)
+            said.append(f"host {rec.name} unregistered")
+    for name, uri, fault_domain, network, pool in lab_hosts:
+        if store.find_host(name) is None:
+            store.add_host(HostRecord(name=name, uri=uri, fault_domain=fault_domain,
+                                      network=network, pool=pool, state=READY, created_at=now))
+            said.append(f"host {name} registered ({uri}, fault domain {fault_domain})")
+    return said
 
 
 def remove(env: Env, name: str) -> None:

@@ -240,3 +240,17 @@ def test_a_single_host_state_dir_keeps_its_instances_on_local(world: World) -> N
     store.close()
 
 
+
+
+def test_the_labs_hosts_are_registered_and_forgotten_with_it(world: World) -> None:
+    world.service.create(spec(1))  # on the implicit host, before any host is registered
+    lab = [("lab-1", "qemu+tcp://10.214.0.1/system", "fd-1", "lab-1", "lab-1"),
+           ("lab-2", "qemu+tcp://10.214.0.2/system", "fd-2", "lab-2", "lab-2")]
+    said = hosts.sync_lab_hosts(world.store, lab, now="x")
+    assert said == ["host lab-1 registered (qemu+tcp://10.214.0.1/system, fault domain fd-1)",
+                    "host lab-2 registered (qemu+tcp://10.214.0.2/system, fault domain fd-2)"]
+    assert hosts.sync_lab_hosts(world.store, lab, now="x") == []  # idempotent
+    # an instance lives on lab-2: when the lab has no hosts any more, only lab-1 goes
+    world.store._db.execute("UPDATE instances SET host='lab-2'")
+    assert hosts.sync_lab_hosts(world.store, [], now="x") == ["host lab-1 unregistered"]
+    assert [h.name for h in world.store.list_hosts()] == ["lab-2"]

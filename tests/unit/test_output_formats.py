@@ -131,7 +131,8 @@ def test_every_showing_command_prints_json(cli: FakeCli, tmp_path: Path) -> None
     assert [h["uri"] for h in show("lab hosts")] == ["qemu+tcp://10.214.0.1/system"]
     hv = cli.world.add_host("h1", register=False)
     assert show("host add", "--name", "h1", "--uri", hv.uri)["state"] == "Ready"
-    assert [h["name"] for h in show("host list")] == ["h1", "local"]
+    # lab-1: registered by `lab up` (the lab says it runs)
+    assert [h["name"] for h in show("host list")] == ["h1", "lab-1", "local"]
     assert show("host cordon", "--name", "h1")["state"] == "Cordoned"
     assert show("host uncordon", "--name", "h1")["state"] == "Ready"
     assert show("host show", "--name", "h1")["faultDomain"] == "h1"

@@ -107,7 +107,11 @@ class AppContext:
         clock = RealClock()
 
         def connect(uri: str) -> Hypervisor:
-            return Retrying(LibvirtHypervisor(uri), clock=clock, log=self.progress)
+            # a restarted local libvirtd is ridden out for a minute; a remote host that stops
+            # answering must not hold anything up for longer than its detection takes
+            local = uri.startswith(("qemu:///", "test:///"))
+            return Retrying(LibvirtHypervisor(uri), clock=clock, log=self.progress,
+                            give_up_after=60.0 if local else 10.0)
 
         hv = connect(self.libvirt_uri)
         pool = os.environ.get("ORCH_POOL", "default")

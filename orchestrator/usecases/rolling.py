@@ -82,10 +82,11 @@ async def start_in(session: Session, *, allow_surge_fallback: bool = False) -> R
     env, name = session.env, session.set_name
     previous = latest(env, name)
     if previous is not None and previous.running:
-        save(env, previous.with_(
-            status=RollingStatus.CANCELLED, end_time=env.engine.now(),
-            cancel_note="interrupted: the process driving it "
-                        f"(pid {previous.driver_pid}) stopped; superseded"))
+        why = (previous.cancel_note if previous.cancel_note
+               and previous.cancel_note.startswith("paused") else
+               f"interrupted: the process driving it (pid {previous.driver_pid}) stopped")
+        save(env, previous.with_(status=RollingStatus.CANCELLED, end_time=env.engine.now(),
+                                 cancel_note=f"{why}; superseded"))
         await _finish_surge_batch(session, previous)
     spec = session.spec
     rolling = spec.upgrade_policy.rolling_upgrade_policy
@@ -160,10 +161,24 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                            cancel_note="cancelled between batches: no batch was in flight")
             capacity = session.spec.capacity
             now_members = members(monitor)
-            skip = frozenset(attempted)
+            host_of = {i.instance_id: i.host for i in session.store.list_instances(name)}
+            # instances on a host that does not answer wait for it (they count unhealthy)
+            waiting = {m.instance_id for m in policy.pending(now_members, target,
+                                                             frozenset(attempted))
+                       if host_of.get(m.instance_id) in monitor.unreachable}
+            skip = frozenset(attempted | waiting)
             verdict = policy.next_batch(now_members, target=target, policy=rolling,
                                         capacity=capacity, skip=skip)
-            pending_count = len(policy.pending(now_members, target, skip))
+            pending_count = len(policy.pending(now_members, target, frozenset(attempted)))
+            if verdict.kind == "completed" and waiting:
+                hosts = sorted({host_of[i] for i in waiting})
+                note = (f"paused: host {', '.join(hosts)} does not answer; instances "
+                        f"{', '.join(str(i) for i in sorted(waiting))} wait for it")
+                save(env, upgrade.with_(progress=Progress(successful, failed, 0, pending_count),
+                                        cancel_note=note))
+                session.progress(f"{name}: rolling upgrade {note}")
+                raise OperationFailed(f"rolling upgrade of {name} {note}; `orch controller run` "
+                                      "finishes it once the host is back")
             if verdict.kind == "completed":
                 return end(upgrade, RollingStatus.COMPLETED, None,
                            progress=Progress(successful, failed, 0, 0))
@@ -188,6 +203,9 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                                         if i.instance_id not in verdict.batch)
             outcomes = await (surge_batch(session, batch) if upgrade.surge
                               else rollout.bring(session, batch, rollout.ToLatest()))
+            lost = [o.instance_id for o in outcomes if o.unreachable]
+            attempted.difference_update(lost)  # undecided: tried again once its host answers
+            outcomes = [o for o in outcomes if not o.unreachable]
             for o in outcomes:
                 upgraded[o.instance_id] = o.healthy
             ok = [o.instance_id for o in outcomes if o.healthy]

@@ -161,15 +161,17 @@ class Monitor:
     watched: frozenset[int] = frozenset()
     states: dict[int, HealthState] = field(default_factory=dict)
     probed: frozenset[int] = frozenset()  # the instances the latest round looked at
+    unreachable: frozenset[str] = frozenset()  # hosts that did not answer the latest round
 
     async def round(self) -> None:
         store = self.probe.env.store
         watched = self.watched
         instances = [i for i in store.list_instances(self.probe.set_name)
                      if i.instance_id in watched]
-        fresh = await probe_round(self.probe, instances)
+        power = await placement.observe_power(self.probe.env)
+        fresh = await probe_round(self.probe, instances, power=power.states)
         # an instance that is not running has no state: it counts as not healthy
-        self.states, self.probed = fresh, watched
+        self.states, self.probed, self.unreachable = fresh, watched, power.unreachable
 
     async def _loop(self) -> None:
         clock = self.probe.env.clock

@@ -11,11 +11,11 @@ from typing import Any
 
 import pytest
 
-from orchestrator.errors import EnvironmentProblem, InvalidInput
+from orchestrator.errors import EnvironmentProblem, InvalidInput, OperationFailed
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import Store
 from orchestrator.usecases import hosts
-from tests.world import Upgrades, World, run, snapshot
+from tests.world import Reconciler, Upgrades, World, run, snapshot
 
 
 def three_hosts(world: World) -> None:
@@ -224,6 +224,31 @@ class TestUnreachableHost:
         again = up.start_rolling("web")
         assert again["runningStatus"]["code"] == "Completed", again
         assert {i.image for i in world.store.list_instances("web")} == {"tiny:2"}
+
+
+def test_an_upgrade_waits_for_a_host_that_stopped_answering_and_the_controller_finishes_it(
+        world: World) -> None:
+    three_hosts(world)
+    world.register_image("tiny", "2")
+    world.service.create(spec(6))
+    on_h2 = sorted(i for i, h in spread(world).items() if h == "h2")
+    h2 = world.fakes["qemu+tcp://h2/system"]
+    h2.set_unavailable()
+    calls_before = len(h2.calls)
+    up = Upgrades(world.service)
+    with pytest.raises(OperationFailed, match=r"paused: host h2 does not answer; instances "
+                                              + ", ".join(map(str, on_h2)) + " wait for it"):
+        up.update("web", {"model": {"image": "tiny:2"}})
+    status = up.latest_status("web")
+    assert status["runningStatus"]["code"] == "RollingForward", status
+    gens = {i.instance_id: i.image for i in world.store.list_instances("web")}
+    assert {i for i, image in gens.items() if image == "tiny:1"} == set(on_h2)
+    assert h2.calls[calls_before:] == [("list_domains", "")] * (len(h2.calls) - calls_before)
+    h2.set_unavailable(False)
+    report = Reconciler(up).run_pass()
+    assert any("resuming an interrupted rolling upgrade" in a for a in report.actions), report
+    assert up.latest_status("web")["runningStatus"]["code"] == "Completed"
+    assert {i.image for i in world.store.list_instances("web")} == {"tiny:2"}
 
 
 def test_a_single_host_state_dir_keeps_its_instances_on_local(world: World) -> None:

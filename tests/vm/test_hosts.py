@@ -145,3 +145,52 @@ def test_rolling_over_three_hosts_never_takes_two_fault_domains_down(
 
     orch3.run("vmss", "delete", "--name", name)
     assert held_per_host(hosts, f"{name}-") == {"lab-1": [], "lab-2": [], "lab-3": []}
+
+
+def test_a_host_whose_libvirtd_stops_mid_upgrade_is_waited_for_then_finished(
+        orch3: Orch, hosts: list[dict[str, str]]) -> None:
+    name = orch3.new_set_name()
+    orch3.run("vmss", "create", "--name", name, "--image", "tiny:1", "--instance-count", "3",
+              "--upgrade-policy-mode", "Rolling", "--max-batch-instance-percent", "34",
+              "--max-unhealthy-instance-percent", "34", timeout=400)
+    on = {i["host"]: i["instanceId"] for i in orch3.instances(name)}
+    assert sorted(on) == ["lab-1", "lab-2", "lab-3"], on
+    update = subprocess.Popen([ORCH, "--state-dir", str(orch3.state_dir), "vmss", "update",
+                               "--name", name, "--image", "tiny:2"],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert update.stderr is not None
+        for line in update.stderr:  # the first batch (fd-1, lab-1) has started
+            if f"{name}: batch 1:" in line:
+                break
+        pid = next(h for h in json.loads(lab("hosts").stdout)
+                   if h["name"] == "lab-2")["libvirtdPid"]
+        os.kill(pid, 9)
+        started = time.monotonic()
+        _, err = update.communicate(timeout=300)
+        took = time.monotonic() - started
+    finally:
+        if update.poll() is None:
+            update.kill()
+            update.wait(timeout=30)
+    assert update.returncode == 1, err
+    assert "paused: host lab-2 does not answer" in err, err
+    print(f"update returned {took:.1f}s after lab-2's libvirtd was killed")
+    assert took < 120, took
+    status = orch3.json("vmss", "rolling-upgrade", "get-latest", "--name", name)
+    assert status["runningStatus"]["code"] == "RollingForward", status
+    listed = {i["instanceId"]: i for i in orch3.instances(name)}
+    assert listed[on["lab-2"]]["powerState"] == "unknown", listed
+    assert {listed[on[h]]["image"] for h in ("lab-1", "lab-3")} == {"tiny:2"}, listed
+
+    lab("up")  # the host's daemon comes back; its guest kept running
+    proc = orch3.run("controller", "run", "--once", "-o", "json", timeout=400)
+    assert "resuming an interrupted rolling upgrade" in proc.stderr, proc.stderr
+    status = orch3.json("vmss", "rolling-upgrade", "get-latest", "--name", name)
+    assert status["runningStatus"]["code"] == "Completed", status
+    for inst in orch3.instances(name):
+        assert inst["image"] == "tiny:2" and inst["healthState"] == "Healthy", inst
+        out = orch3.sh(name, inst["instanceId"], VERSION)
+        assert out["stdout"].strip() == "2", out
+    orch3.run("vmss", "delete", "--name", name)
+    assert held_per_host(hosts, f"{name}-") == {"lab-1": [], "lab-2": [], "lab-3": []}

@@ -136,12 +136,13 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
         return end(load(env, up.id), RollingStatus.FAULTED, reason, progress=progress,
                    **({"rollback_note": note} if note else {}))
 
-    def members(monitor: watch.Monitor) -> list[policy.Member]:
+    def members(monitor: watch.Monitor,
+                instances: list[InstanceRecord]) -> list[policy.Member]:
         """Every instance with its current health: the monitor's latest round for those it
         probed, the settled record for the others (the batch just done)."""
         out = []
         fd_of = placement.fault_domains(env)
-        for i in session.store.list_instances(name):
+        for i in instances:
             if i.instance_id in monitor.probed:
                 healthy = monitor.states.get(i.instance_id) is HealthState.HEALTHY
             else:
@@ -160,8 +161,9 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                 return end(upgrade, RollingStatus.CANCELLED, None,
                            cancel_note="cancelled between batches: no batch was in flight")
             capacity = session.spec.capacity
-            now_members = members(monitor)
-            host_of = {i.instance_id: i.host for i in session.store.list_instances(name)}
+            instances = session.store.list_instances(name)  # once per batch: 1000s of rows
+            now_members = members(monitor, instances)
+            host_of = {i.instance_id: i.host for i in instances}
             # instances on a host that does not answer wait for it (they count unhealthy)
             waiting = {m.instance_id for m in policy.pending(now_members, target,
                                                              frozenset(attempted))
@@ -187,8 +189,7 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                                      Progress(successful, failed, 0, pending_count))
             number = len(upgrade.batches) + 1
             attempted.update(verdict.batch)
-            batch = [i for i in session.store.list_instances(name)
-                     if i.instance_id in verdict.batch]
+            batch = [i for i in instances if i.instance_id in verdict.batch]
             session.progress(f"{name}: batch {number}: instances "
                              f"{', '.join(str(i.instance_id) for i in batch)}"
                              + (" (surge)" if upgrade.surge else " (in place)"))
@@ -199,7 +200,7 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                 # a surge batch's replacements get the ids from here on, in batch order
                 first_new_id=session.record.next_instance_id))
             # while the batch runs, the other instances' health is kept current
-            monitor.watched = frozenset(i.instance_id for i in session.store.list_instances(name)
+            monitor.watched = frozenset(i.instance_id for i in instances
                                         if i.instance_id not in verdict.batch)
             outcomes = await (surge_batch(session, batch) if upgrade.surge
                               else rollout.bring(session, batch, rollout.ToLatest()))
@@ -226,8 +227,9 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                 return end(upgrade, RollingStatus.CANCELLED, None,
                            cancel_note=f"the in-flight batch {number} was completed; "
                                        "no new batch was started")
-            if rolling.pause_seconds > 0 and policy.pending(members(monitor), target,
-                                                            frozenset(attempted)):
+            left = policy.pending(members(monitor, session.store.list_instances(name)), target,
+                                  frozenset(attempted))
+            if rolling.pause_seconds > 0 and left:
                 session.progress(f"{name}: pausing {rolling.pause_time_between_batches}")
                 await env.clock.sleep(rolling.pause_seconds)
             # the instances of the batch just done are watched from now on too

@@ -1,7 +1,7 @@
 """The injectable clock: the only place real time is read or waited on.
 
 Owned here: ``Clock`` (the protocol), ``RealClock`` and ``FakeClock``.
-Called by: cli.app, cli.images, dryrun.simworld, engine.context, engine.health,
+Called by: cli.app, cli.images, cli.labcmds, dryrun.simworld, engine.context, engine.health,
 engine.simulate, hypervisor.fake, hypervisor.retry, ssh, usecases.session, usecases.watch
 Its users wait through it for health grace periods, probe intervals, timeouts and time stamps. Tests and dry
 runs inject ``FakeClock`` so minutes-long timeouts pass in milliseconds.
@@ -101,6 +101,11 @@ class FakeClock:
             self._t = max(self._t, deadline)
             if not fut.done():
                 fut.set_result(None)
+            # every sleeper due at the same instant wakes with it (in the order they slept)
+            while self._sleepers and self._sleepers[0][0] == deadline:
+                _, _, more = heapq.heappop(self._sleepers)
+                if not more.done():
+                    more.set_result(None)
 
 
 def iso(ts: _dt.datetime) -> str:

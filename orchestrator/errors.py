@@ -6,10 +6,11 @@ are translated at the module that imports the foreign library, with ``raise ... 
 Turned into output in one place: ``cli.app.main``, which prints ``error: <message>`` on one
 line and exits with ``exit_code`` (docs/semantics.md#exit-codes); other modules catch them
 only to collect, record or translate them.
-Called by: cli.app, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld, engine.addresses,
-engine.context, engine.health, engine.steps, hypervisor.base, hypervisor.fake,
-hypervisor.libvirt, hypervisor.retry, images, lab, labconfig, locks, metrics, model, ssh,
-store, usecases.controller, usecases.recovery, usecases.removal, usecases.rolling,
+Called by: cli.app, cli.controller, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld,
+engine.addresses, engine.context, engine.health, engine.hosts, engine.steps,
+hypervisor.base, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, images, lab,
+labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.controller,
+usecases.hosts, usecases.placement, usecases.recovery, usecases.removal, usecases.rolling,
 usecases.rollout, usecases.session, usecases.sets, usecases.updates, usecases.views,
 usecases.watch
 

@@ -5,7 +5,7 @@ downloaded disk (``import_image``), inspecting disk files with ``qemu-img info``
 pinned, no backing file or data-file inside), verifying that a registered image has not
 changed (``verify``), and deleting.
 Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.steps,
-usecases.session, usecases.sets, usecases.watch
+usecases.placement, usecases.session, usecases.sets, usecases.watch
 ``cli.app`` hands the ``Registry`` to the image commands and the engine; the use cases resolve
 and verifies the model's image before any instance is touched.
 
@@ -136,6 +136,14 @@ class Registry:
     def verify(self, ref: str) -> Image:
         """The image, after checking its files still match the recorded sha256."""
         image = self.get(ref)
+        self.check_files(image)
+        return image
+
+    @staticmethod
+    def check_files(image: Image) -> None:
+        """InvalidInput unless the image's files still match the recorded sha256. Reads the
+        files only (no store access), so it may run in a worker thread."""
+        ref = image.ref
         hashes = image.record.manifest.get("sha256", {})
         for key in _HASHED_KEYS:
             path = image._file(key) if key != "disk" else image.disk
@@ -148,7 +156,6 @@ class Registry:
                     f"image {ref}: {path.name} changed since it was registered; images are "
                     "immutable (register a new version)"
                 )
-        return image
 
     # --- build -------------------------------------------------------------------------
     def _locked(self, purpose: str) -> contextlib.AbstractContextManager[None]:

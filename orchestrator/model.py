@@ -6,8 +6,8 @@ Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
 ``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
 Called by: cli.images, cli.vmss, dryrun.simworld, engine.addresses, engine.policy,
-engine.steps, images, usecases.rolling, usecases.session, usecases.sets, usecases.updates,
-usecases.views, usecases.watch
+engine.steps, images, usecases.hosts, usecases.placement, usecases.rolling,
+usecases.session, usecases.sets, usecases.updates, usecases.views, usecases.watch
 The CLI turns flags and files into specs; the use cases store them as JSON and
 read them back; the others read models, image references and rolling policies.
 
@@ -46,7 +46,7 @@ SSH_PUBLIC_KEY_RE = re.compile(
     r"^(ssh-ed25519|ssh-rsa|ecdsa-sha2-nistp(256|384|521)|sk-ssh-ed25519@openssh\.com) "
     r"[A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$"
 )
-MAX_CAPACITY = 100
+MAX_CAPACITY = 1000
 _DURATION = TypeAdapter(_dt.timedelta)
 _V = TypeVar("_V")
 # Lax pydantic takes `capacity: true` as 1 and `maxSurge: 1` as true: a YAML slip would
@@ -136,6 +136,8 @@ class RollingUpgradePolicy(_Base):
     prioritize_unhealthy_instances: Bool = False
     rollback_failed_instances_on_policy_breach: Bool = False
     max_surge: Bool = False
+    # a batch may hold instances of several fault domains (docs/semantics.md#fault-domains)
+    enable_cross_zone_upgrade: Bool = False
 
     @field_validator("pause_time_between_batches")
     @classmethod
@@ -175,6 +177,19 @@ class Model(_Base):
     ssh_public_key: str | None = None
     health_probe: HealthProbe = HealthProbe()
     tags: dict[str, str] = Field(default_factory=dict)
+    # the fault domains new instances may go to (empty: any)
+    fault_domains: tuple[str, ...] = ()
+
+    @field_validator("fault_domains")
+    @classmethod
+    def _fault_domains(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for fd in value:
+            if not SET_NAME_RE.fullmatch(fd):
+                raise ValueError(f"invalid fault domain name {_show(fd)}: a-z, 0-9, '-', "
+                                 "starting with a letter, up to 40")
+        if len(set(value)) != len(value):
+            raise ValueError("fault domains must be unique")
+        return value
 
     @field_validator("image")
     @classmethod

@@ -6,9 +6,9 @@ Owned here: the schema, its migrations, and typed rows (``ImageRecord``, ``SetRe
 ``transaction()`` groups several. The database file is created 0600: it holds instances' SSH
 host private keys.
 Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
-engine.steps, engine.upgrade_state, images, metrics, usecases.recovery, usecases.removal,
-usecases.rolling, usecases.rollout, usecases.session, usecases.sets, usecases.views,
-usecases.watch
+engine.hosts, engine.steps, engine.upgrade_state, images, metrics, usecases.hosts,
+usecases.recovery, usecases.removal, usecases.rolling, usecases.rollout, usecases.session,
+usecases.sets, usecases.views, usecases.watch
 ``cli.app`` opens it; the others read and write records through it (``metrics`` and ``dryrun.plan``
 only read the real one; the dry run writes to a copy).
 """
@@ -20,13 +20,25 @@ import json
 import os
 import sqlite3
 from collections.abc import Iterator
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from orchestrator.errors import Conflict, EnvironmentProblem, NotFound
+from orchestrator.records import (
+    HostRecord,
+    ImageRecord,
+    InstanceRecord,
+    OperationRecord,
+    RollingUpgradeRecord,
+    SetRecord,
+    StepRecord,
+)
 
-SCHEMA_VERSION = 4
+__all__ = ["HostRecord", "ImageRecord", "InstanceRecord", "OperationRecord",
+           "RollingUpgradeRecord", "SetRecord", "StepRecord", "Store"]
+
+SCHEMA_VERSION = 5
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -50,7 +62,11 @@ CREATE TABLE IF NOT EXISTS instances (
     health TEXT NOT NULL DEFAULT '{}', created_at TEXT NOT NULL,
     os_volume TEXT NOT NULL DEFAULT '', prev_os_volume TEXT NOT NULL DEFAULT '',
     prev_generation INTEGER NOT NULL DEFAULT 0, prev_image TEXT NOT NULL DEFAULT '',
+    host TEXT NOT NULL DEFAULT 'local',
     PRIMARY KEY (set_name, instance_id));
+CREATE TABLE IF NOT EXISTS hosts (
+    name TEXT PRIMARY KEY, uri TEXT NOT NULL, fault_domain TEXT NOT NULL, network TEXT NOT NULL,
+    pool TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS operations (
     id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, kind TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}', pid INTEGER,
@@ -76,63 +92,15 @@ _ADDED_INSTANCE_COLUMNS = (
     ("prev_os_volume", "TEXT NOT NULL DEFAULT ''"),
     ("prev_generation", "INTEGER NOT NULL DEFAULT 0"),
     ("prev_image", "TEXT NOT NULL DEFAULT ''"),
+    ("host", "TEXT NOT NULL DEFAULT 'local'"),
 )
-
-
-@dataclass(frozen=True)
-class ImageRecord:
-    name: str
-    version: str
-    sha256: str
-    path: str  # the image's directory
-    manifest: dict[str, Any]
-    created_at: str
-
-    @property
-    def ref(self) -> str:
-        return f"{self.name}:{self.version}"
-
-
-@dataclass(frozen=True)
-class SetRecord:
-    name: str
-    spec: dict[str, Any]  # ScaleSetSpec as camelCase JSON
-    generation: int
-    next_instance_id: int
-    created_at: str
-    updated_at: str
-
-
-@dataclass(frozen=True)
-class InstanceRecord:
-    set_name: str
-    instance_id: int
-    name: str
-    status: str  # creating | active | deleting
-    mac: str
-    ip: str
-    network: str
-    model_generation: int
-    image: str
-    host_key_public: str
-    host_key_private: str
-    seed_instance_id: str
-    protect_from_scale_in: bool
-    protect_from_scale_set_actions: bool
-    power_intent: str  # running | stopped | deallocated: what the user last asked for
-    health: dict[str, Any]
-    created_at: str
-    os_volume: str = ""  # the OS disk in use
-    prev_os_volume: str = ""  # the previous OS disk, kept until the new one proves healthy
-    prev_generation: int = 0  # the model generation to return to on rollback (0: none)
-    prev_image: str = ""
 
 
 _INSTANCE_COLUMNS = (
     "set_name", "instance_id", "name", "status", "mac", "ip", "network", "model_generation",
     "image", "host_key_public", "host_key_private", "seed_instance_id", "protect_from_scale_in",
     "protect_from_scale_set_actions", "power_intent", "health", "created_at", "os_volume",
-    "prev_os_volume", "prev_generation", "prev_image",
+    "prev_os_volume", "prev_generation", "prev_image", "host",
 )  # fmt: skip
 
 
@@ -148,52 +116,9 @@ def _instance_values(rec: InstanceRecord) -> tuple[Any, ...]:
     return tuple(values)
 
 
-@dataclass(frozen=True)
-class RollingUpgradeRecord:
-    id: int
-    set_name: str
-    status: str  # RollingForward | Cancelled | Completed | Faulted
-    last_action: str  # Start | Cancel
-    target_generation: int
-    policy: dict[str, Any]
-    progress: dict[str, int]
-    error: str | None
-    detail: dict[str, Any]
-    start_time: str
-    end_time: str | None
-
-
-@dataclass(frozen=True)
-class OperationRecord:
-    id: int
-    set_name: str
-    kind: str
-    status: str  # running | succeeded | failed
-    detail: dict[str, Any]
-    pid: int | None
-    started_at: str
-    ended_at: str | None
-
-
-@dataclass(frozen=True)
-class StepRecord:
-    """One per-instance step of an operation, written before it acts (``started``) and
-    after (``done`` or ``failed``); one still ``started`` when its process died is marked
-    ``interrupted`` by the reconciler."""
-
-    id: int
-    operation_id: int
-    set_name: str
-    instance: str
-    step: str
-    status: str  # started | done | failed | interrupted
-    error: str | None
-    started_at: str
-    ended_at: str | None
-
-
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, durable: bool = True) -> None:
+        """``durable`` false: no fsync per transaction (a dry run's throwaway copy)."""
         self.path = path
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
@@ -207,7 +132,7 @@ class Store:
             ) from exc
         self._db.row_factory = sqlite3.Row
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=FULL")
+        self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
         with self.transaction():
@@ -388,6 +313,12 @@ class Store:
             )
         return new
 
+    def set_health(self, set_name: str, instance_id: int, health: dict[str, Any]) -> None:
+        """Only an instance's health record (probes write it often; nothing else changes)."""
+        with self.transaction():
+            self._db.execute("UPDATE instances SET health=? WHERE set_name=? AND instance_id=?",
+                             (json.dumps(health), set_name, instance_id))
+
     def find_instance(self, set_name: str, instance_id: int) -> InstanceRecord | None:
         row = self._one(
             "SELECT * FROM instances WHERE set_name=? AND instance_id=?", (set_name, instance_id)
@@ -409,6 +340,43 @@ class Store:
             self._db.execute(
                 "DELETE FROM instances WHERE set_name=? AND instance_id=?", (set_name, instance_id)
             )
+
+    # --- hosts -------------------------------------------------------------------------------
+    def add_host(self, rec: HostRecord) -> None:
+        with self.transaction():
+            if self.find_host(rec.name) is not None:
+                raise Conflict(f"host {rec.name} already exists")
+            self._db.execute(
+                "INSERT INTO hosts(name, uri, fault_domain, network, pool, state, created_at)"
+                " VALUES (?,?,?,?,?,?,?)", (rec.name, rec.uri, rec.fault_domain, rec.network,
+                                            rec.pool, rec.state, rec.created_at))
+
+    def find_host(self, name: str) -> HostRecord | None:
+        row = self._one("SELECT * FROM hosts WHERE name=?", (name,))
+        return HostRecord(**dict(row)) if row else None
+
+    def get_host(self, name: str) -> HostRecord:
+        rec = self.find_host(name)
+        if rec is None:
+            raise NotFound(f"host {name} is not registered (see `orch host list`)")
+        return rec
+
+    def list_hosts(self) -> list[HostRecord]:
+        return [HostRecord(**dict(r)) for r in self._db.execute("SELECT * FROM hosts ORDER BY name")]
+
+    def set_host_state(self, name: str, state: str) -> HostRecord:
+        with self.transaction():
+            self._db.execute("UPDATE hosts SET state=? WHERE name=?", (state, name))
+        return self.get_host(name)
+
+    def hosts_in_use(self) -> dict[str, int]:
+        """Host name -> how many instances (of every set) live there."""
+        return {r["host"]: r["n"] for r in self._db.execute(
+            "SELECT host, COUNT(*) AS n FROM instances GROUP BY host")}
+
+    def delete_host(self, name: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
 
     # --- rolling upgrades ------------------------------------------------------------------
     def add_rolling_upgrade(self, set_name: str, *, target_generation: int,
@@ -546,7 +514,7 @@ def _instance(row: sqlite3.Row) -> InstanceRecord:
         power_intent=row["power_intent"], health=json.loads(row["health"]),
         created_at=row["created_at"], os_volume=row["os_volume"],
         prev_os_volume=row["prev_os_volume"], prev_generation=row["prev_generation"],
-        prev_image=row["prev_image"],
+        prev_image=row["prev_image"], host=row["host"],
     )
 
 

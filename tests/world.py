@@ -25,12 +25,14 @@ from orchestrator import locks
 from orchestrator.cli import render
 from orchestrator.clock import FakeClock
 from orchestrator.engine.context import Engine, Settings, inline
+from orchestrator.engine.hosts import Fleet
 from orchestrator.engine.simulate import FakeProber
+from orchestrator.errors import HypervisorUnavailable
 from orchestrator.hypervisor.fake import FakeHypervisor
 from orchestrator.images import Registry, file_sha256
 from orchestrator.model import ScaleSetSpec
 from orchestrator.store import ImageRecord, SetRecord, Store
-from orchestrator.usecases import controller, recovery, rolling, sets, updates, views
+from orchestrator.usecases import controller, hosts, recovery, rolling, sets, updates, views
 from orchestrator.usecases.session import Env
 
 T = TypeVar("T")
@@ -188,6 +190,38 @@ class World:
     env: Env
     state_dir: Path
     lines: list[str]
+    # further fake hosts by URI (``add_host``); the implicit host is ``hv``
+    fakes: dict[str, FakeHypervisor] = dataclasses.field(default_factory=dict)
+
+    def connect(self, uri: str) -> FakeHypervisor:
+        """The fleet's way to a host: the fake registered under ``uri``, else unreachable."""
+        if uri not in self.fakes:
+            raise HypervisorUnavailable(f"cannot connect to {uri}: no such fake host")
+        return self.fakes[uri]
+
+    def add_host(self, name: str, *, fault_domain: str | None = None,
+                 register: bool = True) -> FakeHypervisor:
+        """A fake libvirt host (its own network 'default' and pool 'default'), registered
+        with ``orch host add`` unless ``register`` is false."""
+        hv = FakeHypervisor(clock=self.clock, boot_seconds=self.hv.boot_seconds,
+                            shutdown_seconds=self.hv.shutdown_seconds,
+                            uri=f"qemu+tcp://{name}/system")
+        for path in self.hv.external_files:
+            hv.add_external_file(path)
+        self.fakes[hv.uri] = hv
+        self.prober.hosts.append(hv)
+        if register:
+            run(hosts.add(self.env, name=name, uri=hv.uri, fault_domain=fault_domain,
+                          network="default", pool="default"))
+        return hv
+
+    def host_of(self, domain: str) -> str | None:
+        """The fake host a domain is defined on (None: nowhere)."""
+        found = [uri for uri, hv in self.fakes.items() if domain in hv.domains]
+        if domain in self.hv.domains:
+            found.append(self.hv.uri)
+        assert len(found) <= 1, f"{domain} is defined on {found}"
+        return found[0].removeprefix("qemu+tcp://").removesuffix("/system") if found else None
 
     @property
     def service(self) -> Commands:
@@ -201,7 +235,8 @@ class World:
         files = {"disk": "disk.qcow2", "kernel": "vmlinuz", "initrd": "initrd.img"}
         for key, fname in files.items():
             (directory / fname).write_bytes(f"{name}:{version}:{key}".encode())
-            self.hv.add_external_file(str(directory / fname))
+            for hv in (self.hv, *self.fakes.values()):
+                hv.add_external_file(str(directory / fname))
         hashes = {k: file_sha256(directory / f) for k, f in files.items()}
         manifest: dict[str, object] = {
             **files,
@@ -232,11 +267,18 @@ def make_world(tmp_path: Path, *, boot_seconds: float = 6.5,
     registry = Registry(store, tmp_path)
     prober = FakeProber(hv, clock=clock)
     lines: list[str] = []
+    fakes: dict[str, FakeHypervisor] = {}
+
+    def connect(uri: str) -> FakeHypervisor:
+        return World.connect(w, uri)
+
     engine = Engine(hv=hv, store=store, registry=registry, clock=clock,
                     settings=Settings(state_dir=tmp_path, pool="default", domain_type="qemu"),
-                    log=lines.append, offload=inline)
+                    log=lines.append, offload=inline,
+                    fleet=Fleet(store, local=hv, local_uri=hv.uri, local_pool="default",
+                                connect=connect))
     env = Env(engine=engine, prober=prober, progress=lines.append)
-    w = World(clock, hv, store, registry, prober, env, tmp_path, lines)
+    w = World(clock, hv, store, registry, prober, env, tmp_path, lines, fakes)
     w.register_image("tiny", "1")
     return w
 

@@ -8,7 +8,13 @@ turning flags into specs: that lives in ``usecases``.
 Called by: nobody inside the package (the ``orch`` console script)
 """
 
-from orchestrator.cli import images, labcmds, vmss  # noqa: F401 - registers the commands
+from orchestrator.cli import (  # noqa: F401 - registers the commands
+    controller,
+    hosts,
+    images,
+    labcmds,
+    vmss,
+)
 from orchestrator.cli.app import cli, install_common_options, main
 
 install_common_options()

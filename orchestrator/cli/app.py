@@ -8,7 +8,7 @@ use cases' collaborators (``AppContext.env``) and the one event loop of a comman
 (``AppContext.run``), and the mapping of errors to one line on stderr plus an exit code
 (0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). ``main`` is the console script.
 
-Called by: cli, cli.images, cli.labcmds, cli.vmss
+Called by: cli, cli.controller, cli.hosts, cli.images, cli.labcmds, cli.vmss
 """
 
 from __future__ import annotations
@@ -98,23 +98,33 @@ class AppContext:
         # imported here so that `orch image`/`orch lab` work without reaching libvirt
         from orchestrator.engine.context import Engine, Settings
         from orchestrator.engine.health import SshProber
+        from orchestrator.engine.hosts import Fleet
         from orchestrator.hypervisor.base import Hypervisor
         from orchestrator.hypervisor.libvirt import LibvirtHypervisor
         from orchestrator.hypervisor.retry import Retrying
         from orchestrator.usecases.session import Env
 
         clock = RealClock()
-        hv: Hypervisor = Retrying(LibvirtHypervisor(self.libvirt_uri), clock=clock,
-                                  log=self.progress)
+
+        def connect(uri: str) -> Hypervisor:
+            # a restarted local libvirtd is ridden out for a minute; a remote host that stops
+            # answering must not hold anything up for longer than its detection takes
+            local = uri.startswith(("qemu:///", "test:///"))
+            return Retrying(LibvirtHypervisor(uri), clock=clock, log=self.progress,
+                            give_up_after=60.0 if local else 10.0)
+
+        hv = connect(self.libvirt_uri)
+        pool = os.environ.get("ORCH_POOL", "default")
         engine = Engine(
             hv=hv,
             store=self.store,
             registry=self.registry,
             clock=clock,
-            settings=Settings(state_dir=self.state_dir,
-                              pool=os.environ.get("ORCH_POOL", "default"),
+            settings=Settings(state_dir=self.state_dir, pool=pool,
                               domain_type=self.resolved_domain_type()),
             log=self.progress,
+            fleet=Fleet(self.store, local=hv, local_uri=self.libvirt_uri, local_pool=pool,
+                        connect=connect),
         )
         return Env(engine=engine, prober=SshProber(clock=clock), progress=self.progress)
 

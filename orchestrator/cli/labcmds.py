@@ -1,4 +1,5 @@
-"""`orch lab ...`: the sandboxed lab (libvirtd in network namespace orchlab).
+"""`orch lab ...`: the sandboxed lab (libvirtd in network namespace orchlab, and simulated
+hosts).
 
 Owned here: the ``orch lab`` commands and their flags; ``lab`` does the work.
 Called by: cli (importing it registers the commands)
@@ -17,6 +18,7 @@ from orchestrator.cli.app import (
     cli,
     pass_app,
 )
+from orchestrator.clock import RealClock, iso
 
 
 # --- lab ------------------------------------------------------------------------------------
@@ -30,17 +32,36 @@ def _lab_show(app: AppContext, status: Any) -> None:
 
 
 @lab.command("up")
+@click.option("--hosts", type=click.IntRange(0, lab_mod.HOSTS_MAX), default=None,
+              help="Simulated libvirt hosts lab-1..lab-N (each its own namespaces and "
+                   "libvirtd, reached over qemu+tcp://), 0 for none; without it, as many as "
+                   f"last time (none at first and after `lab down`). At most {lab_mod.HOSTS_MAX}.")
 @pass_app
-def lab_up(app: AppContext) -> None:
-    """Start virtlogd, libvirtd, network and pool in namespace orchlab (idempotent)."""
-    _lab_show(app, lab_mod.lab_up(app.ensure_state_dir(), progress=app.progress))
+def lab_up(app: AppContext, hosts: int | None) -> None:
+    """Start virtlogd, libvirtd, network and pool in namespace orchlab, and the simulated
+    hosts asked for (idempotent)."""
+    status = lab_mod.lab_up(app.ensure_state_dir(), hosts=hosts, progress=app.progress)
+    _sync_hosts(app)
+    _lab_show(app, status)
+
+
+def _sync_hosts(app: AppContext) -> None:
+    """The lab's simulated hosts are the controller's hosts lab-1..N (fault domains fd-N)."""
+    from orchestrator.usecases.hosts import sync_lab_hosts
+
+    hosts = [(h.name, h.uri, h.fault_domain, h.network, h.pool)
+             for h in lab_mod.lab_hosts(app.state_dir) if h.up]
+    for line in sync_lab_hosts(app.store, hosts, now=iso(RealClock().now())):
+        app.progress(line)
 
 
 @lab.command("down")
 @pass_app
 def lab_down(app: AppContext) -> None:
     """Stop what `lab up` started and remove the namespace (set definitions are kept)."""
-    _lab_show(app, lab_mod.lab_down(app.ensure_state_dir(), progress=app.progress))
+    status = lab_mod.lab_down(app.ensure_state_dir(), progress=app.progress)
+    _sync_hosts(app)
+    _lab_show(app, status)
 
 
 @lab.command("status")
@@ -48,6 +69,20 @@ def lab_down(app: AppContext) -> None:
 def lab_status(app: AppContext) -> None:
     """Show whether the lab is up."""
     _lab_show(app, lab_mod.lab_status(app.ensure_state_dir()))
+
+
+_HOST_COLUMNS = (("name", "NAME"), ("uri", "URI"), ("faultDomain", "FAULT DOMAIN"),
+                 ("network", "NETWORK"), ("pool", "POOL"), ("answers", "ANSWERS"),
+                 ("up", "UP"))
+
+
+@lab.command("hosts")
+@pass_app
+def lab_hosts(app: AppContext) -> None:
+    """List the simulated hosts (`lab up --hosts N`): name, URI, fault domain, network, pool,
+    whether the daemon answers."""
+    app.show([host.as_dict() for host in lab_mod.lab_hosts(app.ensure_state_dir())],
+             columns=_HOST_COLUMNS)
 
 
 @lab.command("exec", context_settings={"ignore_unknown_options": True})

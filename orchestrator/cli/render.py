@@ -27,6 +27,7 @@ def set_json(view: SetView) -> dict[str, Any]:
         "scaleInPolicy": data["scaleInPolicy"],
         "instanceCount": view.instance_count,
         "latestModelInstances": view.latest_model_instances,
+        "faultDomains": view.fault_domain_counts,
         "createdAt": view.created_at,
         "updatedAt": view.updated_at,
     }
@@ -44,6 +45,8 @@ def instance_json(view: InstanceView) -> dict[str, Any]:
         "ipAddress": view.ip_address,
         "protectFromScaleIn": view.protect_from_scale_in,
         "protectFromScaleSetActions": view.protect_from_scale_set_actions,
+        "host": view.host,
+        "faultDomain": view.fault_domain,
     }
 
 

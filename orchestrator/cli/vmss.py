@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import os
 import sys
-import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ from orchestrator.cli.app import (
     cli,
     pass_app,
 )
-from orchestrator.errors import InvalidInput, OperationFailed
+from orchestrator.errors import InvalidInput
 from orchestrator.model import (
     SET_NAME_RE,
     ScaleSetDocument,
@@ -39,7 +38,6 @@ from orchestrator.model import (
     validate,
 )
 from orchestrator.output import render as render_table
-from orchestrator.usecases import controller as controller_mod
 from orchestrator.usecases import rolling, sets, updates, views
 
 
@@ -119,6 +117,7 @@ def _rolling_changes(opts: dict[str, Any]) -> dict[str, Any]:
         "pauseTimeBetweenBatches": opts.get("pause_time_between_batches"),
         "prioritizeUnhealthyInstances": opts.get("prioritize_unhealthy_instances"),
         "rollbackFailedInstancesOnPolicyBreach": opts.get("rollback_on_policy_breach"),
+        "enableCrossZoneUpgrade": opts.get("enable_cross_zone_upgrade"),
     }
     return {k: v for k, v in rolling.items() if v is not None}
 
@@ -135,6 +134,9 @@ def _model_changes(opts: dict[str, Any], *, current_probe: dict[str, Any] | None
         model["healthProbe"] = {**(current_probe or {}), **probe}
     if opts.get("data_disk_sizes_gb"):
         model["dataDisks"] = _disk_sizes(opts["data_disk_sizes_gb"])
+    if opts.get("fault_domains"):
+        model["faultDomains"] = [fd for value in opts["fault_domains"]
+                                 for fd in value.replace(",", " ").split()]
     if opts.get("custom_data") is not None:
         model["customData"] = _read_text_file(opts["custom_data"], "--custom-data")
     if opts.get("ssh_key_value") is not None:
@@ -168,6 +170,11 @@ def _policy_options(fn: F) -> F:
         click.option("--custom-data", type=click.Path(path_type=Path), help="cloud-init user-data file."),
         click.option("--ssh-key-value", type=click.Path(path_type=Path), help="Admin public key file."),
         click.option("--scale-in-policy", type=click.Choice(["Default", "OldestVM", "NewestVM"])),
+        click.option("--fault-domains", multiple=True,
+                     help="Fault domains new instances may go to (space or comma separated; "
+                          "default: any)."),
+        click.option("--enable-cross-zone-upgrade", type=click.BOOL, default=None,
+                     help="Rolling: a batch may hold instances of several fault domains."),
     ]):
         fn = decl(fn)
     return fn
@@ -346,7 +353,8 @@ def vmss_plan(app: AppContext, /, **opts: Any) -> None:
     _show_plan_table(plan)
 
 
-PLAN_COLUMNS = [("batch", "BATCH"), ("instances", "INSTANCES"), ("action", "ACTION"),
+PLAN_COLUMNS = [("batch", "BATCH"), ("faultDomain", "FAULT DOMAIN"), ("instances", "INSTANCES"),
+                ("action", "ACTION"),
                 ("newInstances", "NEW IDS"), ("startSeconds", "START s"), ("endSeconds", "END s")]
 
 
@@ -560,41 +568,3 @@ def vmss_ssh(app: AppContext, name: str, instance_id: int, command: tuple[str, .
                                      connect_timeout=15.0)
 
     sys.exit(app.run(session()))
-
-
-
-
-@cli.group()
-def controller() -> None:
-    """The reconcile loop: resumes interrupted work, rolls out recorded model changes
-    (Automatic and Rolling sets), restarts instances that should run."""
-
-
-@controller.command("run")
-@click.option("--once", is_flag=True, help="One pass over every set, then exit.")
-@click.option("--interval", type=click.FloatRange(min=1, max=3600), default=15, show_default=True,
-              help="Seconds between passes.")
-@pass_app
-def controller_run(app: AppContext, once: bool, interval: float) -> None:
-    """Carry out pending and interrupted work; with --once, exit when done (exit 1 if a set
-    had a problem), else keep watching until interrupted. The metrics file (--metrics-file)
-    is written after every pass."""
-    env = app.env()
-    while True:
-        report = app.run(controller_mod.run_pass(env))
-        for line in report.problems:
-            app.progress(f"problem: {line}")
-        app.write_metrics()
-        if once:
-            app.show(report.as_dict())
-            if report.problems:
-                raise OperationFailed(f"{len(report.problems)} problem(s): {report.problems[0]}")
-            return
-        if pause_between_passes(interval):
-            return
-
-
-def pause_between_passes(seconds: float) -> bool:
-    """Wait until the controller's next pass is due; True ends the loop. The one seam the
-    tests replace to run passes without waiting."""
-    return threading.Event().wait(seconds)

@@ -23,7 +23,13 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from orchestrator.dryrun.simworld import SimWorld, Timings, build_world, measure_timings, observe
+from orchestrator.dryrun.simworld import (
+    SimWorld,
+    Timings,
+    build_world,
+    measure_timings,
+    observe_hosts,
+)
 from orchestrator.engine import policy
 from orchestrator.engine.upgrade_state import RollingStatus, RollingUpgrade
 from orchestrator.errors import Conflict, EnvironmentProblem, InvalidInput, OrchError
@@ -60,13 +66,12 @@ async def make_plan(env: Env, set_name: str, *, changes: dict[str, Any] | None,
         if changes is not None:
             check = build_world(store, Path(tmp) / "check", set_name=set_name,
                                 settings=settings, now=now, timings=timings,
-                                observed=None, progress=warn)
+                                observed=None, network=spec.model.network, progress=warn)
             try:
                 await updates.update(check.env, set_name, changes, wait=False)
             finally:
                 check.close()
-        observed = await env.engine.io(observe, env.hv, pool=settings.pool,
-                                       network=spec.model.network)
+        observed = await observe_hosts(env, network=spec.model.network)
         world = build_world(store, Path(tmp) / "sim", set_name=set_name,
                             settings=settings, now=now, timings=timings,
                             observed=observed, progress=warn)
@@ -125,7 +130,11 @@ async def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] |
         plan["outcome"] = "Manual"
         plan["notes"].append(_manual_note(set_name, todo, target))
     elif rolled is not None:
-        _read_rolling(plan, rolled, started=started, ended=started + elapsed)
+        fd_of_host = {h.name: h.fault_domain for h in env.engine.fleet.hosts()} \
+            if env.engine.fleet else {}
+        fd_of = {i.instance_id: fd_of_host.get(i.host, i.host)
+                 for i in [*before, *store.list_instances(set_name)]}
+        _read_rolling(plan, rolled, started=started, ended=started + elapsed, fd_of=fd_of)
     elif mode == "Automatic" and (changes is None or model_changed) and todo:
         ids = [i.instance_id for i in todo]
         after = {i.instance_id: i for i in store.list_instances(set_name)}
@@ -133,7 +142,7 @@ async def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] |
                or after[i].health.get("state") != "Healthy"]
         plan["batches"] = [{"batch": 1, "instances": ids, "action": "in place",
                             "startSeconds": 0.0, "endSeconds": round(elapsed, 1),
-                            "newInstances": [], "failed": bad}]
+                            "newInstances": [], "failed": bad, "faultDomain": None}]
         plan["outcome"] = "Faulted" if failure else "Completed"
         plan["notes"].append("Automatic: every instance at once, no ordering or "
                              "availability guarantee")
@@ -156,7 +165,8 @@ def _health_assumptions(world: SimWorld, before: list[InstanceRecord]) -> dict[s
     """What the simulation assumes of the instances' health, as ``simworld`` mirrored it."""
     unhealthy = [i.instance_id for i in before if i.name in world.prober.unhealthy]
     stopped = [i.instance_id for i in before
-               if world.hv.domain_state(i.name) is not PowerState.RUNNING]
+               if i.host not in world.hosts or world.hosts[i.host].domain_state(i.name)
+               is not PowerState.RUNNING]
     lines = []
     if unhealthy:
         lines.append(f"instances {_ids(unhealthy)} are unhealthy now and are assumed to stay "
@@ -198,7 +208,7 @@ def _manual_note(set_name: str, todo: list[InstanceRecord], target: int) -> str:
 
 
 def _read_rolling(plan: dict[str, Any], rolled: RollingUpgrade, *, started: float,
-                  ended: float) -> None:
+                  ended: float, fd_of: dict[int, str]) -> None:
     batches = []
     for batch in rolled.batches:
         begin = batch.started if batch.started is not None else started
@@ -209,6 +219,7 @@ def _read_rolling(plan: dict[str, Any], rolled: RollingUpgrade, *, started: floa
             "startSeconds": round(begin - started, 1), "endSeconds": round(end - started, 1),
             "newInstances": list(batch.succeeded) if rolled.surge else [],
             "failed": list(batch.failed),
+            "faultDomain": fd_of.get(batch.instances[0]) if batch.instances else None,
         })
     plan["batches"] = batches
     plan["maxSurge"] = rolled.surge

@@ -28,9 +28,10 @@ from orchestrator.clock import FakeClock
 from orchestrator.engine.addresses import InstanceNames
 from orchestrator.engine.context import Engine, Settings, inline
 from orchestrator.engine.health import HealthState, record_from_json
+from orchestrator.engine.hosts import LOCAL, Fleet
 from orchestrator.engine.simulate import FakeProber
 from orchestrator.engine.steps import GIB, build_domain
-from orchestrator.errors import Gone, HypervisorError, NotFound
+from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, NotFound
 from orchestrator.hypervisor.base import (
     Hypervisor,
     NetworkInfo,
@@ -140,40 +141,94 @@ def observe(hv: Hypervisor, *, pool: str, network: str) -> Observed:
 
 
 # --- the simulated world -----------------------------------------------------------------------
+@dataclass(frozen=True)
+class ObservedHost:
+    """One host of the real set-up as the simulation copies it (None: it did not answer)."""
+
+    name: str
+    uri: str
+    observed: Observed | None
+
+
+async def observe_hosts(env: Env, *, network: str) -> list[ObservedHost]:
+    """Every host of the real controller, read with read-only calls only."""
+    out = []
+    for w in env.engine.hosts():
+        try:
+            seen: Observed | None = await env.engine.io(
+                observe, w.hv, pool=w.pool, network=w.host.network_for(network))
+        except HypervisorUnavailable:
+            if not w.host.registered:
+                raise  # one host: libvirt unreachable is the command's problem (exit 4)
+            seen = None
+        out.append(ObservedHost(w.name, w.host.uri, seen))
+    return out
+
+
 @dataclass
 class SimWorld:
     clock: FakeClock
-    hv: FakeHypervisor
+    hv: FakeHypervisor  # the implicit host's
     store: Store
     prober: FakeProber
     env: Env
     log: list[str] = field(default_factory=list)
+    hosts: dict[str, FakeHypervisor] = field(default_factory=dict)  # by host name
 
     def close(self) -> None:
         self.store.close()
 
 
+def _bare_host(clock: FakeClock, directory: Path, *, pool: str, networks: Sequence[str],
+               uri: str) -> FakeHypervisor:
+    """A roomy empty host with the pool and networks named: for the checks an update makes
+    before it acts (the real room is judged by the simulation proper)."""
+    return FakeHypervisor(clock=clock, uri=uri, pools=[PoolInfo(
+        pool, str(directory / "pool"), _ROOMY, _ROOMY, True)], networks=[NetworkInfo(
+            name, f"sim{k}", "172.31.0.1", 16, "172.31.0.2", "172.31.255.254", True)
+            for k, name in enumerate(dict.fromkeys(networks))])
+
+
+def _observed_host(clock: FakeClock, timings: Timings, host: ObservedHost) -> FakeHypervisor:
+    if host.observed is None:
+        hv = FakeHypervisor(clock=clock, uri=host.uri)
+        hv.set_unavailable()
+        return hv
+    pool = host.observed.pool
+    return FakeHypervisor(clock=clock, boot_seconds=timings.guest_boot_seconds,
+                          shutdown_seconds=timings.shutdown_seconds, uri=host.uri,
+                          networks=[host.observed.network],
+                          pools=[PoolInfo(pool.name, pool.path, _ROOMY, _ROOMY, pool.active)])
+
+
 def build_world(source: Store, directory: Path, *, set_name: str, settings: Settings,
-                now: float, timings: Timings, observed: Observed | None,
+                now: float, timings: Timings, observed: Sequence[ObservedHost] | None,
+                network: str = "default",
                 progress: Callable[[str], None] = lambda line: None) -> SimWorld:
     """A simulated world in ``directory`` (new; its state dir), with a copy of ``source``.
 
-    With ``observed``, the set's instances are mirrored into the fake hypervisor as the real
-    host shows them (see the module docstring), and the fake clock is moved past their boot.
-    Without it, the hypervisor is empty: enough for the checks an update makes before it acts.
+    With ``observed``, a fake hypervisor per host holds the set's instances as that host shows
+    them (see the module docstring), and the fake clock is moved past their boot. Without
+    it, every host is empty and roomy, with the pool and the model's ``network``: enough for
+    the checks an update makes before it acts.
     """
     directory.mkdir(mode=0o700)
     source.backup_to(directory / "orchestrator.db")
     clock = FakeClock(start=now)
+    store = Store(directory / "orchestrator.db", durable=False)
+    fakes: dict[str, FakeHypervisor] = {}
     if observed is None:
-        hv = FakeHypervisor(clock=clock)
+        for rec in store.list_hosts():
+            fakes[rec.name] = _bare_host(clock, directory, pool=rec.pool, uri=rec.uri,
+                                         networks=[rec.network])
+        if LOCAL not in fakes:
+            fakes[LOCAL] = _bare_host(clock, directory, pool=settings.pool, uri="fake:///",
+                                      networks=[network, "default"])
     else:
-        pool = observed.pool
-        hv = FakeHypervisor(clock=clock, boot_seconds=timings.guest_boot_seconds,
-                            shutdown_seconds=timings.shutdown_seconds,
-                            networks=[observed.network],
-                            pools=[PoolInfo(pool.name, pool.path, _ROOMY, _ROOMY, pool.active)])
-    store = Store(directory / "orchestrator.db")
+        for host in observed:
+            fakes[host.name] = _observed_host(clock, timings, host)
+    hv = fakes.get(LOCAL) or FakeHypervisor(clock=clock)
+    by_uri = {f.uri: f for f in fakes.values()}
     log: list[str] = []
 
     def note(line: str) -> None:
@@ -182,17 +237,24 @@ def build_world(source: Store, directory: Path, *, set_name: str, settings: Sett
 
     engine = Engine(hv=hv, store=store, registry=Registry(store, directory), clock=clock,
                     settings=dataclasses.replace(settings, state_dir=directory), log=note,
-                    offload=inline)
+                    offload=inline,
+                    fleet=Fleet(store, local=hv, local_uri=hv.uri, local_pool=settings.pool,
+                                connect=lambda uri: by_uri[uri]))
     prober = FakeProber(hv, clock=clock)
+    prober.hosts = [f for f in fakes.values() if f is not hv]
     world = SimWorld(clock, hv, store, prober, Env(engine=engine, prober=prober, progress=note),
-                     log)
+                     log, fakes)
     if observed is not None:
-        _mirror(world, set_name, observed)
+        _throwaway_key(world.env, set_name)  # the fake prober needs none, the steps want one
+        for host in observed:
+            if host.observed is not None:
+                _mirror(world, set_name, host.name, host.observed)
+        world.clock.advance(timings.guest_boot_seconds)  # the guests that run have booted
     return world
 
 
-def _mirror(world: SimWorld, set_name: str, observed: Observed) -> None:
-    hv = world.hv
+def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> None:
+    hv = world.hosts[host]
     env = world.env
     network = observed.network.name
     for image in env.registry.list():
@@ -204,23 +266,23 @@ def _mirror(world: SimWorld, set_name: str, observed: Observed) -> None:
             hv.add_reservation(network, reservation)
     for ip, mac in observed.leases.items():
         hv.add_lease(network, ip, mac)
-    _throwaway_key(env, set_name)  # the fake prober needs none, the steps want one
     for inst in env.store.list_instances(set_name):
-        _mirror_instance(world, inst, state=observed.power.get(inst.name, PowerState.MISSING))
-    world.clock.advance(hv.boot_seconds)  # the guests that run have booted
-    pool = env.engine.settings.pool
+        if inst.host == host:
+            _mirror_instance(world, hv, inst,
+                             state=observed.power.get(inst.name, PowerState.MISSING))
+    pool = observed.pool.name
     info = hv.pool_info(pool)
     used = info.capacity_bytes - info.available_bytes
     hv.set_pool_capacity(pool, used + observed.pool.available_bytes)
 
 
-def _mirror_instance(world: SimWorld, inst: InstanceRecord, *, state: PowerState) -> None:
+def _mirror_instance(world: SimWorld, hv: FakeHypervisor, inst: InstanceRecord, *,
+                     state: PowerState) -> None:
     """One instance in the fake hypervisor: its volumes and reservation, and its domain as
     defined for its own generation, started if libvirt runs it; unhealthy now (Unhealthy or
     Unknown in the store) and running: unhealthy in the simulation, also after an upgrade."""
-    hv = world.hv
     engine = world.env.engine
-    pool = engine.settings.pool
+    pool = engine.at(inst.host).pool
     try:
         image = engine.registry.get(inst.image)
         model = validate(Model, engine.store.model_of_generation(inst.set_name,

@@ -6,7 +6,8 @@ Owned here: ``InstanceNames`` (every volume an instance owns is named after its 
 (``allocate``: the instance's row is written, status ``creating``, before anything exists
 in libvirt), and the free addresses of a network (``free_addresses``).
 
-Called by: dryrun.simworld, engine.steps, usecases.rolling, usecases.sets
+Called by: dryrun.simworld, engine.steps, usecases.hosts, usecases.placement,
+usecases.rolling, usecases.sets
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import uuid
 from dataclasses import dataclass
 
 from orchestrator import ssh
-from orchestrator.engine.context import Engine
+from orchestrator.engine.context import LOCAL, Engine
 from orchestrator.errors import OperationFailed
 from orchestrator.hypervisor.base import NetworkInfo, Reservation
 from orchestrator.images import Image
@@ -68,27 +69,28 @@ class NetworkView:
     leases: dict[str, str]
 
 
-async def read_network(engine: Engine, network: str) -> NetworkView:
-    hv = engine.hv
+async def read_network(engine: Engine, host: str, network: str) -> NetworkView:
+    hv = engine.at(host).hv
     return NetworkView(info=await engine.io(hv.network_info, network),
                        reservations=tuple(await engine.io(hv.list_reservations, network)),
                        leases=await engine.io(hv.leased_addresses, network))
 
 
 async def allocate(engine: Engine, *, set_name: str, instance_id: int, model: Model,
-                   generation: int, image: Image) -> InstanceRecord:
-    """Record a new instance (status ``creating``) with its MAC, IP and host key.
+                   generation: int, image: Image, host: str = LOCAL) -> InstanceRecord:
+    """Record a new instance on ``host`` (status ``creating``) with its MAC, IP and host key.
 
     The row is written before anything is created in libvirt (intent first), so a crash
     leaves a record that names everything to clean up or finish.
     """
-    view = await read_network(engine, model.network)
+    network = engine.at(host).host.network_for(model.network)
+    view = await read_network(engine, host, network)
     host_key = ssh.generate_keypair(f"{instance_name(set_name, instance_id)} host key")
     with engine.store.transaction():
-        taken_ips, taken_macs = _taken(engine, model.network, view)
+        taken_ips, taken_macs = _taken(engine, host, network, view)
         free = _free_in(view.info, taken_ips)
         if not free:
-            raise OperationFailed(f"network {model.network} has no free address in "
+            raise OperationFailed(f"network {network} of host {host} has no free address in "
                                   f"{view.info.dhcp_start}-{view.info.dhcp_end}")
         ip = free[0]
         rec = InstanceRecord(
@@ -98,7 +100,7 @@ async def allocate(engine: Engine, *, set_name: str, instance_id: int, model: Mo
             status="creating",
             mac=_mac_for(ip, taken_macs),
             ip=ip,
-            network=model.network,
+            network=network,
             model_generation=generation,
             image=image.ref,
             host_key_public=host_key.public_openssh,
@@ -110,19 +112,21 @@ async def allocate(engine: Engine, *, set_name: str, instance_id: int, model: Mo
             health={},
             created_at=engine.now(),
             os_volume=InstanceNames(instance_name(set_name, instance_id)).os_volume(0),
+            host=host,
         )
         engine.store.add_instance(rec)
     return rec
 
 
-def _taken(engine: Engine, network: str, view: NetworkView) -> tuple[set[str], set[str]]:
+def _taken(engine: Engine, host: str, network: str,
+           view: NetworkView) -> tuple[set[str], set[str]]:
     ips = {r.ip for r in view.reservations}
     # a lease held by a MAC other than the one this address would get blocks the address
     ips |= {ip for ip, mac in view.leases.items() if mac != _mac_for(ip, set())}
     macs = {r.mac.lower() for r in view.reservations}
     for inst in engine.store.all_instances():
         macs.add(inst.mac.lower())
-        if inst.network == network:
+        if inst.network == network and inst.host == host:
             ips.add(inst.ip)
     return ips, macs
 
@@ -147,11 +151,11 @@ def _random_mac(taken: set[str]) -> str:
     raise OperationFailed("could not find a free MAC address")
 
 
-async def free_addresses(engine: Engine, network: str) -> list[str]:
-    """The addresses of the network's DHCP range a new instance may get, lowest first: not
-    the gateway, not reserved, not held by an instance, not leased to another MAC."""
-    view = await read_network(engine, network)
-    return _free_in(view.info, _taken(engine, network, view)[0])
+async def free_addresses(engine: Engine, host: str, network: str) -> list[str]:
+    """The addresses of the network's DHCP range on ``host`` a new instance may get, lowest
+    first: not the gateway, not reserved, not held by an instance, not leased to another MAC."""
+    view = await read_network(engine, host, network)
+    return _free_in(view.info, _taken(engine, host, network, view)[0])
 
 
 def _free_in(net: NetworkInfo, taken: set[str]) -> list[str]:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from orchestrator.clock import Clock, iso
+from orchestrator.engine.hosts import LOCAL, Fleet, Host
 from orchestrator.errors import OrchError
 from orchestrator.hypervisor.base import Hypervisor
 from orchestrator.images import Registry
@@ -44,6 +45,25 @@ async def inline(fn: Callable[[], _R]) -> _R:
 
 
 @dataclass(frozen=True)
+class Where:
+    """One host and its connection."""
+
+    host: Host
+    hv: Hypervisor
+
+    @property
+    def name(self) -> str:
+        return self.host.name
+
+    @property
+    def pool(self) -> str:
+        return self.host.pool
+
+
+__all__ = ["LOCAL", "Engine", "Settings", "Where", "inline", "journaled", "one_line", "threads"]
+
+
+@dataclass(frozen=True)
 class Settings:
     state_dir: Path
     pool: str = "default"
@@ -63,6 +83,23 @@ class Engine:
     offload: Callable[[Callable[[], object]], Awaitable[object]] = threads
     # the journal's operation the steps taken now belong to (set by ``usecases.session``)
     operation_id: int | None = None
+    # the hosts; None: one host, ``hv`` (tests and dry runs without hosts)
+    fleet: Fleet | None = None
+
+    def __post_init__(self) -> None:
+        if self.fleet is None:
+            self.fleet = Fleet(self.store, local=self.hv, local_uri=self.hv.uri,
+                               local_pool=self.settings.pool)
+
+    def at(self, host: str) -> Where:
+        """Host ``host`` as a step sees it: its connection, pool and fault domain."""
+        assert self.fleet is not None
+        h = self.fleet.host(host)
+        return Where(h, self.fleet.hv(host))
+
+    def hosts(self) -> list[Where]:
+        assert self.fleet is not None
+        return [Where(h, self.fleet.hv(h.name)) for h in self.fleet.hosts()]
 
     def now(self) -> str:
         return iso(self.clock.now())

@@ -7,13 +7,14 @@ pending instances, batch selection, the two health thresholds, and what a breach
 (``on_breach``). It reads no clock and touches nothing, so property tests exercise it with
 any inputs; the drivers in ``usecases`` act on its verdicts.
 
-Called by: dryrun.plan, usecases.controller, usecases.rolling, usecases.sets,
-usecases.updates
+Called by: dryrun.plan, usecases.controller, usecases.placement, usecases.rolling,
+usecases.sets, usecases.updates
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections import Counter
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -62,21 +63,95 @@ def refuse_protected(instances: Sequence[Candidate], action: str) -> str | None:
     return None
 
 
-def scale_in_victims(instances: Sequence[Candidate], count: int, *,
-                     scale_in_policy: str) -> list[int] | str:
+def scale_in_victims(instances: Sequence[Candidate], count: int, *, scale_in_policy: str,
+                     fault_domain_of: Mapping[int, str] | None = None) -> list[int] | str:
     """The ``count`` instances a scale-in removes (none protected from scale-in or from
-    scale-set actions): highest instanceIds first (Default, NewestVM), or oldest first
-    (OldestVM). A refusal in words when too few may go."""
+    scale-set actions): one at a time from the fault domain holding the most of the set's
+    instances (ties: the name), within it highest instanceIds first (Default, NewestVM) or
+    oldest first (OldestVM). A refusal in words when too few may go."""
+    fd_of = fault_domain_of or {}
     candidates = [i for i in instances
                   if not i.protect_from_scale_in and not i.protect_from_scale_set_actions]
+    if len(candidates) < count:
+        return (f"cannot remove {count} instances: only {len(candidates)} are not protected "
+                "from scale-in")
     if scale_in_policy == "OldestVM":
         candidates.sort(key=lambda i: (i.created_at, i.instance_id))
     else:
         candidates.sort(key=lambda i: i.instance_id, reverse=True)
-    if len(candidates) < count:
-        return (f"cannot remove {count} instances: only {len(candidates)} are not protected "
-                "from scale-in")
-    return [i.instance_id for i in candidates[:count]]
+    held = Counter(fd_of.get(i.instance_id, "") for i in instances)
+    victims: list[int] = []
+    for _ in range(count):
+        fullest = min({fd_of.get(i.instance_id, "") for i in candidates},
+                      key=lambda fd: (-held[fd], fd))
+        victim = next(i for i in candidates if fd_of.get(i.instance_id, "") == fullest)
+        candidates.remove(victim)
+        held[fullest] -= 1
+        victims.append(victim.instance_id)
+    return victims
+
+
+@dataclass(frozen=True)
+class HostRoom:
+    """What placement knows of one host: its fault domain, whether it takes new instances
+    (Ready and reachable), its room, and how many of the set's instances it holds."""
+
+    name: str
+    fault_domain: str
+    ready: bool
+    memory_bytes: int | None  # None: not known, not limiting
+    pool_bytes: int
+    addresses: int
+    instances: int = 0
+
+
+def place(hosts: Sequence[HostRoom], count: int, *, memory_bytes: int, disk_bytes: int,
+          fault_domains: Sequence[str] = ()) -> list[str] | str:
+    """The hosts ``count`` new instances go to, one by one: to the allowed fault domain
+    holding the fewest of the set's instances, inside it to the host holding the fewest
+    (ties: the most free memory, then the name), among Ready hosts with room for one more.
+    A refusal in words when some instance has nowhere to go."""
+    rooms = {h.name: h for h in hosts}
+    chosen: list[str] = []
+    for k in range(count):
+        fits = [h for h in rooms.values()
+                if h.ready and (not fault_domains or h.fault_domain in fault_domains)
+                and (h.memory_bytes is None or h.memory_bytes >= memory_bytes)
+                and h.pool_bytes >= disk_bytes and h.addresses >= 1]
+        if not fits:
+            return _no_room(list(rooms.values()), k, count, memory_bytes=memory_bytes,
+                            disk_bytes=disk_bytes, fault_domains=fault_domains)
+        per_fd = Counter[str]()
+        for h in rooms.values():
+            per_fd[h.fault_domain] += h.instances
+        best = min(fits, key=lambda h: (per_fd[h.fault_domain], h.fault_domain, h.instances,
+                                        -(h.memory_bytes or 0), h.name))
+        rooms[best.name] = HostRoom(
+            best.name, best.fault_domain, best.ready,
+            None if best.memory_bytes is None else best.memory_bytes - memory_bytes,
+            best.pool_bytes - disk_bytes, best.addresses - 1, best.instances + 1)
+        chosen.append(best.name)
+    return chosen
+
+
+def _no_room(hosts: list[HostRoom], k: int, count: int, *, memory_bytes: int, disk_bytes: int,
+             fault_domains: Sequence[str]) -> str:
+    why = []
+    for h in hosts:
+        if fault_domains and h.fault_domain not in fault_domains:
+            why.append(f"{h.name}: fault domain {h.fault_domain} not allowed")
+        elif not h.ready:
+            why.append(f"{h.name}: not Ready")
+        elif h.memory_bytes is not None and h.memory_bytes < memory_bytes:
+            why.append(f"{h.name}: {h.memory_bytes // 2**20} MiB of memory free, "
+                       f"{memory_bytes // 2**20} needed")
+        elif h.pool_bytes < disk_bytes:
+            why.append(f"{h.name}: {h.pool_bytes // 2**20} MiB free in its pool, "
+                       f"{disk_bytes // 2**20} needed")
+        else:
+            why.append(f"{h.name}: no free address")
+    return (f"no host has room for instance {k + 1} of {count}: " + "; ".join(why)
+            if why else "no host is registered")
 
 
 Breach = Literal["rollback", "stop"]
@@ -100,6 +175,7 @@ class Member:
     generation: int
     healthy: bool
     protected: bool = False  # protectFromScaleSetActions: upgrades pass it by
+    fault_domain: str = ""
 
 
 @dataclass(frozen=True)
@@ -167,6 +243,9 @@ def next_batch(members: Sequence[Member], *, target: int, policy: RollingUpgrade
             f"maxUnhealthyInstancePercent {policy.max_unhealthy_instance_percent}% of {base}"
             f" instances = {allowed} unhealthy allowed"))
     size = batch_size(policy, base)
+    if not policy.enable_cross_zone_upgrade:
+        # one fault domain at a time: the one of the first instance in order
+        todo = [m for m in todo if m.fault_domain == todo[0].fault_domain]
     return Verdict("batch", batch=tuple(m.instance_id for m in todo[:size]))
 
 

@@ -17,14 +17,21 @@ from orchestrator.hypervisor.fake import FakeHypervisor
 class FakeProber:
     def __init__(self, hv: FakeHypervisor, *, clock: Clock, latency: float = 0.05) -> None:
         self.hv = hv
+        self.hosts: list[FakeHypervisor] = []  # further fake hosts whose guests it reaches
         self.clock = clock
         self.latency = latency
         self.unhealthy: set[str] = set()
         self.broken_images: set[str] = set()
         self.probes: list[str] = []
 
+    def _host_of(self, name: str) -> FakeHypervisor:
+        for hv in self.hosts:
+            if hv.definition(name) is not None:
+                return hv
+        return self.hv
+
     def _image_of(self, name: str) -> str | None:
-        domain = self.hv.domains.get(name)
+        domain = self._host_of(name).definition(name)
         if domain is None:
             return None
         for disk in domain.disks:
@@ -35,7 +42,7 @@ class FakeProber:
     async def probe(self, target: ProbeTarget, settings: ProbeSettings) -> ProbeOutcome:
         self.probes.append(target.name)
         at = self.clock.now()
-        if target.endpoint is None or not self.hv.guest_ready(target.name):
+        if target.endpoint is None or not self._host_of(target.name).guest_ready(target.name):
             await self.clock.sleep(min(settings.timeout_seconds, 1.0))
             return ProbeOutcome(at=at, kind="unreachable", exit_status=None, latency=None,
                                 output="", error="connection refused")

@@ -21,7 +21,7 @@ from pathlib import Path
 
 from orchestrator import cloudinit, ssh
 from orchestrator.engine.addresses import InstanceNames, new_seed_id
-from orchestrator.engine.context import Engine, journaled
+from orchestrator.engine.context import Engine, Where, journaled
 from orchestrator.errors import Gone, HypervisorError, OperationFailed, OrchError
 from orchestrator.hypervisor.base import DomainInfo, PowerState, Reservation
 from orchestrator.hypervisor.domainxml import (
@@ -88,17 +88,18 @@ def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Imag
     )
 
 
-async def pool_path(engine: Engine) -> Path:
-    return Path((await engine.io(engine.hv.pool_info, engine.settings.pool)).path)
+async def pool_path(engine: Engine, w: Where) -> Path:
+    return Path((await engine.io(w.hv.pool_info, w.pool)).path)
 
 
 async def _define(engine: Engine, inst: InstanceRecord, model: Model, image: Image) -> None:
-    domain = build_domain(engine, inst, model, image, pool_path=await pool_path(engine))
-    await engine.io(engine.hv.define_domain, domain)
+    w = engine.at(inst.host)
+    domain = build_domain(engine, inst, model, image, pool_path=await pool_path(engine, w))
+    await engine.io(w.hv.define_domain, domain)
 
 
-async def _volumes(engine: Engine) -> set[str]:
-    return {v.name for v in await engine.io(engine.hv.list_volumes, engine.settings.pool)}
+async def _volumes(engine: Engine, w: Where) -> set[str]:
+    return {v.name for v in await engine.io(w.hv.list_volumes, w.pool)}
 
 
 # --- provisioning ------------------------------------------------------------------------
@@ -106,9 +107,10 @@ async def provision(engine: Engine, inst: InstanceRecord, model: Model, image: I
                     *, admin_key: str, start: bool = True) -> None:
     """Create what ``inst`` needs and boot it (unless ``start`` is false); steps already
     done are skipped, and volumes that exist (an OS disk, data disks) are kept."""
-    hv, pool = engine.hv, engine.settings.pool
+    w = engine.at(inst.host)
+    hv, pool = w.hv, w.pool
     names = InstanceNames(inst.name)
-    existing = await _volumes(engine)
+    existing = await _volumes(engine, w)
     if inst.os_volume not in existing:
         await engine.io(hv.create_overlay, pool, name=inst.os_volume,
                         backing_path=str(image.disk), backing_format="qcow2",
@@ -129,9 +131,10 @@ async def provision(engine: Engine, inst: InstanceRecord, model: Model, image: I
 
 async def _check_not_foreign(engine: Engine, inst: InstanceRecord) -> None:
     """Refuse to redefine a domain of the same name that orchestrator did not create."""
-    if await engine.io(engine.hv.domain_state, inst.name) is PowerState.MISSING:
+    hv = engine.at(inst.host).hv
+    if await engine.io(hv.domain_state, inst.name) is PowerState.MISSING:
         return
-    owner = await engine.io(engine.hv.domain_owner, inst.name)
+    owner = await engine.io(hv.domain_owner, inst.name)
     if owner is None or owner.set_name != inst.set_name or owner.instance_id != inst.instance_id:
         raise HypervisorError(
             f"a domain named {inst.name} exists and is not owned by scale set {inst.set_name}; "
@@ -140,10 +143,10 @@ async def _check_not_foreign(engine: Engine, inst: InstanceRecord) -> None:
 
 
 # --- power -------------------------------------------------------------------------------
-async def power_off(engine: Engine, name: str, *, graceful: bool = True,
+async def power_off(engine: Engine, inst: InstanceRecord, *, graceful: bool = True,
                     timeout: float | None = None) -> bool:
     """Stop a domain: ACPI first, destroy after ``timeout``. True if it stopped gracefully."""
-    hv = engine.hv
+    hv, name = engine.at(inst.host).hv, inst.name
     state = await engine.io(hv.domain_state, name)
     if state in (PowerState.STOPPED, PowerState.MISSING):
         return True
@@ -160,8 +163,8 @@ async def power_off(engine: Engine, name: str, *, graceful: bool = True,
     return False
 
 
-async def start(engine: Engine, name: str) -> None:
-    await engine.io(engine.hv.start, name)
+async def start(engine: Engine, inst: InstanceRecord) -> None:
+    await engine.io(engine.at(inst.host).hv.start, inst.name)
 
 
 # --- teardown ----------------------------------------------------------------------------
@@ -180,7 +183,8 @@ async def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
     """Remove everything ``inst`` owns in libvirt; returns the problems met (collected, so
     one failure does not leave the rest behind). Domains not owned by this instance are
     never touched."""
-    hv, pool = engine.hv, engine.settings.pool
+    w = engine.at(inst.host)
+    hv, pool = w.hv, w.pool
     problems: list[str] = []
     names = InstanceNames(inst.name)
     owner = await engine.io(hv.domain_owner, inst.name)
@@ -188,7 +192,7 @@ async def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
         await _attempt(problems, "destroy", lambda: engine.io(hv.destroy, inst.name))
         await _attempt(problems, "undefine", lambda: engine.io(hv.undefine, inst.name))
     try:
-        volumes = [v for v in await _volumes(engine) if names.owns_volume(v)]
+        volumes = [v for v in await _volumes(engine, w) if names.owns_volume(v)]
     except OrchError as exc:
         problems.append(f"list volumes: {exc.message}")
         volumes = []
@@ -203,9 +207,10 @@ async def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
 
 @dataclass(frozen=True)
 class Orphans:
-    """What libvirt holds for a set that the store does not know: owned domains, volumes
-    and DHCP reservations of instanceIds the store has no row for."""
+    """What one host's libvirt holds for a set that the store does not know there: owned
+    domains, volumes and DHCP reservations of instances the store has no row for on it."""
 
+    host: str
     domains: tuple[str, ...] = ()
     volumes: tuple[str, ...] = ()
     reservations: tuple[tuple[str, Reservation], ...] = ()
@@ -220,8 +225,8 @@ class Orphans:
         return ", ".join(parts)
 
 
-async def find_orphans(engine: Engine, set_name: str, *, known: set[int], networks: set[str],
-                       domains: list[DomainInfo]) -> Orphans:
+async def find_orphans(engine: Engine, w: Where, set_name: str, *, known: set[int],
+                       networks: set[str], domains: list[DomainInfo]) -> Orphans:
     """Objects of ``set_name`` in libvirt whose instanceId is not in ``known``: a domain
     (of ``domains``, as listed by the caller) by its ownership metadata, a volume or
     reservation by a name only this set's instances get (``<set>-<id>-os<k>.qcow2``
@@ -233,18 +238,19 @@ async def find_orphans(engine: Engine, set_name: str, *, known: set[int], networ
     owned = tuple(d.name for d in domains
                   if d.owner is not None and d.owner.set_name == set_name
                   and d.owner.instance_id not in known)
-    volumes = tuple(sorted(v for v in await _volumes(engine) if orphan_id(
+    volumes = tuple(sorted(v for v in await _volumes(engine, w) if orphan_id(
         re.fullmatch(prefix + r"-(\d+)-(?:os\d*\.qcow2|seed\.iso|data\d+\.qcow2)", v))))
     reservations: list[tuple[str, Reservation]] = []
     for net in sorted(networks):
-        reservations.extend((net, r) for r in await engine.io(engine.hv.list_reservations, net)
+        reservations.extend((net, r) for r in await engine.io(w.hv.list_reservations, net)
                             if orphan_id(re.fullmatch(prefix + r"-(\d+)", r.name)))
-    return Orphans(owned, volumes, tuple(reservations))
+    return Orphans(w.name, owned, volumes, tuple(reservations))
 
 
 async def remove_orphans(engine: Engine, orphans: Orphans) -> list[str]:
     """Remove what ``find_orphans`` found; returns the problems met (collected)."""
-    hv, pool = engine.hv, engine.settings.pool
+    w = engine.at(orphans.host)
+    hv, pool = w.hv, w.pool
     problems: list[str] = []
     for name in orphans.domains:
         await _attempt(problems, f"domain {name}", lambda name=name: engine.io(hv.destroy, name))  # type: ignore[misc]
@@ -259,10 +265,10 @@ async def remove_orphans(engine: Engine, orphans: Orphans) -> list[str]:
 
 
 # --- model changes, rollback, reimage --------------------------------------------------------
-async def _fresh_overlay(engine: Engine, name: str, image: Image) -> None:
+async def _fresh_overlay(engine: Engine, w: Where, name: str, image: Image) -> None:
     """A new overlay on ``image``; one left by an interrupted attempt is replaced."""
-    hv, pool = engine.hv, engine.settings.pool
-    if name in await _volumes(engine):
+    hv, pool = w.hv, w.pool
+    if name in await _volumes(engine, w):
         await engine.io(hv.delete_volume, pool, name)
     await engine.io(hv.create_overlay, pool, name=name, backing_path=str(image.disk),
                     backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
@@ -271,17 +277,19 @@ async def _fresh_overlay(engine: Engine, name: str, image: Image) -> None:
 async def _ensure_data_disks(engine: Engine, inst: InstanceRecord, model: Model) -> None:
     """Create the data disks the model names and the instance lacks; existing ones are kept
     (a lun dropped from the model is detached, its volume kept until the instance goes)."""
+    w = engine.at(inst.host)
     names = InstanceNames(inst.name)
-    existing = await _volumes(engine)
+    existing = await _volumes(engine, w)
     for dd in model.data_disks:
         if names.data_volume(dd.lun) not in existing:
-            await engine.io(engine.hv.create_volume, engine.settings.pool,
+            await engine.io(w.hv.create_volume, w.pool,
                             name=names.data_volume(dd.lun), capacity_bytes=dd.size_gib * GIB)
 
 
-async def _drop_volume(engine: Engine, name: str) -> None:
+async def _drop_volume(engine: Engine, inst: InstanceRecord, name: str) -> None:
     if name:
-        await engine.io(engine.hv.delete_volume, engine.settings.pool, name)
+        w = engine.at(inst.host)
+        await engine.io(w.hv.delete_volume, w.pool, name)
 
 
 @journaled("apply-model")
@@ -294,19 +302,19 @@ async def apply_model(engine: Engine, inst: InstanceRecord, *, model: Model, gen
     started. Returns the updated record; waiting for health is the caller's.
     """
     await _check_not_foreign(engine, inst)
-    await power_off(engine, inst.name)
+    await power_off(engine, inst)
     changes = model_changes(inst, generation=generation, image=image)
     # an OS disk kept from an earlier change that was never committed is of no use now
-    await _drop_volume(engine, inst.prev_os_volume)
+    await _drop_volume(engine, inst, inst.prev_os_volume)
     if changes["os_volume"] != inst.os_volume:
-        await _fresh_overlay(engine, str(changes["os_volume"]), image)
+        await _fresh_overlay(engine, engine.at(inst.host), str(changes["os_volume"]), image)
     await _ensure_data_disks(engine, inst, model)
     # Recorded only once the domain runs the new model: after a crash before that, the
     # instance still shows its old generation, so the next upgrade redoes it (every step
     # above is safe to repeat) instead of skipping a half-done instance.
     candidate = dataclasses.replace(inst, **changes)  # type: ignore[arg-type]
     await _define(engine, candidate, model, image)
-    await engine.io(engine.hv.start, inst.name)
+    await start(engine, inst)
     return engine.store.update_instance(inst, **changes)
 
 
@@ -335,7 +343,7 @@ async def adopt_generation(engine: Engine, inst: InstanceRecord, *, generation: 
     not there (then nothing is changed)."""
     changes = model_changes(inst, generation=generation, image=image)
     needed = {str(changes["os_volume"]), str(changes["prev_os_volume"])} - {""}
-    if not needed <= await _volumes(engine):
+    if not needed <= await _volumes(engine, engine.at(inst.host)):
         return None
     return engine.store.update_instance(inst, **changes)
 
@@ -343,7 +351,7 @@ async def adopt_generation(engine: Engine, inst: InstanceRecord, *, generation: 
 async def commit_model(engine: Engine, inst: InstanceRecord) -> InstanceRecord:
     """The instance proved healthy on its new model: the previous OS disk can go."""
     with engine.step(inst, "commit-model"):
-        await _drop_volume(engine, inst.prev_os_volume)
+        await _drop_volume(engine, inst, inst.prev_os_volume)
         return engine.store.update_instance(inst, prev_os_volume="", prev_generation=0,
                                             prev_image="")
 
@@ -355,15 +363,15 @@ async def rollback(engine: Engine, inst: InstanceRecord, *, model: Model,
     generation's): the kept OS disk is swapped back in, the failed one deleted."""
     if not inst.prev_generation:
         raise OperationFailed(f"{inst.name} has no previous model to return to")
-    await power_off(engine, inst.name)
+    await power_off(engine, inst)
     failed_volume = inst.os_volume if inst.prev_os_volume else ""
     inst = engine.store.update_instance(
         inst, model_generation=inst.prev_generation, image=inst.prev_image,
         os_volume=inst.prev_os_volume or inst.os_volume, prev_os_volume="",
         prev_generation=0, prev_image="", health={})
     await _define(engine, inst, model, image)
-    await _drop_volume(engine, failed_volume)
-    await engine.io(engine.hv.start, inst.name)
+    await _drop_volume(engine, inst, failed_volume)
+    await start(engine, inst)
     return inst
 
 
@@ -377,7 +385,7 @@ async def reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile
     any point is finished by ``finish_reimage`` (recovery does so), never half-done.
     """
     await _check_not_foreign(engine, inst)
-    await _drop_volume(engine, inst.prev_os_volume)  # an uncommitted earlier disk is of no use now
+    await _drop_volume(engine, inst, inst.prev_os_volume)  # an uncommitted earlier disk: no use now
     host_key = ssh.generate_keypair(f"{inst.name} host key")
     inst = engine.store.update_instance(
         inst, status=REIMAGING_ALL_DISKS if all_disks else REIMAGING,
@@ -393,19 +401,20 @@ async def reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile
 async def finish_reimage(engine: Engine, inst: InstanceRecord, *, model: Model, profile: Model,
                          image: Image, admin_key: str) -> InstanceRecord:
     """Carry out the reimage recorded on ``inst``; every step is safe to repeat."""
-    hv, pool = engine.hv, engine.settings.pool
-    await power_off(engine, inst.name)
+    w = engine.at(inst.host)
+    hv, pool = w.hv, w.pool
+    await power_off(engine, inst)
     names = InstanceNames(inst.name)
-    await _fresh_overlay(engine, inst.os_volume, image)
+    await _fresh_overlay(engine, w, inst.os_volume, image)
     if inst.status == REIMAGING_ALL_DISKS:
-        for vol in sorted(await _volumes(engine)):
+        for vol in sorted(await _volumes(engine, w)):
             if vol.startswith(f"{inst.name}-data") and names.owns_volume(vol):
                 await engine.io(hv.delete_volume, pool, vol)
     await _ensure_data_disks(engine, inst, model)
     seed = cloudinit.build_seed_iso(seed_content(inst, profile, admin_key=admin_key))
     await engine.io(hv.upload_volume, pool, name=names.seed_volume, data=seed)
     await _define(engine, inst, model, image)
-    await _drop_volume(engine, inst.prev_os_volume)
+    await _drop_volume(engine, inst, inst.prev_os_volume)
     inst = engine.store.update_instance(inst, status="active", prev_os_volume="")
-    await engine.io(hv.start, inst.name)
+    await start(engine, inst)
     return inst

@@ -2,17 +2,19 @@
 
 Owned here: the ``Hypervisor`` protocol, our own ``PowerState`` enum, the plain records
 that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservation``,
-``NetworkInfo``, ``PoolInfo``, ``HostInfo``), the verb list derived from the protocol (``VERBS``) with the verbs that
-change something (``MUTATING_VERBS``), and the rules every adapter follows, stated once: ``check_volume_name``,
-``check_backing_format``, ``UPLOAD_FORMATS`` / ``check_upload_format``, ``check_sha256``,
-``upload_file_size``, ``reservation_present`` and ``UNAVAILABLE_HINT`` (the hint of every
+``NetworkInfo``, ``PoolInfo``, ``HostInfo``), the verb list derived from the protocol
+(``VERBS``) with the verbs that change something (``MUTATING_VERBS``), and the rules every
+adapter follows, stated once: ``check_volume_name``, ``check_backing_format``,
+``UPLOAD_FORMATS`` / ``check_upload_format``, ``check_sha256``, ``upload_file_size``,
+``reservation_present`` and ``UNAVAILABLE_HINT`` (the hint of every
 ``HypervisorUnavailable``). Implemented by ``hypervisor.libvirt`` (the real daemon),
 ``hypervisor.fake`` (in memory, with fault injection) and ``hypervisor.retry`` (a wrapper);
 nothing above this seam imports libvirt.
 
 Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
-engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.libvirtxml, hypervisor.retry,
-usecases.controller, usecases.session, usecases.sets, usecases.views, usecases.watch
+engine.hosts, engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.libvirtxml,
+hypervisor.retry, usecases.controller, usecases.placement, usecases.recovery,
+usecases.session, usecases.sets, usecases.views, usecases.watch
 
 Every method is synchronous and quick (no method waits for a guest): waiting is the
 engine's job, done by polling ``domain_state`` against the injected clock.

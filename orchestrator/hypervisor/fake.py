@@ -208,9 +208,19 @@ class FakeHypervisor:
         self._external_files.add(path)
 
     @property
+    def external_files(self) -> frozenset[str]:
+        """The host files (images) domains may refer to."""
+        return frozenset(self._external_files)
+
+    @property
     def domains(self) -> dict[str, Domain]:
         """The persistent definition of every domain, by name (a copy)."""
         return {name: rec.definition for name, rec in self._records.items()}
+
+    def definition(self, name: str) -> Domain | None:
+        """The persistent definition of one domain, or None (no copy of every other one)."""
+        rec = self._records.get(name)
+        return rec.definition if rec is not None else None
 
     def volume_backing(self, pool: str, name: str) -> tuple[str, str] | None:
         """(backing path, backing format) of a volume, or None for a volume without one."""

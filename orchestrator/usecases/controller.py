@@ -8,7 +8,7 @@ Owned here: ``run_pass`` and the order of those checks, ``commit_healthy``, and 
 for instances a killed command booted. Every action goes through the same use cases as
 the commands, in one session per set and pass.
 
-Called by: cli.vmss
+Called by: cli.controller
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from orchestrator.engine import policy, steps
 from orchestrator.engine.health import HealthState
 from orchestrator.errors import Conflict, OrchError
 from orchestrator.hypervisor.base import PowerState
-from orchestrator.usecases import recovery, rolling, sets, updates, watch
+from orchestrator.usecases import placement, recovery, rolling, sets, updates, watch
 from orchestrator.usecases.recovery import PassReport
 from orchestrator.usecases.session import Env, Session, open_session
 
@@ -75,10 +75,13 @@ async def _reconcile_set(session: Session, report: PassReport) -> None:
         await rolling.start_in(session)
     # 5. an instance the user wants running that is not (crashed, killed, or left
     # shutting down by an interrupted command)
-    power = await watch.running_states(env)
+    observed = await placement.observe_power(env)
+    power = observed.states
     down: dict[PowerState, list[int]] = {
         PowerState.STOPPED: [], PowerState.CRASHED: [], PowerState.SHUTTING_DOWN: []}
     for inst in store.list_instances(name):
+        if inst.host in observed.unreachable:
+            continue  # nothing touches it until its host is back
         state = power.get(inst.name, PowerState.MISSING)
         if inst.power_intent == "running" and state in down:
             down[state].append(inst.instance_id)

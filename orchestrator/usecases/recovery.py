@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.engine import steps
-from orchestrator.errors import NotFound
+from orchestrator.errors import HypervisorUnavailable, NotFound
+from orchestrator.hypervisor.base import Ownership
 from orchestrator.store import InstanceRecord, OperationRecord
 from orchestrator.usecases import removal, watch
 from orchestrator.usecases.session import Env, Session, lock_is_free, open_session
@@ -106,7 +107,8 @@ async def finish_interrupted(session: Session, report: PassReport) -> bool:
 async def _finish_reimage(session: Session, inst: InstanceRecord) -> None:
     done = await steps.finish_reimage(session.engine, inst,
                                       model=session.model(inst.model_generation),
-                                      profile=session.spec.model, image=session.image(inst.image),
+                                      profile=session.spec.model,
+                                      image=await session.image(inst.image),
                                       admin_key=session.key.public_openssh)
     booted = watch.record_boot(session.store, session.engine.clock, done)
     await watch.await_health(watch.session_probe(session), [booted])
@@ -118,17 +120,30 @@ async def _observed_wins(session: Session, report: PassReport) -> None:
     remove it), and an active instance whose domain is gone is defined again."""
     env, name = session.env, session.set_name
     instances = session.store.list_instances(name)
-    networks = {i.network for i in instances} | {session.spec.model.network}
-    domains = await env.engine.io(env.hv.list_domains)
-    orphans = await steps.find_orphans(env.engine, name, known={i.instance_id for i in instances},
-                                       networks=networks, domains=domains)
-    if orphans:
-        report.act(env, f"{name}: removing what no instance owns: {orphans.describe()}")
-        problems = await steps.remove_orphans(env.engine, orphans)
-        report.problems.extend(f"{name}: {p}" for p in problems)
-    owners = {d.name: d.owner for d in domains}
+    owners: dict[str, Ownership | None] = {}
+    unreachable: set[str] = set()
+    for w in env.engine.hosts():
+        try:
+            domains = await env.engine.io(w.hv.list_domains)
+        except HypervisorUnavailable:
+            if not (env.engine.fleet and env.engine.fleet.registered):
+                raise
+            unreachable.add(w.name)  # nothing there is touched until it is back
+            continue
+        here = [i for i in instances if i.host == w.name]
+        networks = {i.network for i in here} | {w.host.network_for(session.spec.model.network)}
+        orphans = await steps.find_orphans(env.engine, w, name,
+                                           known={i.instance_id for i in here},
+                                           networks=networks, domains=domains)
+        if orphans:
+            where = f" on host {w.name}" if w.host.registered else ""
+            report.act(env, f"{name}: removing what no instance owns{where}: "
+                            f"{orphans.describe()}")
+            problems = await steps.remove_orphans(env.engine, orphans)
+            report.problems.extend(f"{name}: {p}" for p in problems)
+        owners.update({d.name: d.owner for d in domains})
     for inst in instances:
-        if inst.status != "active":
+        if inst.status != "active" or inst.host in unreachable:
             continue
         if inst.name not in owners:
             report.act(env, f"{inst.name}: its domain is gone from libvirt; defining it "
@@ -155,7 +170,8 @@ async def _recreate_missing(session: Session, inst: InstanceRecord) -> None:
     running = inst.power_intent == "running"
     with session.engine.step(inst, "recreate"):
         await steps.provision(session.engine, inst, session.model(inst.model_generation),
-                              session.image(inst.image), admin_key=session.key.public_openssh,
+                              await session.image(inst.image),
+                              admin_key=session.key.public_openssh,
                               start=running)
     if running:
         booted = watch.record_boot(session.store, session.engine.clock, inst)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from orchestrator.engine import policy
 from orchestrator.engine.addresses import free_addresses
 from orchestrator.engine.health import HealthState
+from orchestrator.engine.hosts import LOCAL
 from orchestrator.engine.upgrade_state import (
     BatchRecord,
     LastAction,
@@ -29,7 +30,7 @@ from orchestrator.engine.upgrade_state import (
 from orchestrator.errors import Conflict, InvalidInput, OperationFailed
 from orchestrator.model import RollingUpgradePolicy, ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord
-from orchestrator.usecases import removal, rollout, sets, watch
+from orchestrator.usecases import placement, removal, rollout, sets, watch
 from orchestrator.usecases.recovery import command
 from orchestrator.usecases.session import Env, Session, lock_is_free, open_session
 
@@ -81,10 +82,11 @@ async def start_in(session: Session, *, allow_surge_fallback: bool = False) -> R
     env, name = session.env, session.set_name
     previous = latest(env, name)
     if previous is not None and previous.running:
-        save(env, previous.with_(
-            status=RollingStatus.CANCELLED, end_time=env.engine.now(),
-            cancel_note="interrupted: the process driving it "
-                        f"(pid {previous.driver_pid}) stopped; superseded"))
+        why = (previous.cancel_note if previous.cancel_note
+               and previous.cancel_note.startswith("paused") else
+               f"interrupted: the process driving it (pid {previous.driver_pid}) stopped")
+        save(env, previous.with_(status=RollingStatus.CANCELLED, end_time=env.engine.now(),
+                                 cancel_note=f"{why}; superseded"))
         await _finish_surge_batch(session, previous)
     spec = session.spec
     rolling = spec.upgrade_policy.rolling_upgrade_policy
@@ -134,17 +136,20 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
         return end(load(env, up.id), RollingStatus.FAULTED, reason, progress=progress,
                    **({"rollback_note": note} if note else {}))
 
-    def members(monitor: watch.Monitor) -> list[policy.Member]:
+    def members(monitor: watch.Monitor,
+                instances: list[InstanceRecord]) -> list[policy.Member]:
         """Every instance with its current health: the monitor's latest round for those it
         probed, the settled record for the others (the batch just done)."""
         out = []
-        for i in session.store.list_instances(name):
+        fd_of = placement.fault_domains(env)
+        for i in instances:
             if i.instance_id in monitor.probed:
                 healthy = monitor.states.get(i.instance_id) is HealthState.HEALTHY
             else:
                 healthy = i.health.get("state") == HealthState.HEALTHY.value
             out.append(policy.Member(i.instance_id, i.model_generation, healthy,
-                                     i.protect_from_scale_set_actions))
+                                     i.protect_from_scale_set_actions,
+                                     fd_of.get(i.host, i.host)))
         return out
 
     async with watch.monitoring(probe) as monitor:
@@ -156,11 +161,26 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                 return end(upgrade, RollingStatus.CANCELLED, None,
                            cancel_note="cancelled between batches: no batch was in flight")
             capacity = session.spec.capacity
-            now_members = members(monitor)
-            skip = frozenset(attempted)
+            instances = session.store.list_instances(name)  # once per batch: 1000s of rows
+            now_members = members(monitor, instances)
+            host_of = {i.instance_id: i.host for i in instances}
+            # instances on a host that does not answer wait for it (they count unhealthy)
+            waiting = {m.instance_id for m in policy.pending(now_members, target,
+                                                             frozenset(attempted))
+                       if host_of.get(m.instance_id) in monitor.unreachable}
+            skip = frozenset(attempted | waiting)
             verdict = policy.next_batch(now_members, target=target, policy=rolling,
                                         capacity=capacity, skip=skip)
-            pending_count = len(policy.pending(now_members, target, skip))
+            pending_count = len(policy.pending(now_members, target, frozenset(attempted)))
+            if verdict.kind == "completed" and waiting:
+                hosts = sorted({host_of[i] for i in waiting})
+                note = (f"paused: host {', '.join(hosts)} does not answer; instances "
+                        f"{', '.join(str(i) for i in sorted(waiting))} wait for it")
+                save(env, upgrade.with_(progress=Progress(successful, failed, 0, pending_count),
+                                        cancel_note=note))
+                session.progress(f"{name}: rolling upgrade {note}")
+                raise OperationFailed(f"rolling upgrade of {name} {note}; `orch controller run` "
+                                      "finishes it once the host is back")
             if verdict.kind == "completed":
                 return end(upgrade, RollingStatus.COMPLETED, None,
                            progress=Progress(successful, failed, 0, 0))
@@ -169,8 +189,7 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                                      Progress(successful, failed, 0, pending_count))
             number = len(upgrade.batches) + 1
             attempted.update(verdict.batch)
-            batch = [i for i in session.store.list_instances(name)
-                     if i.instance_id in verdict.batch]
+            batch = [i for i in instances if i.instance_id in verdict.batch]
             session.progress(f"{name}: batch {number}: instances "
                              f"{', '.join(str(i.instance_id) for i in batch)}"
                              + (" (surge)" if upgrade.surge else " (in place)"))
@@ -181,10 +200,13 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                 # a surge batch's replacements get the ids from here on, in batch order
                 first_new_id=session.record.next_instance_id))
             # while the batch runs, the other instances' health is kept current
-            monitor.watched = frozenset(i.instance_id for i in session.store.list_instances(name)
+            monitor.watched = frozenset(i.instance_id for i in instances
                                         if i.instance_id not in verdict.batch)
             outcomes = await (surge_batch(session, batch) if upgrade.surge
                               else rollout.bring(session, batch, rollout.ToLatest()))
+            lost = [o.instance_id for o in outcomes if o.unreachable]
+            attempted.difference_update(lost)  # undecided: tried again once its host answers
+            outcomes = [o for o in outcomes if not o.unreachable]
             for o in outcomes:
                 upgraded[o.instance_id] = o.healthy
             ok = [o.instance_id for o in outcomes if o.healthy]
@@ -205,8 +227,9 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                 return end(upgrade, RollingStatus.CANCELLED, None,
                            cancel_note=f"the in-flight batch {number} was completed; "
                                        "no new batch was started")
-            if rolling.pause_seconds > 0 and policy.pending(members(monitor), target,
-                                                            frozenset(attempted)):
+            left = policy.pending(members(monitor, session.store.list_instances(name)), target,
+                                  frozenset(attempted))
+            if rolling.pause_seconds > 0 and left:
                 session.progress(f"{name}: pausing {rolling.pause_time_between_batches}")
                 await env.clock.sleep(rolling.pause_seconds)
             # the instances of the batch just done are watched from now on too
@@ -216,9 +239,20 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
 async def surge_batch(session: Session, batch: Sequence[InstanceRecord]) -> list[rollout.Outcome]:
     """MaxSurge: new instances (new ids) on the latest model first; once healthy, the old
     ones of the batch go. A replacement that fails is removed; its old instance stays."""
-    image = session.image(session.spec.model.image)
-    created = await sets.scale_out(session, image, len(batch),
-                                   generation=session.record.generation)
+    image = await session.image(session.spec.model.image)
+    fd_of = placement.fault_domains(session.env)
+    # the replacements go where the old instances are, if that fault domain has room
+    same = sorted({fd_of.get(i.host, i.host) for i in batch})
+    try:
+        created = await sets.scale_out(session, image, len(batch),
+                                       generation=session.record.generation, fault_domains=same)
+    except InvalidInput as exc:
+        if not (session.engine.fleet and session.engine.fleet.registered):
+            raise
+        session.progress(f"{session.set_name}: fault domain {', '.join(same)} has no room for "
+                         f"the surge ({exc.message}); placing the replacements elsewhere")
+        created = await sets.scale_out(session, image, len(batch),
+                                       generation=session.record.generation)
     final = await watch.await_health(watch.session_probe(session), created)
     outcomes: list[rollout.Outcome] = []
     for old, new in zip(batch, created, strict=True):
@@ -303,12 +337,19 @@ async def surge_shortage(session: Session, spec: ScaleSetSpec | None = None) -> 
     batch = policy.batch_size(spec.upgrade_policy.rolling_upgrade_policy, spec.capacity)
     model = spec.model
     image = env.registry.get(model.image)
+    if env.engine.fleet is not None and env.engine.fleet.registered:
+        verdict = policy.place(await placement.rooms(env, session.set_name, model), batch,
+                               memory_bytes=model.memory_mib * 2**20,
+                               disk_bytes=placement.disk_bytes(model, image),
+                               fault_domains=model.fault_domains)
+        return verdict if isinstance(verdict, str) else None
     need_mem = batch * model.memory_mib * 2**20
-    have_mem = _mem_available()
+    have_mem = placement.mem_available()
     need_disk = batch * (sum(d.size_gib for d in model.data_disks) * 2**30
                          + image.virtual_size + 2**20)
-    pool = await env.engine.io(env.hv.pool_info, env.engine.settings.pool)
-    free_ips = len(await free_addresses(env.engine, model.network))
+    local = env.engine.at(LOCAL)
+    pool = await env.engine.io(local.hv.pool_info, local.pool)
+    free_ips = len(await free_addresses(env.engine, LOCAL, model.network))
     lacks = []
     if have_mem is not None and need_mem > have_mem:
         lacks.append(f"{need_mem // 2**20} MiB of memory ({have_mem // 2**20} MiB available)")
@@ -318,14 +359,3 @@ async def surge_shortage(session: Session, spec: ScaleSetSpec | None = None) -> 
     if batch > free_ips:
         lacks.append(f"{batch} free addresses on {model.network} ({free_ips} free)")
     return "; ".join(lacks) or None
-
-
-def _mem_available() -> int | None:
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 from orchestrator.engine import steps
 from orchestrator.engine.health import HealthRecord, HealthState
-from orchestrator.errors import OperationFailed, OrchError
+from orchestrator.errors import HypervisorUnavailable, OperationFailed, OrchError
 from orchestrator.store import InstanceRecord
 from orchestrator.usecases import watch
 from orchestrator.usecases.session import Session
@@ -32,6 +32,7 @@ class Outcome:
     healthy: bool
     error: str | None = None
     health: HealthRecord | None = None  # the settled record, when health was awaited
+    unreachable: bool = False  # its host stopped answering: nothing was decided for it
 
 
 class Change:
@@ -59,7 +60,7 @@ class ToLatest(Change):
         model = session.spec.model
         return await steps.apply_model(session.engine, inst, model=model,
                                        generation=session.record.generation,
-                                       image=session.image(model.image))
+                                       image=await session.image(model.image))
 
 
 class ToPrevious(Change):
@@ -89,7 +90,8 @@ class Reimage(Change):
     async def act(self, session: Session, inst: InstanceRecord) -> InstanceRecord:
         return await steps.reimage(session.engine, inst,
                                    model=session.model(inst.model_generation),
-                                   profile=session.spec.model, image=session.image(inst.image),
+                                   profile=session.spec.model,
+                                   image=await session.image(inst.image),
                                    admin_key=session.key.public_openssh,
                                    all_disks=self.all_disks)
 
@@ -105,6 +107,10 @@ async def bring(session: Session, instances: Sequence[InstanceRecord], change: C
         session.progress(change.describe(session, inst))
         try:
             done = await change.act(session, inst)
+        except HypervisorUnavailable as exc:
+            session.progress(f"{inst.name}: its host {inst.host} does not answer: "
+                             f"{exc.one_line()}")
+            return Outcome(inst.instance_id, False, exc.one_line(), unreachable=True)
         except OrchError as exc:
             session.progress(f"{inst.name}: failed: {exc.one_line()}")
             return Outcome(inst.instance_id, False, exc.one_line())

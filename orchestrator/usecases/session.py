@@ -10,9 +10,9 @@ The lock is the witness of a live writer: the kernel frees it the moment its hol
 (also while the dead process lingers as a zombie), so an operation still marked
 ``running`` whose set lock is free was left by a killed process. No pid is trusted.
 
-Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.controller, usecases.recovery,
-usecases.removal, usecases.rolling, usecases.rollout, usecases.sets, usecases.updates,
-usecases.views, usecases.watch
+Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.controller, usecases.hosts,
+usecases.placement, usecases.recovery, usecases.removal, usecases.rolling, usecases.rollout,
+usecases.sets, usecases.updates, usecases.views, usecases.watch
 """
 
 from __future__ import annotations
@@ -130,10 +130,13 @@ class Session:
         """The set's spec was written: read it again when next asked."""
         self._spec = None
 
-    def image(self, ref: str) -> Image:
-        """The registered image ``ref``, its files verified once in this session."""
+    async def image(self, ref: str) -> Image:
+        """The registered image ``ref``, its files verified once in this session (hashing
+        a large image happens off the event loop)."""
         if ref not in self._images:
-            self._images[ref] = self.env.registry.verify(ref)
+            image = self.env.registry.get(ref)
+            await self.engine.offload(lambda: self.env.registry.check_files(image))
+            self._images[ref] = image
         return self._images[ref]
 
     def model(self, generation: int) -> Model:

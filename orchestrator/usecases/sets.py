@@ -21,22 +21,26 @@ from orchestrator.hypervisor.base import PowerState
 from orchestrator.images import Image
 from orchestrator.model import Model, ScaleSetSpec, check_set_name, validate
 from orchestrator.store import InstanceRecord
-from orchestrator.usecases import removal, views, watch
+from orchestrator.usecases import placement, removal, views, watch
 from orchestrator.usecases.recovery import command
 from orchestrator.usecases.session import Env, Session
 
 
 async def check_placement(env: Env, model: Model) -> None:
-    """Fail before anything is made if the network or pool does not exist."""
-    try:
-        await env.engine.io(env.hv.network_info, model.network)
-    except Gone as exc:
-        raise InvalidInput(f"network {model.network} does not exist in libvirt") from exc
-    pool = env.engine.settings.pool
-    try:
-        await env.engine.io(env.hv.pool_info, pool)
-    except Gone as exc:
-        raise InvalidInput(f"storage pool {pool} does not exist in libvirt") from exc
+    """Fail before anything is made if the network or pool of the implicit host does not
+    exist (a registered host's were checked when it was added)."""
+    for w in env.engine.hosts():
+        if w.host.registered:
+            continue
+        network = w.host.network_for(model.network)
+        try:
+            await env.engine.io(w.hv.network_info, network)
+        except Gone as exc:
+            raise InvalidInput(f"network {network} does not exist in libvirt") from exc
+        try:
+            await env.engine.io(w.hv.pool_info, w.pool)
+        except Gone as exc:
+            raise InvalidInput(f"storage pool {w.pool} does not exist in libvirt") from exc
 
 
 def _warn(env: Env, spec: ScaleSetSpec) -> None:
@@ -68,20 +72,25 @@ async def create(env: Env, spec: ScaleSetSpec, *, wait: bool = True) -> views.Se
     return views.show_set(env, spec.name)
 
 
-async def scale_out(session: Session, image: Image, count: int, *,
-                    generation: int) -> list[InstanceRecord]:
-    """Allocate ``count`` new instances of the set's model (one after the other: addresses
-    come from the store), then provision and boot them concurrently; on failure all are
-    torn down. Returns them ``active``, booted, their health not yet awaited."""
+async def scale_out(session: Session, image: Image, count: int, *, generation: int,
+                    fault_domains: Sequence[str] = ()) -> list[InstanceRecord]:
+    """Place ``count`` new instances of the set's model (``placement.choose_hosts``, within
+    ``fault_domains`` if given), allocate them one after the other (addresses come from the
+    store), then provision and boot them concurrently; on failure all are torn down.
+    Returns them ``active``, booted, their health not yet awaited."""
     engine, store, model = session.engine, session.store, session.spec.model
+    hosts = await placement.choose_hosts(session.env, session.set_name, model, image, count,
+                                         fault_domains=fault_domains)
     made: list[InstanceRecord] = []
     try:
-        for instance_id in store.take_instance_ids(session.set_name, count):
+        for instance_id, host in zip(store.take_instance_ids(session.set_name, count), hosts,
+                                     strict=True):
             made.append(await allocate(engine, set_name=session.set_name,
                                        instance_id=instance_id, model=model,
-                                       generation=generation, image=image))
+                                       generation=generation, image=image, host=host))
         for inst in made:
-            session.progress(f"{inst.name}: creating ({inst.ip}, {image.ref})")
+            where = f", host {inst.host}" if engine.fleet and engine.fleet.registered else ""
+            session.progress(f"{inst.name}: creating ({inst.ip}, {image.ref}{where})")
         admin = session.key.public_openssh
 
         async def provision(inst: InstanceRecord) -> None:
@@ -146,7 +155,7 @@ async def scale_to(session: Session, new_spec: ScaleSetSpec, *, wait: bool) -> N
             store.add_event(name, event, now=env.engine.now())
 
     if capacity > current:
-        image = session.image(session.spec.model.image)
+        image = await session.image(session.spec.model.image)
         await check_placement(env, session.spec.model)
         created = await scale_out(session, image, capacity - current,
                                   generation=session.record.generation)
@@ -154,8 +163,10 @@ async def scale_to(session: Session, new_spec: ScaleSetSpec, *, wait: bool) -> N
         if wait:
             await _wait_healthy(session, created, action="scale")
     elif capacity < current:
-        verdict = policy.scale_in_victims(instances, current - capacity,
-                                          scale_in_policy=session.spec.scale_in_policy)
+        fd_of_host = placement.fault_domains(env)
+        verdict = policy.scale_in_victims(
+            instances, current - capacity, scale_in_policy=session.spec.scale_in_policy,
+            fault_domain_of={i.instance_id: fd_of_host.get(i.host, i.host) for i in instances})
         if isinstance(verdict, str):
             raise InvalidInput(verdict)
         await removal.delete_now(session, [i for i in instances if i.instance_id in verdict])
@@ -216,7 +227,7 @@ async def power_now(session: Session, ids: list[int], action: str, *, wait: bool
 
     async def stop(inst: InstanceRecord) -> None:
         with engine.step(inst, "power-off"):
-            await steps.power_off(engine, inst.name)
+            await steps.power_off(engine, inst)
 
     if action in ("stop", "deallocate", "restart"):
         for inst in instances:
@@ -226,10 +237,11 @@ async def power_now(session: Session, ids: list[int], action: str, *, wait: bool
     for inst in instances:
         inst = store.update_instance(inst, power_intent=_INTENT.get(action, "running"))
         if action in ("start", "restart"):
-            if await engine.io(engine.hv.domain_state, inst.name) is not PowerState.RUNNING:
+            hv = engine.at(inst.host).hv
+            if await engine.io(hv.domain_state, inst.name) is not PowerState.RUNNING:
                 session.progress(f"{inst.name}: starting")
                 with engine.step(inst, "start"):
-                    await steps.start(engine, inst.name)
+                    await steps.start(engine, inst)
                 inst = watch.record_boot(store, engine.clock, inst)
             booted.append(inst)
         else:

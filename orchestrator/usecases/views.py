@@ -21,7 +21,7 @@ from orchestrator.errors import OperationFailed
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord, SetRecord
-from orchestrator.usecases import watch
+from orchestrator.usecases import placement, watch
 from orchestrator.usecases.session import Env
 
 _INTENT_STATUSES = ("creating", "deleting", "reimaging", "reimaging-all-disks")
@@ -36,6 +36,7 @@ class SetView:
     latest_model_instances: int
     created_at: str
     updated_at: str
+    fault_domain_counts: dict[str, int]  # the set's instances per fault domain
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class InstanceView:
     ip_address: str
     protect_from_scale_in: bool
     protect_from_scale_set_actions: bool
+    host: str
+    fault_domain: str
     # shown by get-instance-view only
     last_probe: dict[str, Any] | None
     health_changed_at: str | None
@@ -84,7 +87,12 @@ class OperationView:
 
 def set_view(env: Env, rec: SetRecord) -> SetView:
     instances = env.store.list_instances(rec.name)
-    return SetView(name=rec.name, generation=rec.generation,
+    fd_of = placement.fault_domains(env)
+    counts: dict[str, int] = {}
+    for inst in instances:
+        fd = fd_of.get(inst.host, inst.host)
+        counts[fd] = counts.get(fd, 0) + 1
+    return SetView(fault_domain_counts=dict(sorted(counts.items())),name=rec.name, generation=rec.generation,
                    spec=validate(ScaleSetSpec, rec.spec), instance_count=len(instances),
                    latest_model_instances=sum(1 for i in instances
                                               if i.model_generation == rec.generation),
@@ -99,8 +107,11 @@ def list_sets(env: Env) -> list[SetView]:
     return [set_view(env, r) for r in env.store.list_sets()]
 
 
-def _instance_view(rec: SetRecord, inst: InstanceRecord, state: PowerState) -> InstanceView:
-    if inst.status in _INTENT_STATUSES:
+def _instance_view(rec: SetRecord, inst: InstanceRecord, state: PowerState, *,
+                   fault_domain: str, reachable: bool) -> InstanceView:
+    if not reachable:  # its host does not answer: nothing is known of it
+        power = "unknown"
+    elif inst.status in _INTENT_STATUSES:
         power = inst.status.removesuffix("-all-disks")
     elif state is PowerState.STOPPED and inst.power_intent == "deallocated":
         power = "deallocated"
@@ -115,7 +126,7 @@ def _instance_view(rec: SetRecord, inst: InstanceRecord, state: PowerState) -> I
         model_generation=inst.model_generation, ip_address=inst.ip,
         protect_from_scale_in=inst.protect_from_scale_in,
         protect_from_scale_set_actions=inst.protect_from_scale_set_actions,
-        last_probe=inst.health.get("last"), health_changed_at=inst.health.get("changedAt"),
+        host=inst.host, fault_domain=fault_domain, last_probe=inst.health.get("last"), health_changed_at=inst.health.get("changedAt"),
         mac_address=inst.mac, network=inst.network, seed_instance_id=inst.seed_instance_id,
         host_key=inst.host_key_public, created_at=inst.created_at)
 
@@ -126,12 +137,16 @@ async def instance_views(env: Env, set_name: str, ids: list[int] | None = None, 
     set's running instances first."""
     rec = env.store.get_set(set_name)
     env.instances(set_name, ids)  # NotFound before anything is probed
-    power = await watch.running_states(env)
+    observed = await placement.observe_power(env)
+    power = observed.states
     if refresh:
         probe = watch.Probe.of(env, set_name)
         if probe is not None:
             await watch.probe_round(probe, env.store.list_instances(set_name), power=power)
-    return [_instance_view(rec, i, power.get(i.name, PowerState.MISSING))
+    fd_of = placement.fault_domains(env)
+    return [_instance_view(rec, i, power.get(i.name, PowerState.MISSING),
+                           fault_domain=fd_of.get(i.host, i.host),
+                           reachable=i.host not in observed.unreachable)
             for i in env.instances(set_name, ids)]
 
 
@@ -159,7 +174,7 @@ def operations(env: Env, set_name: str) -> list[OperationView]:
 async def endpoint(env: Env, set_name: str, instance_id: int) -> ssh.Endpoint:
     """Where to reach an instance over SSH (host key pinned); it must be running."""
     inst = env.instances(set_name, [instance_id])[0]
-    state = await env.engine.io(env.hv.domain_state, inst.name)
+    state = await env.engine.io(env.engine.at(inst.host).hv.domain_state, inst.name)
     if state is not PowerState.RUNNING:
         raise OperationFailed(f"{inst.name} is {state.value}; start it first")
     probe = watch.Probe.of(env, set_name)

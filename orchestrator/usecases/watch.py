@@ -35,6 +35,7 @@ from orchestrator.hypervisor.base import PowerState
 from orchestrator.images import Image
 from orchestrator.model import Model
 from orchestrator.store import InstanceRecord, Store
+from orchestrator.usecases import placement
 from orchestrator.usecases.session import Env, Session
 
 
@@ -85,7 +86,7 @@ class Probe:
 
 
 def session_probe(session: Session) -> Probe:
-    image = session.image(session.spec.model.image)
+    image = session.env.registry.get(session.spec.model.image)
     return Probe(session.env, session.set_name, probe_settings(session.spec.model, image),
                  session.key)
 
@@ -97,9 +98,7 @@ def record_boot(store: Store, clock: Clock, inst: InstanceRecord) -> InstanceRec
 
 
 def _persist(env: Env, set_name: str, instance_id: int, rec: HealthRecord) -> None:
-    inst = env.store.find_instance(set_name, instance_id)
-    if inst is not None:
-        env.store.update_instance(inst, health=record_to_json(rec, env.clock))
+    env.store.set_health(set_name, instance_id, record_to_json(rec, env.clock))
 
 
 async def await_health(probe: Probe, instances: Sequence[InstanceRecord]) -> dict[int, HealthRecord]:
@@ -125,8 +124,8 @@ async def await_health(probe: Probe, instances: Sequence[InstanceRecord]) -> dic
 
 
 async def running_states(env: Env) -> dict[str, PowerState]:
-    """Every domain's power state, in one hypervisor call."""
-    return {d.name: d.state for d in await env.engine.io(env.hv.list_domains)}
+    """Every domain's power state on the hosts that answer, one call per host."""
+    return (await placement.observe_power(env)).states
 
 
 async def probe_round(probe: Probe, instances: Sequence[InstanceRecord], *,
@@ -144,10 +143,11 @@ async def probe_round(probe: Probe, instances: Sequence[InstanceRecord], *,
     final = await probe_once([probe.target(i) for i in running], records, prober=env.prober,
                              settings=probe.settings, clock=env.clock)
     states: dict[int, HealthState] = {}
-    for inst in running:
-        if inst.name in final:
-            _persist(env, probe.set_name, inst.instance_id, final[inst.name])
-            states[inst.instance_id] = final[inst.name].state
+    with env.store.transaction():  # one write for the whole round
+        for inst in running:
+            if inst.name in final:
+                _persist(env, probe.set_name, inst.instance_id, final[inst.name])
+                states[inst.instance_id] = final[inst.name].state
     return states
 
 
@@ -161,15 +161,17 @@ class Monitor:
     watched: frozenset[int] = frozenset()
     states: dict[int, HealthState] = field(default_factory=dict)
     probed: frozenset[int] = frozenset()  # the instances the latest round looked at
+    unreachable: frozenset[str] = frozenset()  # hosts that did not answer the latest round
 
     async def round(self) -> None:
         store = self.probe.env.store
         watched = self.watched
         instances = [i for i in store.list_instances(self.probe.set_name)
                      if i.instance_id in watched]
-        fresh = await probe_round(self.probe, instances)
+        power = await placement.observe_power(self.probe.env)
+        fresh = await probe_round(self.probe, instances, power=power.states)
         # an instance that is not running has no state: it counts as not healthy
-        self.states, self.probed = fresh, watched
+        self.states, self.probed, self.unreachable = fresh, watched, power.unreachable
 
     async def _loop(self) -> None:
         clock = self.probe.env.clock

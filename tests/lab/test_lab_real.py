@@ -82,9 +82,12 @@ def test_dnsmasq_of_the_lab_runs_inside_the_namespace() -> None:
 
 def test_exec_runs_in_the_namespace_with_the_lab_env(capfd: pytest.CaptureFixture[str]) -> None:
     _require_up()
-    script = 'ip netns identify $$; echo "$ORCH_IN_LAB $ORCH_NETWORK $ORCH_POOL"; exit 7'
+    script = ('ip netns identify $$; echo "$ORCH_IN_LAB $ORCH_NETWORK $ORCH_POOL"; '
+              'readlink /proc/$$/ns/mnt; exit 7')
     code = lab.lab_exec(STATE_DIR, ["sh", "-c", script])
     out = capfd.readouterr().out.split("\n")
     assert code == 7
     assert out[0] == lab.LAB_NAMESPACE
     assert out[1] == "1 orchlab orchlab"
+    # the network namespace only: mounts CMD makes (`ip netns add`) are everyone's
+    assert out[2] == os.readlink("/proc/self/ns/mnt")

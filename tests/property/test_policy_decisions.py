@@ -5,6 +5,7 @@ independently of the code."""
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass
 
 from hypothesis import given
@@ -89,3 +90,67 @@ def test_a_breach_rolls_back_only_failed_in_place_instances_when_asked(
                                               "maxSurge": surge})
     verdict = policy.on_breach(rolling, surge=surge, failed=failed)
     assert verdict == ("rollback" if rollback and not surge and failed else "stop")
+
+
+@st.composite
+def fleets(draw: st.DrawFn) -> list[policy.HostRoom]:
+    count = draw(st.integers(1, 6))
+    return [policy.HostRoom(
+        name=f"h{k}", fault_domain=f"fd-{draw(st.integers(1, 3))}", ready=draw(st.booleans()),
+        memory_bytes=draw(st.one_of(st.none(), st.integers(0, 8))) ,
+        pool_bytes=draw(st.integers(0, 8)), addresses=draw(st.integers(0, 8)),
+        instances=draw(st.integers(0, 4))) for k in range(count)]
+
+
+@given(fleets(), st.integers(0, 12), st.lists(st.sampled_from(["fd-1", "fd-2", "fd-3"]),
+                                              unique=True, max_size=2))
+def test_placement_respects_state_fault_domains_and_room(
+        hosts: list[policy.HostRoom], count: int, allowed: list[str]) -> None:
+    verdict = policy.place(hosts, count, memory_bytes=1, disk_bytes=1, fault_domains=allowed)
+    by_name = {h.name: h for h in hosts}
+    if isinstance(verdict, str):
+        assert verdict.startswith("no host has room for instance")
+        return
+    assert len(verdict) == count
+    for name, n in Counter(verdict).items():
+        h = by_name[name]
+        assert h.ready and (not allowed or h.fault_domain in allowed)
+        assert n <= h.pool_bytes and n <= h.addresses
+        assert h.memory_bytes is None or n <= h.memory_bytes
+
+
+@given(st.integers(1, 5), st.integers(0, 40))
+def test_placement_on_roomy_hosts_keeps_fault_domains_within_one(fds: int, count: int) -> None:
+    hosts = [policy.HostRoom(f"h{k}", f"fd-{k % fds}", True, None, 10**6, 10**6)
+             for k in range(fds * 2)]
+    verdict = policy.place(hosts, count, memory_bytes=1, disk_bytes=1)
+    assert isinstance(verdict, list)
+    fd_of = {h.name: h.fault_domain for h in hosts}
+    per_fd = Counter(fd_of[n] for n in verdict)
+    counts = [per_fd.get(f"fd-{k}", 0) for k in range(fds)]
+    assert max(counts) - min(counts) <= 1
+    per_host = Counter(verdict)
+    for fd in range(fds):  # inside a fault domain, its hosts within one of each other too
+        here = [per_host.get(h.name, 0) for h in hosts if h.fault_domain == f"fd-{fd}"]
+        assert max(here) - min(here) <= 1
+
+
+@given(st.lists(st.tuples(st.integers(1, 2), st.sampled_from(["a", "b", "c"]), st.booleans()),
+                min_size=1, max_size=20),
+       st.integers(5, 100), st.booleans(), st.booleans())
+def test_a_batch_holds_one_fault_domain_unless_cross_zone(
+        rows: list[tuple[int, str, bool]], percent: int, cross: bool, prioritize: bool) -> None:
+    members = [policy.Member(i, gen, healthy, False, fd)
+               for i, (gen, fd, healthy) in enumerate(rows)]
+    rolling = validate(RollingUpgradePolicy, {
+        "maxBatchInstancePercent": percent, "maxUnhealthyInstancePercent": 100,
+        "enableCrossZoneUpgrade": cross, "prioritizeUnhealthyInstances": prioritize})
+    verdict = policy.next_batch(members, target=2, policy=rolling, capacity=len(members))
+    pending = [m for m in members if m.generation != 2]
+    if not pending:
+        assert verdict.kind == "completed"
+        return
+    assert verdict.kind == "batch" and verdict.batch
+    fds = {members[i].fault_domain for i in verdict.batch}
+    assert cross or len(fds) == 1
+    assert len(verdict.batch) <= max(1, percent * len(members) // 100)

@@ -12,6 +12,7 @@ import pytest
 from orchestrator.cli import main
 from orchestrator.cli.app import AppContext
 from orchestrator.engine.context import Engine, Settings, inline
+from orchestrator.engine.hosts import Fleet
 from orchestrator.usecases.session import Env
 from tests.world import World
 
@@ -48,7 +49,9 @@ def install(world: World, monkeypatch: pytest.MonkeyPatch,
         engine = Engine(hv=world.hv, store=app.store, registry=app.registry, clock=world.clock,
                         settings=Settings(state_dir=world.state_dir, pool="default",
                                           domain_type="qemu"),
-                        log=app.progress, offload=inline)
+                        log=app.progress, offload=inline,
+                        fleet=Fleet(app.store, local=world.hv, local_uri=world.hv.uri,
+                                    local_pool="default", connect=world.connect))
         return Env(engine=engine, prober=world.prober, progress=app.progress)
 
     monkeypatch.setattr(AppContext, "env", env)

@@ -210,7 +210,7 @@ class TestStatus:
 
 class TestGuards:
     def test_lab_up_needs_root(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-        monkeypatch.setattr("orchestrator.lab.os.geteuid", lambda: 1000)
+        monkeypatch.setattr("orchestrator.labsys.os.geteuid", lambda: 1000)
         with pytest.raises(EnvironmentProblem, match="needs root"):
             lab.lab_up(tmp_path)
         assert not (tmp_path / "lab").exists()
@@ -218,8 +218,8 @@ class TestGuards:
     def test_missing_tools_point_at_make_setup(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr("orchestrator.lab.os.geteuid", lambda: 0)
-        monkeypatch.setattr("orchestrator.lab.shutil.which", lambda name, path=None: None)
+        monkeypatch.setattr("orchestrator.labsys.os.geteuid", lambda: 0)
+        monkeypatch.setattr("orchestrator.labsys.shutil.which", lambda name, path=None: None)
         with pytest.raises(EnvironmentProblem) as info:
             lab.lab_up(tmp_path)
         assert info.value.hint == "run `make setup`"
@@ -229,7 +229,7 @@ class TestGuards:
     def test_exec_without_the_lab_says_run_lab_up(
         self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
     ) -> None:
-        monkeypatch.setattr("orchestrator.lab.os.geteuid", lambda: 0)
+        monkeypatch.setattr("orchestrator.labsys.os.geteuid", lambda: 0)
         with pytest.raises(EnvironmentProblem) as info:
             lab.lab_exec(tmp_path, ["true"])
         assert info.value.hint is not None and "orch lab up" in info.value.hint

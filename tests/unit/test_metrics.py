@@ -11,7 +11,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from orchestrator import metrics
-from orchestrator.cli import vmss as vmss_cli
+from orchestrator.cli import controller as controller_cli
 from tests.world import World, snapshot
 
 from .fakecli import FakeCli, install
@@ -179,7 +179,7 @@ def test_controller_writes_after_each_pass(cli: FakeCli, prom: Path,
         seen.append(Scrape(prom))  # written by the pass, before the command ends
         return len(seen) == 2
 
-    monkeypatch.setattr(vmss_cli, "pause_between_passes", pause)
+    monkeypatch.setattr(controller_cli, "pause_between_passes", pause)
     code, _, err = cli.run("--metrics-file", str(prom), "controller", "run")
     assert code == 0, err
     first, second = seen

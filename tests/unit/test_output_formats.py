@@ -16,7 +16,7 @@ import yaml
 from orchestrator import ssh
 from orchestrator.cli import cli as orch
 from orchestrator.images import Registry
-from orchestrator.labconfig import LabStatus
+from orchestrator.labconfig import HostPlan, LabHost, LabStatus
 from tests.world import World
 
 from .fakecli import FakeCli, install
@@ -24,11 +24,11 @@ from .fakecli import FakeCli, install
 # commands whose stdout is not orch's to format: the guest's terminal, CMD's own output
 NOT_RUN = {"vmss ssh": "an interactive SSH session", "lab exec": "its output is CMD's"}
 # commands that print nothing on stdout (a progress line on stderr): with -o json, nothing
-SILENT = {"vmss delete", "image delete"}
+SILENT = {"vmss delete", "image delete", "host remove"}
 # shown, and read-only: also checked in YAML, which must say the same as the JSON
 READ_ONLY = {"image list", "image show", "vmss list", "vmss show", "vmss list-instances",
              "vmss get-instance-view", "vmss list-operations", "vmss rolling-upgrade get-latest",
-             "vmss plan", "lab status"}
+             "vmss plan", "lab status", "lab hosts", "host list", "host show"}
 
 
 def leaf_paths(group: click.Group, prefix: str = "") -> dict[str, click.Command]:
@@ -56,9 +56,12 @@ def cli(world: World, monkeypatch: pytest.MonkeyPatch,
                     network_active=False, pool_active=False, pool_path=None,
                     domain_type="qemu", problems=())
     # the lab is another engineer's: none of its commands may touch the host here
-    monkeypatch.setattr("orchestrator.lab.lab_up", lambda state_dir, progress: lab)
+    monkeypatch.setattr("orchestrator.lab.lab_up", lambda state_dir, hosts, progress: lab)
     monkeypatch.setattr("orchestrator.lab.lab_down", lambda state_dir, progress: lab)
     monkeypatch.setattr("orchestrator.lab.lab_status", lambda state_dir: lab)
+    monkeypatch.setattr("orchestrator.lab.lab_hosts", lambda state_dir: [LabHost(
+        plan=HostPlan(1), namespace=True, virtlogd_pid=1, libvirtd_pid=2, answers=True,
+        network_active=True, pool_active=True, route=True)])
     # building a real image needs the host's tools (tests/vm builds); the output is the point
     monkeypatch.setattr(Registry, "build",
                         lambda self, recipe, version, **kw: self.get(f"{recipe}:{version}"))
@@ -125,7 +128,16 @@ def test_every_showing_command_prints_json(cli: FakeCli, tmp_path: Path) -> None
     assert show("controller run", "--once") == {"actions": [], "problems": []}
     for path in ("lab up", "lab status", "lab down"):
         assert show(path)["up"] is False
-    for path, args in (("vmss delete", ["--name", "api"]), ("image delete", ["imp:1"])):
+    assert [h["uri"] for h in show("lab hosts")] == ["qemu+tcp://10.214.0.1/system"]
+    hv = cli.world.add_host("h1", register=False)
+    assert show("host add", "--name", "h1", "--uri", hv.uri)["state"] == "Ready"
+    # lab-1: registered by `lab up` (the lab says it runs)
+    assert [h["name"] for h in show("host list")] == ["h1", "lab-1", "local"]
+    assert show("host cordon", "--name", "h1")["state"] == "Cordoned"
+    assert show("host uncordon", "--name", "h1")["state"] == "Ready"
+    assert show("host show", "--name", "h1")["faultDomain"] == "h1"
+    for path, args in (("vmss delete", ["--name", "api"]), ("image delete", ["imp:1"]),
+                       ("host remove", ["--name", "h1"])):
         code, out, err = cli.run(*path.split(), *args, "-o", "json")
         assert code == 0 and out == "", (path, err)
         done[path] = None

@@ -9,6 +9,7 @@ Each test boots at most 3 instances (the host has 2 cores and runs them under TC
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from collections.abc import Callable, Iterator
@@ -151,6 +152,11 @@ def test_rolling_surge_replaces_instances_and_leaves_nothing(orch: Orch, set_nam
     create(orch, set_name, 3, "--upgrade-policy-mode", "Rolling", "--max-surge", "true",
            "--max-batch-instance-percent", "34", "--max-unhealthy-instance-percent", "34")
     assert [i["instanceId"] for i in orch.instances(set_name)] == [0, 1, 2]
+    # the dry run of a surge in the lab (its pool and network are not libvirt's defaults)
+    plan = json.loads(orch.run("vmss", "plan", "--name", set_name, "--image", "tiny:2",
+                               "--max-surge", "true", "-o", "json").stdout)
+    assert plan["outcome"] == "Completed" and plan["maxSurge"] is True, plan
+    assert [b["action"] for b in plan["batches"]] == ["surge"] * 3, plan
 
     started = time.monotonic()
     proc = orch.run("vmss", "update", "--name", set_name, "--image", "tiny:2")

@@ -1,0 +1,108 @@
+"""Where new instances of a set go, from what the hosts say now.
+
+Owned here: ``observe_power`` (every host's domains in one call each; hosts that do not
+answer are named), ``rooms`` (each host's room for the set's model: memory, pool space,
+free addresses, the set's instances there) and ``choose_hosts`` (``policy.place`` on them).
+With no host registered every instance goes to the implicit host, as on one machine.
+
+Called by: usecases.controller, usecases.hosts, usecases.rolling, usecases.sets,
+usecases.views, usecases.watch
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from orchestrator.engine import policy
+from orchestrator.engine.addresses import free_addresses
+from orchestrator.engine.hosts import LOCAL, READY
+from orchestrator.errors import HypervisorUnavailable, InvalidInput
+from orchestrator.hypervisor.base import PowerState
+from orchestrator.images import Image
+from orchestrator.model import Model
+from orchestrator.usecases.session import Env
+
+GIB = 1024**3
+
+
+@dataclass(frozen=True)
+class Power:
+    """Every domain's state on every host that answered, and the hosts that did not."""
+
+    states: dict[str, PowerState]
+    unreachable: frozenset[str]
+
+
+async def observe_power(env: Env) -> Power:
+    states: dict[str, PowerState] = {}
+    unreachable: set[str] = set()
+    for w in env.engine.hosts():
+        try:
+            domains = await env.engine.io(w.hv.list_domains)
+        except HypervisorUnavailable:
+            if not env.engine.fleet or not env.engine.fleet.registered:
+                raise  # one host: libvirt unreachable is the command's problem (exit 4)
+            unreachable.add(w.name)
+            continue
+        states.update({d.name: d.state for d in domains})
+    return Power(states, frozenset(unreachable))
+
+
+def fault_domains(env: Env) -> dict[str, str]:
+    """Host name -> fault domain, for every host the controller knows."""
+    assert env.engine.fleet is not None
+    return {h.name: h.fault_domain for h in env.engine.fleet.hosts()}
+
+
+def disk_bytes(model: Model, image: Image) -> int:
+    return sum(d.size_gib for d in model.data_disks) * GIB + image.virtual_size + 2**20
+
+
+async def rooms(env: Env, set_name: str, model: Model) -> list[policy.HostRoom]:
+    counts: dict[str, int] = {}
+    for inst in env.store.list_instances(set_name):
+        counts[inst.host] = counts.get(inst.host, 0) + 1
+    out = []
+    for w in env.engine.hosts():
+        network = w.host.network_for(model.network)
+        try:
+            pool = await env.engine.io(w.hv.pool_info, w.pool)
+            addresses = len(await free_addresses(env.engine, w.name, network))
+            reachable = True
+        except HypervisorUnavailable:
+            pool, addresses, reachable = None, 0, False
+        out.append(policy.HostRoom(
+            name=w.name, fault_domain=w.host.fault_domain,
+            ready=reachable and w.host.state == READY,
+            memory_bytes=mem_available(),  # the simulated hosts share this machine's memory
+            pool_bytes=pool.available_bytes if pool else 0,
+            addresses=addresses, instances=counts.get(w.name, 0)))
+    return out
+
+
+async def choose_hosts(env: Env, set_name: str, model: Model, image: Image, count: int, *,
+                       fault_domains: Sequence[str] = ()) -> list[str]:
+    """The host of each of ``count`` new instances; InvalidInput when they do not fit."""
+    assert env.engine.fleet is not None
+    if not env.engine.fleet.registered:
+        return [LOCAL] * count
+    verdict = policy.place(await rooms(env, set_name, model), count,
+                           memory_bytes=model.memory_mib * 2**20,
+                           disk_bytes=disk_bytes(model, image),
+                           fault_domains=fault_domains or model.fault_domains)
+    if isinstance(verdict, str):
+        raise InvalidInput(verdict)
+    return verdict
+
+
+def mem_available() -> int | None:
+    """MemAvailable of this machine (/proc/meminfo); None if it cannot be read."""
+    try:
+        with open("/proc/meminfo") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None

@@ -3,8 +3,8 @@
 Owned here: everything that touches asyncssh (this is the ONLY module importing it), key pair
 generation, the private key files' safety rules, and the translation of SSH failures into
 ``orchestrator.errors``.
-Called by: cli.vmss, dryrun.simworld, engine.addresses, engine.health, engine.steps,
-usecases.session, usecases.views, usecases.watch
+Called by: cli.vmss, engine.addresses, engine.health, engine.steps, usecases.session,
+usecases.views, usecases.watch
 
 Rules kept here so no caller can get them wrong:
 

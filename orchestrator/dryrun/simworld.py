@@ -31,7 +31,7 @@ from orchestrator.engine.health import HealthState, record_from_json
 from orchestrator.engine.hosts import LOCAL, Fleet
 from orchestrator.engine.simulate import FakeProber
 from orchestrator.engine.steps import GIB, build_domain
-from orchestrator.errors import Gone, HypervisorError, HypervisorUnavailable, NotFound
+from orchestrator.errors import Gone, HypervisorError, NotFound
 from orchestrator.hypervisor.base import (
     Hypervisor,
     NetworkInfo,
@@ -43,6 +43,7 @@ from orchestrator.hypervisor.fake import FakeHypervisor
 from orchestrator.images import Registry
 from orchestrator.model import Model, validate
 from orchestrator.store import InstanceRecord, Store
+from orchestrator.usecases import placement
 from orchestrator.usecases.session import Env
 
 # Measured on a 2-core TCG host (docs/architecture.md): the tiny image to SSH-ready under TCG, and
@@ -152,17 +153,11 @@ class ObservedHost:
 
 async def observe_hosts(env: Env, *, network: str) -> list[ObservedHost]:
     """Every host of the real controller, read with read-only calls only."""
-    out = []
-    for w in env.engine.hosts():
-        try:
-            seen: Observed | None = await env.engine.io(
-                observe, w.hv, pool=w.pool, network=w.host.network_for(network))
-        except HypervisorUnavailable:
-            if not w.host.registered:
-                raise  # one host: libvirt unreachable is the command's problem (exit 4)
-            seen = None
-        out.append(ObservedHost(w.name, w.host.uri, seen))
-    return out
+    seen, unreachable = await placement.ask_hosts(env, lambda w: env.engine.io(
+        observe, w.hv, pool=w.pool, network=w.host.network_for(network)))
+    return [*(ObservedHost(w.name, w.host.uri, observed) for w, observed in seen),
+            *(ObservedHost(w.name, w.host.uri, None) for w in env.engine.hosts()
+              if w.name in unreachable)]
 
 
 @dataclass
@@ -245,7 +240,6 @@ def build_world(source: Store, directory: Path, *, set_name: str, settings: Sett
     world = SimWorld(clock, hv, store, prober, Env(engine=engine, prober=prober, progress=note),
                      log, fakes)
     if observed is not None:
-        _throwaway_key(world.env, set_name)  # the fake prober needs none, the steps want one
         for host in observed:
             if host.observed is not None:
                 _mirror(world, set_name, host.name, host.observed)
@@ -313,11 +307,3 @@ def _mirror_instance(world: SimWorld, hv: FakeHypervisor, inst: InstanceRecord, 
         if inst.health.get("state") in (HealthState.UNHEALTHY.value, HealthState.UNKNOWN.value):
             world.prober.unhealthy.add(inst.name)
 
-
-def _throwaway_key(env: Env, set_name: str) -> None:
-    from orchestrator import ssh
-
-    path = env.key_path(set_name)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        ssh.write_private_key(path, ssh.generate_keypair(f"orchestrator {set_name} (plan)"))

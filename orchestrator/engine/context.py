@@ -7,7 +7,8 @@ async step goes through it), and the step journal (``Engine.step``, ``journaled`
 is written ``started`` before it acts and ``done``/``failed`` after, so a step left
 ``started`` names where a killed process stopped.
 
-Called by: cli.app, dryrun.simworld, engine.addresses, engine.steps, usecases.session
+Called by: cli.app, dryrun.simworld, engine.addresses, engine.steps, usecases.placement,
+usecases.session
 """
 
 from __future__ import annotations

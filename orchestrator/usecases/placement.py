@@ -1,29 +1,33 @@
 """Where new instances of a set go, from what the hosts say now.
 
-Owned here: ``observe_power`` (every host's domains in one call each; hosts that do not
-answer are named), ``rooms`` (each host's room for the set's model: memory, pool space,
+Owned here: ``ask_hosts`` (one question to every host; those that do not answer are named,
+and with no host registered an unreachable libvirt stays exit 4), ``list_domains`` and
+``observe_power`` (every host's domains in one call each), ``rooms`` (each host's room for the set's model: memory, pool space,
 free addresses, the set's instances there) and ``choose_hosts`` (``policy.place`` on them).
 With no host registered every instance goes to the implicit host, as on one machine.
 
-Called by: usecases.controller, usecases.hosts, usecases.rolling, usecases.sets,
-usecases.views, usecases.watch
+Called by: dryrun.simworld, usecases.controller, usecases.hosts, usecases.recovery,
+usecases.rolling, usecases.sets, usecases.views, usecases.watch
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 from orchestrator.engine import policy
 from orchestrator.engine.addresses import free_addresses
+from orchestrator.engine.context import Where
 from orchestrator.engine.hosts import LOCAL, READY
 from orchestrator.errors import HypervisorUnavailable, InvalidInput
-from orchestrator.hypervisor.base import PowerState
+from orchestrator.hypervisor.base import DomainInfo, PowerState
 from orchestrator.images import Image
 from orchestrator.model import Model
 from orchestrator.usecases.session import Env
 
 GIB = 1024**3
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -34,19 +38,31 @@ class Power:
     unreachable: frozenset[str]
 
 
-async def observe_power(env: Env) -> Power:
-    states: dict[str, PowerState] = {}
+async def ask_hosts(env: Env, ask: Callable[[Where], Awaitable[T]]
+                    ) -> tuple[list[tuple[Where, T]], frozenset[str]]:
+    """``ask`` every host in turn: the answers of those that answered, and the names of
+    those that did not. With no host registered, libvirt unreachable stays the command's
+    own problem (HypervisorUnavailable, exit 4)."""
+    answers: list[tuple[Where, T]] = []
     unreachable: set[str] = set()
     for w in env.engine.hosts():
         try:
-            domains = await env.engine.io(w.hv.list_domains)
+            answers.append((w, await ask(w)))
         except HypervisorUnavailable:
             if not env.engine.fleet or not env.engine.fleet.registered:
-                raise  # one host: libvirt unreachable is the command's problem (exit 4)
+                raise
             unreachable.add(w.name)
-            continue
-        states.update({d.name: d.state for d in domains})
-    return Power(states, frozenset(unreachable))
+    return answers, frozenset(unreachable)
+
+
+async def list_domains(env: Env) -> tuple[list[tuple[Where, list[DomainInfo]]], frozenset[str]]:
+    """Every host's domains, one call per host, and the hosts that did not answer."""
+    return await ask_hosts(env, lambda w: env.engine.io(w.hv.list_domains))
+
+
+async def observe_power(env: Env) -> Power:
+    listed, unreachable = await list_domains(env)
+    return Power({d.name: d.state for _, domains in listed for d in domains}, unreachable)
 
 
 def fault_domains(env: Env) -> dict[str, str]:

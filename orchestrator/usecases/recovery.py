@@ -22,10 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from orchestrator.engine import steps
-from orchestrator.errors import HypervisorUnavailable, NotFound
+from orchestrator.errors import NotFound
 from orchestrator.hypervisor.base import Ownership
 from orchestrator.store import InstanceRecord, OperationRecord
-from orchestrator.usecases import removal, watch
+from orchestrator.usecases import placement, removal, watch
 from orchestrator.usecases.session import Env, Session, lock_is_free, open_session
 
 
@@ -121,15 +121,8 @@ async def _observed_wins(session: Session, report: PassReport) -> None:
     env, name = session.env, session.set_name
     instances = session.store.list_instances(name)
     owners: dict[str, Ownership | None] = {}
-    unreachable: set[str] = set()
-    for w in env.engine.hosts():
-        try:
-            domains = await env.engine.io(w.hv.list_domains)
-        except HypervisorUnavailable:
-            if not (env.engine.fleet and env.engine.fleet.registered):
-                raise
-            unreachable.add(w.name)  # nothing there is touched until it is back
-            continue
+    listed, unreachable = await placement.list_domains(env)  # unreachable: left alone
+    for w, domains in listed:
         here = [i for i in instances if i.host == w.name]
         networks = {i.network for i in here} | {w.host.network_for(session.spec.model.network)}
         orphans = await steps.find_orphans(env.engine, w, name,

@@ -7,7 +7,7 @@ Turned into output in one place: ``cli.app.main``, which prints ``error: <messag
 line and exits with ``exit_code`` (docs/semantics.md#exit-codes); other modules catch them
 only to collect, record or translate them.
 Called by: cli.app, cli.controller, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld,
-engine.addresses, engine.context, engine.health, engine.hosts, engine.steps,
+engine.addresses, engine.context, engine.copies, engine.health, engine.hosts, engine.steps,
 hypervisor.base, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, images, lab,
 labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.controller,
 usecases.hosts, usecases.placement, usecases.recovery, usecases.removal, usecases.rolling,

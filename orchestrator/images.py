@@ -4,8 +4,8 @@ Owned here: building images from the recipes under ``images/`` (``build``), impo
 downloaded disk (``import_image``), inspecting disk files with ``qemu-img info`` (format
 pinned, no backing file or data-file inside), verifying that a registered image has not
 changed (``verify``), and deleting.
-Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.steps,
-usecases.placement, usecases.session, usecases.sets, usecases.watch
+Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.copies,
+engine.steps, usecases.placement, usecases.session, usecases.sets, usecases.watch
 ``cli.app`` hands the ``Registry`` to the image commands and the engine; the use cases resolve
 and verifies the model's image before any instance is touched.
 

@@ -1,9 +1,9 @@
 """Advisory locks between orch processes: one writer per scale set, one per image registry.
 
 Owned here: ``hold``, an exclusive, non-blocking ``flock`` on a lock file that records who
-holds it. The kernel drops a lock when its process dies, so a lock of a killed process is
+holds it; ``try_take``/``release``, the same lock for a caller that waits for it itself. The kernel drops a lock when its process dies, so a lock of a killed process is
 taken over by the next one without any clean-up.
-Called by: images, usecases.session
+Called by: engine.copies, images, usecases.session
 """
 
 from __future__ import annotations
@@ -21,16 +21,33 @@ from orchestrator.errors import Conflict
 def hold(path: Path, *, what: str, purpose: str) -> Iterator[None]:
     """Hold the lock at ``path`` (``what`` names the locked thing in the error, ``purpose``
     is recorded for whoever finds it held), or raise Conflict (exit 3) naming the holder."""
+    taken = try_take(path, purpose=purpose)
+    if isinstance(taken, str):
+        raise Conflict(f"{what} is locked by pid {taken}")
+    try:
+        yield
+    finally:
+        release(taken)
+
+
+def try_take(path: Path, *, purpose: str) -> int | str:
+    """Take the lock at ``path`` without waiting: its file descriptor (hand it to
+    ``release``), or who holds it now."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            holder = os.pread(fd, 128, 0).decode(errors="replace").strip() or "another process"
-            raise Conflict(f"{what} is locked by pid {holder}") from exc
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()} ({purpose})".encode(), 0)
-        yield
-    finally:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.pread(fd, 128, 0).decode(errors="replace").strip() or "another process"
         os.close(fd)
+        return holder
+    except BaseException:
+        os.close(fd)
+        raise
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} ({purpose})".encode(), 0)
+    return fd
+
+
+def release(fd: int) -> None:
+    os.close(fd)

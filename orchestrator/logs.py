@@ -9,7 +9,7 @@ warnings, the rest info; ``set`` comes from the scope and ``instance`` from a le
 elapsed time on a terminal, ``[  12.3s] message`` otherwise); JSON is one object per line
 with ``time``, ``level``, ``message`` and, where known, ``set``, ``instance``, ``exitCode``.
 
-Called by: cli.app, cli.vmss, output, usecases.controller
+Called by: cli.app, cli.hosts, cli.images, cli.vmss, output, usecases.controller
 ``cli.app`` calls ``configure`` from the global option and writes the error line of ``main``,
 ``output.ProgressPrinter`` passes every progress line, ``cli.vmss`` and ``usecases.controller`` set the
 ``scope``.

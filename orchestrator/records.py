@@ -1,9 +1,10 @@
 """The typed rows of the store, as every layer sees them.
 
 Owned here: ``ImageRecord``, ``SetRecord``, ``InstanceRecord``, ``HostRecord``,
-``RollingUpgradeRecord``, ``OperationRecord``, ``StepRecord``: frozen, plain values.
+``ImageCopyRecord``, ``RollingUpgradeRecord``, ``OperationRecord``, ``StepRecord``: frozen,
+plain values.
 
-Called by: store
+Called by: engine.copies, store
 """
 
 from __future__ import annotations
@@ -117,4 +118,16 @@ class HostRecord:
     network: str
     pool: str
     state: str  # Ready | Cordoned (Unreachable is observed, never stored)
+    created_at: str
+
+
+@dataclass(frozen=True)
+class ImageCopyRecord:
+    """A file of a registered image (disk, kernel or initrd, by its sha256) copied into one
+    host's pool and verified there: the volume and its path on that host."""
+
+    host: str
+    sha256: str
+    volume: str
+    path: str
     created_at: str

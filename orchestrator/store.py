@@ -1,14 +1,14 @@
-"""Durable state in SQLite (stdlib sqlite3, WAL): images, scale sets, model generations,
-instances, operations and events.
+"""Durable state in SQLite (stdlib sqlite3, WAL): images and their copies on hosts, scale
+sets, model generations, instances, hosts, operations and events.
 
 Owned here: the schema, its migrations, and typed rows (``ImageRecord``, ``SetRecord``,
 ``InstanceRecord``, ``OperationRecord``). Each public method is one transaction;
 ``transaction()`` groups several. The database file is created 0600: it holds instances' SSH
 host private keys.
 Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
-engine.hosts, engine.steps, engine.upgrade_state, images, metrics, usecases.hosts,
-usecases.recovery, usecases.removal, usecases.rolling, usecases.rollout, usecases.session,
-usecases.sets, usecases.views, usecases.watch
+engine.copies, engine.hosts, engine.steps, engine.upgrade_state, images, metrics,
+usecases.hosts, usecases.recovery, usecases.removal, usecases.rolling, usecases.rollout,
+usecases.session, usecases.sets, usecases.views, usecases.watch
 ``cli.app`` opens it; the others read and write records through it (``metrics`` and ``dryrun.plan``
 only read the real one; the dry run writes to a copy).
 """
@@ -27,6 +27,7 @@ from typing import Any
 from orchestrator.errors import Conflict, EnvironmentProblem, NotFound
 from orchestrator.records import (
     HostRecord,
+    ImageCopyRecord,
     ImageRecord,
     InstanceRecord,
     OperationRecord,
@@ -35,10 +36,10 @@ from orchestrator.records import (
     StepRecord,
 )
 
-__all__ = ["HostRecord", "ImageRecord", "InstanceRecord", "OperationRecord",
+__all__ = ["HostRecord", "ImageCopyRecord", "ImageRecord", "InstanceRecord", "OperationRecord",
            "RollingUpgradeRecord", "SetRecord", "StepRecord", "Store"]
 
-SCHEMA_VERSION = 5
+SCHEMA_VERSION = 6
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -67,6 +68,9 @@ CREATE TABLE IF NOT EXISTS instances (
 CREATE TABLE IF NOT EXISTS hosts (
     name TEXT PRIMARY KEY, uri TEXT NOT NULL, fault_domain TEXT NOT NULL, network TEXT NOT NULL,
     pool TEXT NOT NULL, state TEXT NOT NULL, created_at TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS image_copies (
+    host TEXT NOT NULL, sha256 TEXT NOT NULL, volume TEXT NOT NULL, path TEXT NOT NULL,
+    created_at TEXT NOT NULL, PRIMARY KEY (host, sha256));
 CREATE TABLE IF NOT EXISTS operations (
     id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, kind TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}', pid INTEGER,
@@ -377,6 +381,28 @@ class Store:
     def delete_host(self, name: str) -> None:
         with self.transaction():
             self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
+
+    # --- copies of images on hosts ---------------------------------------------------------
+    def put_image_copy(self, rec: ImageCopyRecord) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO image_copies(host, sha256, volume, path, created_at)"
+                " VALUES (?,?,?,?,?)", (rec.host, rec.sha256, rec.volume, rec.path,
+                                        rec.created_at))
+
+    def image_copies(self, host: str | None = None) -> list[ImageCopyRecord]:
+        """The verified copies on ``host`` (None: on every host)."""
+        rows = self._db.execute(
+            "SELECT * FROM image_copies WHERE ?1 IS NULL OR host=?1 ORDER BY host, volume", (host,))
+        return [ImageCopyRecord(**dict(r)) for r in rows]
+
+    def find_image_copy(self, host: str, sha256: str) -> ImageCopyRecord | None:
+        row = self._one("SELECT * FROM image_copies WHERE host=? AND sha256=?", (host, sha256))
+        return ImageCopyRecord(**dict(row)) if row else None
+
+    def forget_image_copy(self, host: str, sha256: str) -> None:
+        with self.transaction():
+            self._db.execute("DELETE FROM image_copies WHERE host=? AND sha256=?", (host, sha256))
 
     # --- rolling upgrades ------------------------------------------------------------------
     def add_rolling_upgrade(self, set_name: str, *, target_generation: int,

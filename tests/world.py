@@ -25,6 +25,7 @@ from orchestrator import locks
 from orchestrator.cli import render
 from orchestrator.clock import FakeClock
 from orchestrator.engine.context import Engine, Settings, inline
+from orchestrator.engine.copies import is_copy
 from orchestrator.engine.hosts import Fleet
 from orchestrator.engine.simulate import FakeProber
 from orchestrator.errors import HypervisorUnavailable
@@ -250,9 +251,10 @@ class World:
         return f"{name}:{version}"
 
     def resources(self) -> tuple[set[str], set[str], set[str]]:
-        """(domains, volumes in pool default, reservation names on network default)."""
+        """(domains, volumes in pool default but the images' copies, reservation names on
+        network default)."""
         domains = {d.name for d in self.hv.list_domains()}
-        volumes = {v.name for v in self.hv.list_volumes("default")}
+        volumes = {v.name for v in self.hv.list_volumes("default") if not is_copy(v.name)}
         reservations = {r.name for r in self.hv.list_reservations("default")}
         return domains, volumes, reservations
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from orchestrator import logs
 from orchestrator.cli.app import AppContext, cli, pass_app
 from orchestrator.usecases import hosts as hosts_mod
 
@@ -89,6 +90,8 @@ def host_uncordon(app: AppContext, name: str) -> None:
 @click.option("--name", required=True)
 @pass_app
 def host_remove(app: AppContext, name: str) -> None:
-    """Forget a host (refused while an instance of any set lives there)."""
-    hosts_mod.remove(app.env(), name)
+    """Forget a host (refused while an instance of any set lives there), after deleting the
+    image copies made in its pool."""
+    for problem in app.run(hosts_mod.remove(app.env(), name)):
+        logs.warning(problem)
     app.progress(f"removed host {name}")

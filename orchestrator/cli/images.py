@@ -12,6 +12,7 @@ from typing import Any
 
 import click
 
+from orchestrator import logs
 from orchestrator.cli.app import (
     IMAGE_COLUMNS,
     AppContext,
@@ -22,6 +23,7 @@ from orchestrator.clock import RealClock, iso
 from orchestrator.model import (
     parse_image_ref,
 )
+from orchestrator.usecases import images as images_usecase
 
 
 # --- images -------------------------------------------------------------------------------
@@ -95,11 +97,15 @@ def image_show(app: AppContext, ref: str) -> None:
 @click.argument("ref")
 @pass_app
 def image_delete(app: AppContext, ref: str) -> None:
-    """Delete an image no scale set uses."""
+    """Delete an image no scale set uses, and its copies on the hosts.
+
+    An image is in use while a set's model names it or an instance runs it or keeps it to
+    roll back to. A copy on a host that does not answer stays until the next image delete or
+    `orch host remove`."""
     parse_image_ref(ref)
-    in_use = any(s.spec["model"]["image"] == ref for s in app.store.list_sets()) or any(
-        i.image == ref for i in app.store.all_instances())
-    app.registry.delete(ref, in_use=in_use)
+    problems = app.run(images_usecase.delete(app.env(), ref))
+    for problem in problems:
+        logs.warning(problem)
     app.progress(f"deleted {ref}")
 
 

@@ -25,8 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from orchestrator.clock import FakeClock
+from orchestrator.engine import copies
 from orchestrator.engine.addresses import InstanceNames
 from orchestrator.engine.context import Engine, Settings, inline
+from orchestrator.engine.copies import HostImage
 from orchestrator.engine.health import HealthState, record_from_json
 from orchestrator.engine.hosts import LOCAL, Fleet
 from orchestrator.engine.simulate import FakeProber
@@ -251,10 +253,18 @@ def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> No
     hv = world.hosts[host]
     env = world.env
     network = observed.network.name
+    pool = env.engine.at(host).pool
+    local_of = {f.sha256: f.local for image in env.registry.list() for f in copies.files_of(image)}
     for image in env.registry.list():
         for path in (image.disk, image.kernel, image.initrd):
-            if path is not None:
+            if path is not None:  # what instances made before images were copied back on
                 hv.add_external_file(str(path))
+    for rec in env.store.image_copies(host):
+        local = local_of.get(rec.sha256)
+        with contextlib.suppress(HypervisorError):
+            hv.add_file_volume(pool, name=rec.volume, source=str(local or ""), sha256=rec.sha256,
+                               size=local.stat().st_size if local and local.exists() else 0,
+                               fmt="qcow2" if rec.volume.endswith(".qcow2") else "raw")
     for reservation in observed.reservations:
         with contextlib.suppress(HypervisorError):  # libvirt's own, whatever it holds
             hv.add_reservation(network, reservation)
@@ -284,7 +294,10 @@ def _mirror_instance(world: SimWorld, hv: FakeHypervisor, inst: InstanceRecord, 
     except NotFound:
         return  # nothing to mirror it from: the simulated upgrade makes it anew
     names = InstanceNames(inst.name)
-    hv.create_overlay(pool, name=inst.os_volume, backing_path=str(image.disk),
+    base = copies.recorded(engine.store, inst.host, image) or HostImage(
+        str(image.disk), str(image.kernel) if image.kernel else None,
+        str(image.initrd) if image.initrd else None)
+    hv.create_overlay(pool, name=inst.os_volume, backing_path=base.disk,
                       backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
     if inst.prev_os_volume:
         with contextlib.suppress(NotFound, Gone):
@@ -300,7 +313,7 @@ def _mirror_instance(world: SimWorld, hv: FakeHypervisor, inst: InstanceRecord, 
             hv.add_reservation(inst.network, Reservation(inst.mac, inst.ip, inst.name))
     if state is PowerState.MISSING:
         return
-    hv.define_domain(build_domain(engine, inst, model, image,
+    hv.define_domain(build_domain(engine, inst, model, image, base=base,
                                   pool_path=Path(hv.pool_info(pool).path)))
     if state is PowerState.RUNNING:
         hv.start(inst.name)

@@ -2,13 +2,13 @@
 
 Owned here: ``Settings`` (pool, domain type, timeouts), ``Engine`` (the collaborators of a
 step: hypervisor, store, registry, clock, settings, how blocking hypervisor calls leave the
-event loop, and the journal's current operation), ``Engine.io`` (every hypervisor call of an
+event loop, the journal's current operation, the image copies found so far), ``Engine.io`` (every hypervisor call of an
 async step goes through it), and the step journal (``Engine.step``, ``journaled``): a step
 is written ``started`` before it acts and ``done``/``failed`` after, so a step left
 ``started`` names where a killed process stopped.
 
-Called by: cli.app, dryrun.simworld, engine.addresses, engine.steps, usecases.placement,
-usecases.session
+Called by: cli.app, dryrun.simworld, engine.addresses, engine.copies, engine.steps,
+usecases.placement, usecases.session
 """
 
 from __future__ import annotations
@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Concatenate, ParamSpec, TypeVar
 
 from orchestrator.clock import Clock, iso
+from orchestrator.engine.copies import Copies
 from orchestrator.engine.hosts import LOCAL, Fleet, Host
 from orchestrator.errors import OrchError
 from orchestrator.hypervisor.base import Hypervisor
@@ -86,6 +87,8 @@ class Engine:
     operation_id: int | None = None
     # the hosts; None: one host, ``hv`` (tests and dry runs without hosts)
     fleet: Fleet | None = None
+    # the images' copies on the hosts this command found or made (``engine.copies``)
+    copies: Copies = field(default_factory=Copies)
 
     def __post_init__(self) -> None:
         if self.fleet is None:

@@ -3,7 +3,8 @@
 Owned here: ``FakeProber``. Used with ``hypervisor.fake.FakeHypervisor`` and
 ``clock.FakeClock`` by the unit tests and by dry runs, so the same engine and health code
 runs in milliseconds. A guest answers once it has been running ``boot_seconds``; its health
-command fails when its name is in ``unhealthy`` or its image is in ``broken_images``.
+command fails when its name is in ``unhealthy`` or its image (the registry's disk file its
+host's copy was made from) is in ``broken_images``.
 Called by: dryrun.simworld
 """
 
@@ -31,12 +32,14 @@ class FakeProber:
         return self.hv
 
     def _image_of(self, name: str) -> str | None:
-        domain = self._host_of(name).definition(name)
+        """The image disk (the registry's file) a domain's OS disk rests on."""
+        hv = self._host_of(name)
+        domain = hv.definition(name)
         if domain is None:
             return None
         for disk in domain.disks:
             if disk.backing is not None:
-                return disk.backing.path
+                return hv.source_of(disk.backing.path) or disk.backing.path
         return None
 
     async def probe(self, target: ProbeTarget, settings: ProbeSettings) -> ProbeOutcome:

@@ -20,8 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from orchestrator import cloudinit, ssh
+from orchestrator.engine import copies
 from orchestrator.engine.addresses import InstanceNames, new_seed_id
 from orchestrator.engine.context import Engine, Where, journaled
+from orchestrator.engine.copies import HostImage
 from orchestrator.errors import Gone, HypervisorError, OperationFailed, OrchError
 from orchestrator.hypervisor.base import DomainInfo, PowerState, Reservation
 from orchestrator.hypervisor.domainxml import (
@@ -55,11 +57,13 @@ def seed_content(inst: InstanceRecord, model: Model, *, admin_key: str) -> cloud
 
 
 def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Image, *,
-                 pool_path: Path) -> Domain:
+                 base: HostImage, pool_path: Path) -> Domain:
+    """The domain of ``inst``: its disks in ``pool_path``, its OS disk on ``base`` (the
+    image's copy on the instance's host)."""
     names = InstanceNames(inst.name)
     disks = [
         Disk(path=str(pool_path / inst.os_volume), target="vda", fmt="qcow2",
-             serial="orch-os", backing=BackingStore(str(image.disk), "qcow2"))
+             serial="orch-os", backing=BackingStore(base.disk, "qcow2"))
     ]
     for index, dd in enumerate(model.data_disks):
         disks.append(Disk(path=str(pool_path / names.data_volume(dd.lun)),
@@ -68,12 +72,8 @@ def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Imag
     disks.append(Disk(path=str(pool_path / names.seed_volume), target="vdz", fmt="raw",
                       readonly=True, serial="cidata"))
     boot = None
-    if image.kernel is not None:
-        boot = DirectKernelBoot(
-            kernel=str(image.kernel),
-            initrd=str(image.initrd) if image.initrd else None,
-            cmdline=image.cmdline,
-        )
+    if base.kernel is not None:
+        boot = DirectKernelBoot(kernel=base.kernel, initrd=base.initrd, cmdline=image.cmdline)
     return Domain(
         name=inst.name,
         domain_type=engine.settings.domain_type,
@@ -94,7 +94,8 @@ async def pool_path(engine: Engine, w: Where) -> Path:
 
 async def _define(engine: Engine, inst: InstanceRecord, model: Model, image: Image) -> None:
     w = engine.at(inst.host)
-    domain = build_domain(engine, inst, model, image, pool_path=await pool_path(engine, w))
+    domain = build_domain(engine, inst, model, image, base=await copies.ensure(engine, w, image),
+                          pool_path=await pool_path(engine, w))
     await engine.io(w.hv.define_domain, domain)
 
 
@@ -112,8 +113,9 @@ async def provision(engine: Engine, inst: InstanceRecord, model: Model, image: I
     names = InstanceNames(inst.name)
     existing = await _volumes(engine, w)
     if inst.os_volume not in existing:
+        base = await copies.ensure(engine, w, image)
         await engine.io(hv.create_overlay, pool, name=inst.os_volume,
-                        backing_path=str(image.disk), backing_format="qcow2",
+                        backing_path=base.disk, backing_format="qcow2",
                         capacity_bytes=max(image.virtual_size, 1))
     for dd in model.data_disks:
         if names.data_volume(dd.lun) not in existing:
@@ -268,9 +270,10 @@ async def remove_orphans(engine: Engine, orphans: Orphans) -> list[str]:
 async def _fresh_overlay(engine: Engine, w: Where, name: str, image: Image) -> None:
     """A new overlay on ``image``; one left by an interrupted attempt is replaced."""
     hv, pool = w.hv, w.pool
+    base = await copies.ensure(engine, w, image)
     if name in await _volumes(engine, w):
         await engine.io(hv.delete_volume, pool, name)
-    await engine.io(hv.create_overlay, pool, name=name, backing_path=str(image.disk),
+    await engine.io(hv.create_overlay, pool, name=name, backing_path=base.disk,
                     backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
 
 

@@ -203,6 +203,13 @@ class FakeHypervisor:
     def set_pool_capacity(self, pool: str, capacity_bytes: int) -> None:
         self._pool(pool).capacity = capacity_bytes
 
+    def add_file_volume(self, pool: str, *, name: str, source: str, sha256: str, size: int,
+                        fmt: str) -> None:
+        """A volume as ``upload_file`` leaves it, without reading ``source`` (a dry run mirrors
+        a host's copies of images this way)."""
+        self._add_volume(pool, _Volume(name, self._path_in(pool, name), fmt, size, size,
+                                       source=source, sha256=sha256))
+
     def add_external_file(self, path: str) -> None:
         """Declare a file outside every pool (an image's disk, kernel, initrd) as present."""
         self._external_files.add(path)
@@ -229,6 +236,14 @@ class FakeHypervisor:
     def volume_data(self, pool: str, name: str) -> bytes | None:
         """The bytes uploaded into a volume, or None for a volume created empty."""
         return self._volume(pool, name).data
+
+    def source_of(self, path: str) -> str | None:
+        """The local file behind the volume at ``path`` (a copy ``upload_file`` made), or None."""
+        for p in self._pools.values():
+            for vol in p.volumes.values():
+                if vol.path == path:
+                    return vol.source
+        return None
 
     def volume_source(self, pool: str, name: str) -> str | None:
         """The local file ``upload_file`` copied into a volume, or None."""

@@ -14,6 +14,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from orchestrator.engine import copies
 from orchestrator.engine.addresses import free_addresses
 from orchestrator.engine.hosts import CORDONED, LOCAL, READY, Host
 from orchestrator.errors import EnvironmentProblem, Gone, HypervisorUnavailable, InvalidInput
@@ -148,12 +149,22 @@ def sync_lab_hosts(store: Store, lab_hosts: Sequence[tuple[str, str, str, str, s
     return said
 
 
-def remove(env: Env, name: str) -> None:
+async def remove(env: Env, name: str) -> list[str]:
+    """Forget host ``name`` after deleting the image copies made there; returns the problems
+    met (a host that does not answer keeps its copies: they are named)."""
     env.store.get_host(name)
     held = env.store.hosts_in_use().get(name, 0)
     if held:
         raise InvalidInput(f"host {name} holds {held} instance(s): remove them first (scale in, "
                            "delete-instances, or cordon it and let upgrades move them)")
+    problems = await copies.prune(env.engine, keep=set(), hosts=[name])
+    left = env.store.image_copies(name)
+    if left:
+        problems.append(f"host {name}: image copies left in its pool: "
+                        + ", ".join(c.volume for c in left))
+        for rec in left:
+            env.store.forget_image_copy(name, rec.sha256)
     env.store.delete_host(name)
     assert env.engine.fleet is not None
     env.engine.fleet.forget(name)
+    return problems

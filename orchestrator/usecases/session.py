@@ -11,8 +11,8 @@ The lock is the witness of a live writer: the kernel frees it the moment its hol
 ``running`` whose set lock is free was left by a killed process. No pid is trusted.
 
 Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.controller, usecases.hosts,
-usecases.placement, usecases.recovery, usecases.removal, usecases.rolling, usecases.rollout,
-usecases.sets, usecases.updates, usecases.views, usecases.watch
+usecases.images, usecases.placement, usecases.recovery, usecases.removal, usecases.rolling,
+usecases.rollout, usecases.sets, usecases.updates, usecases.views, usecases.watch
 """
 
 from __future__ import annotations

@@ -17,6 +17,7 @@ from typing import Any
 
 from orchestrator.hypervisor.base import VERBS
 from orchestrator.hypervisor.domainxml import Domain
+from orchestrator.hypervisor.fake import FakeHypervisor
 from orchestrator.model import ScaleSetSpec, validate
 from tests.world import Upgrades, World, make_world
 
@@ -145,10 +146,11 @@ def predict(s: Scenario, *, max_batches: int = 200) -> Prediction:
     return out
 
 
-def _image_of(domain: Domain) -> str | None:
+def _image_of(hv: FakeHypervisor, domain: Domain) -> str | None:
+    """The registry's disk file the domain's OS disk rests on (through the host's copy)."""
     for disk in domain.disks:
         if disk.backing is not None:
-            return disk.backing.path
+            return hv.source_of(disk.backing.path) or disk.backing.path
     return None
 
 
@@ -190,7 +192,7 @@ class Watcher:
     def failing(self, name: str, domain: Domain) -> bool:
         """What the FakeProber would answer for a ready guest (its rules, restated)."""
         prober = self.world.prober
-        return name in prober.unhealthy or _image_of(domain) in prober.broken_images
+        return name in prober.unhealthy or _image_of(self.world.hv, domain) in prober.broken_images
 
     def healthy(self, name: str, domain: Domain) -> bool:
         return self.world.hv.guest_ready(name) and not self.failing(name, domain)
@@ -286,7 +288,7 @@ def prepare(tmp: Path, s: Scenario, *, check_surge_health: bool = False) -> Run:
         if verb != "define_domain":
             return
         i = _instance_id(name)
-        on_new = _image_of(world.hv.domains[name]) == new_disk
+        on_new = _image_of(world.hv, world.hv.domains[name]) == new_disk
         bad = (i in s.fail_new) if on_new else (i in s.pre_unhealthy)
         (world.prober.unhealthy.add if bad else world.prober.unhealthy.discard)(name)
 

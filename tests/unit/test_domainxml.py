@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from orchestrator.engine.copies import HostImage, copy_volume
 from orchestrator.engine.steps import build_domain
 from orchestrator.hypervisor.domainxml import (
     METADATA_NS,
@@ -224,8 +225,11 @@ def _instance_domain(world: World, manifest: dict[str, object]) -> str:
         power_intent="running", health={}, created_at="x", os_volume="web-3-os1.qcow2")
     model = validate(Model, {"image": "cloud:1", "vcpus": 2, "memoryMiB": 512,
                              "dataDisks": [{"lun": 0, "sizeGiB": 1}]})
-    domain = build_domain(world.service.engine, inst, model, image,
-                          pool_path=Path(world.hv.pool_info("default").path))
+    pool = Path(world.hv.pool_info("default").path)
+    base = HostImage(str(pool / copy_volume("1" * 64, "qcow2")),
+                     str(pool / copy_volume("2" * 64, "raw")) if image.kernel else None,
+                     str(pool / copy_volume("3" * 64, "raw")) if image.initrd else None)
+    domain = build_domain(world.service.engine, inst, model, image, base=base, pool_path=pool)
     xml = ET.fromstring(domain.to_xml())
     if xml.find("./uuid") is not None:
         xml.remove(xml.find("./uuid"))  # type: ignore[arg-type]

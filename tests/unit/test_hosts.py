@@ -11,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.engine.copies import copy_volume, files_of
 from orchestrator.errors import EnvironmentProblem, InvalidInput, OperationFailed
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import Store
@@ -84,10 +85,17 @@ class TestRegistration:
         three_hosts(world)
         world.service.create(spec(3))
         with pytest.raises(InvalidInput, match="holds 1 instance"):
-            hosts.remove(world.env, "h2")
+            run(hosts.remove(world.env, "h2"))
         world.service.delete("web")
-        hosts.remove(world.env, "h2")
+        # the set is gone, the copy of its image stays on each host for later sets
+        tiny = files_of(world.registry.get("tiny:1"))
+        assert [f.key for f in tiny] == ["disk", "kernel", "initrd"]
+        assert {v.name for v in world.fakes["qemu+tcp://h2/system"].list_volumes("default")} == {
+            copy_volume(f.sha256, f.fmt) for f in tiny}
+        assert run(hosts.remove(world.env, "h2")) == []
         assert [h.name for h in world.store.list_hosts()] == ["h1", "h3"]
+        assert world.fakes["qemu+tcp://h2/system"].list_volumes("default") == []  # its copies went with it
+        assert world.store.image_copies("h2") == []
 
 
 class TestPlacement:

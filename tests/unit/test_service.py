@@ -46,7 +46,11 @@ class TestCreate:
     def test_os_disk_is_an_overlay_with_pinned_backing_format(self, world: World) -> None:
         world.service.create(spec(capacity=1))
         image = world.registry.get("tiny:1")
-        assert world.hv.volume_backing("default", "web-0-os0.qcow2") == (str(image.disk), "qcow2")
+        # on the image's copy in the host's pool, never on the controller's own file
+        backing = world.hv.volume_backing("default", "web-0-os0.qcow2")
+        assert backing is not None and backing[1] == "qcow2"
+        assert backing[0].startswith(world.hv.pool_info("default").path)
+        assert world.hv.source_of(backing[0]) == str(image.disk)
         os_disk = world.hv.domains["web-0"].disks[0]
         assert os_disk.backing is not None and os_disk.backing.fmt == "qcow2"
 

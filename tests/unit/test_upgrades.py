@@ -53,8 +53,9 @@ class TestManual:
         # same identity, new OS disk on the new image, the old one gone once healthy
         inst = world.store.find_instance("web", 1)
         assert inst is not None and inst.os_volume == "web-1-os1.qcow2"
-        assert world.hv.volume_backing("default", "web-1-os1.qcow2") == (
-            str(world.registry.get("tiny:2").disk), "qcow2")
+        backing = world.hv.volume_backing("default", "web-1-os1.qcow2")
+        assert backing is not None and backing[1] == "qcow2"
+        assert world.hv.source_of(backing[0]) == str(world.registry.get("tiny:2").disk)
         assert "web-1-os0.qcow2" not in os_volumes(world)
         assert "web-1-data0.qcow2" in {v.name for v in world.hv.list_volumes("default")}
 

@@ -19,7 +19,6 @@ from orchestrator.engine.hosts import CORDONED, LOCAL, READY, Host
 from orchestrator.errors import EnvironmentProblem, Gone, HypervisorUnavailable, InvalidInput
 from orchestrator.model import NETWORK_NAME_RE, SET_NAME_RE
 from orchestrator.store import HostRecord, Store
-from orchestrator.usecases.placement import mem_available
 from orchestrator.usecases.session import Env
 
 UNREACHABLE = "Unreachable"
@@ -88,9 +87,10 @@ async def add(env: Env, *, name: str, uri: str, fault_domain: str | None, networ
 
 async def _view(env: Env, host: Host, counts: dict[str, int]) -> HostView:
     assert env.engine.fleet is not None
-    state, pool_free, addresses = host.state, None, None
+    state, memory, pool_free, addresses = host.state, None, None, None
     try:
         hv = env.engine.fleet.hv(host.name)
+        memory = (await env.engine.io(hv.host_info)).memory_bytes_available
         pool_free = (await env.engine.io(hv.pool_info, host.pool)).available_bytes
         if host.network is not None:
             addresses = len(await free_addresses(env.engine, host.name, host.network))
@@ -98,7 +98,6 @@ async def _view(env: Env, host: Host, counts: dict[str, int]) -> HostView:
         state = UNREACHABLE
     except Gone:
         pass  # its pool or network is gone: no room to show
-    memory = mem_available()
     return HostView(name=host.name, uri=host.uri, fault_domain=host.fault_domain,
                     network=host.network, pool=host.pool, state=state,
                     instances=counts.get(host.name, 0),

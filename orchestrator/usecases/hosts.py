@@ -1,7 +1,8 @@
 """The hosts of the controller: ``orch host add|list|show|cordon|uncordon|remove``.
 
 Owned here: what ``add`` checks before a host is registered (its name and URI, then that the
-daemon answers, that the network and pool exist there; nothing is recorded if any fails),
+daemon answers, that it offers the engine's domain type, that the network and pool exist
+there; nothing is recorded if any fails),
 the observed state of a host (Ready, Cordoned, or Unreachable when its daemon does not
 answer), its room (``HostView``), and the refusal to remove a host that holds instances.
 
@@ -69,6 +70,12 @@ async def add(env: Env, *, name: str, uri: str, fault_domain: str | None, networ
                                  hint="check the URI, the daemon and the keys or "
                                       "certificates (README: Several hosts)") from exc
     try:
+        wanted = env.engine.settings.domain_type
+        offered = (await env.engine.io(hv.host_info)).domain_types
+        if wanted not in offered:
+            # every instance would be defined there and fail at its first start
+            raise InvalidInput(f"host {name}: domain type {wanted} is not offered there "
+                               f"(it offers {', '.join(offered) or 'none'} for x86_64 guests)")
         try:
             await env.engine.io(hv.network_info, network)
         except Gone as exc:

@@ -79,6 +79,25 @@ class TestRegistration:
                                             "network": "default", "pool": "default", **args}))
         assert world.store.list_hosts() == []
 
+    def test_a_host_without_the_engines_domain_type_is_refused(
+            self, world: World, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        cli = install(world, monkeypatch, capsys)  # its engine runs domain type qemu
+        hv = world.add_host("h1", register=False)
+        add = ("host", "add", "--name", "h1", "--uri", hv.uri)
+        before = snapshot(world.state_dir)
+        for offered, said in ((["kvm"], "kvm"), ([], "none")):
+            hv.set_domain_types(offered)
+            code, out, err = cli.run(*add)
+            assert (code, out) == (2, ""), err
+            assert err == (f"error: host h1: domain type qemu is not offered there (it offers "
+                           f"{said} for x86_64 guests)\n")
+            assert snapshot(world.state_dir) == before
+        hv.set_domain_types(["kvm", "qemu"])
+        code, out, err = cli.run(*add, "-o", "json")
+        assert code == 0 and json.loads(out)["state"] == "Ready", err
+        assert [h.name for h in world.store.list_hosts()] == ["h1"]
+
     def test_an_unreachable_host_is_an_environment_problem(self, world: World) -> None:
         with pytest.raises(EnvironmentProblem, match="cannot reach libvirt"):
             run(hosts.add(world.env, name="h9", uri="qemu+tcp://10.250.0.9/system",

@@ -4,10 +4,15 @@ Not a test: it boots real VMs in the lab, rolls them from tiny:1 to tiny:2 with 
 ``orch`` CLI, and prints figures. Run it inside the lab namespace:
 
     .venv/bin/orch lab exec -- .venv/bin/python bench/rolling.py --instances 4
+    .venv/bin/orch lab exec -- .venv/bin/python bench/rolling.py --instances 6 --hosts 3
 
 It works in its own temporary state dir (images built there) with its own set name, and
-removes both even when something fails or it is interrupted. The method (what is timed, from
-which lines) is described in bench/README.md.
+removes both even when something fails or it is interrupted. With ``--hosts N`` (N > 1) the
+set spreads over the lab's simulated hosts lab-1..N, as tests/vm/test_hosts.py does it:
+``orch lab up --hosts N`` on the lab's own state dir if the lab has fewer hosts, then ``orch
+host add`` of each in the bench's state dir; at the end the hosts are removed from it and the
+lab is given back the hosts it had. The method (what is timed, from which lines) is
+described in bench/README.md.
 """
 
 from __future__ import annotations
@@ -23,17 +28,23 @@ import sys
 import tempfile
 import time
 import uuid
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from orchestrator.errors import EnvironmentProblem
+from orchestrator.labconfig import HOSTS_MAX  # the most simulated hosts the lab has
+from orchestrator.labhosts import wanted_count
 from orchestrator.model import MAX_CAPACITY  # the most instances a scale set may have
 
 ORCH = str(Path(sys.executable).with_name("orch"))
 PROGRESS = re.compile(r"^\[\s*(?P<t>[0-9.]+)s\] (?P<msg>.*)$")
 BATCH = re.compile(r"^(?P<set>[a-z0-9-]+): batch (?P<n>\d+): instances (?P<ids>[0-9, ]+) \((?P<how>[a-z ]+)\)$")
 TARGET_RATIO = 1.10
+# The lab's own state dir, where its daemons and hosts are tracked (`orch lab exec` sets it).
+LAB_STATE_DIR = Path(os.environ.get("ORCH_STATE_DIR", "/var/lib/orchestrator"))
 
 
 class BenchError(Exception):
@@ -136,10 +147,30 @@ def _close_deletion(batches: list[Batch], now: float) -> None:
         batches[-1].deleting_until = now
 
 
+@dataclass(frozen=True)
+class Host:
+    """Where instances of the set may live: a libvirt URI, the pool and network used there."""
+
+    name: str
+    uri: str
+    pool: str
+    network: str
+
+
+def implicit_host() -> Host:
+    """The lab's own libvirtd, the single host (nothing registered)."""
+    return Host("local", os.environ.get("ORCH_LIBVIRT_URI", "qemu:///system"), "orchlab",
+                "orchlab")
+
+
 @dataclass
 class Bench:
     state_dir: Path
     set_name: str
+    hosts: list[Host] = field(default_factory=list)  # registered in state_dir by the bench
+    # how many simulated hosts the lab had before the bench's `lab up --hosts N`; None: the
+    # bench did not change the lab
+    lab_hosts_before: int | None = None
 
     def orch(self, *args: str, check: bool = True) -> subprocess.CompletedProcess[str]:
         proc = subprocess.run([ORCH, "--state-dir", str(self.state_dir), *args],
@@ -153,19 +184,88 @@ class Bench:
         return json.loads(self.orch(*args, "-o", "json").stdout)
 
     def leftovers(self) -> list[str]:
-        """Domains, volumes and DHCP hosts of this set libvirt still has (none after delete)."""
+        """Domains, volumes and DHCP hosts of this set libvirt still has on any of its hosts
+        (none after delete)."""
         prefix = f"{self.set_name}-"
-        domains = _virsh("list", "--all", "--name").split()
-        volumes = [line.split()[0] for line in _virsh("vol-list", "orchlab").splitlines() if line.split()]
-        hosts = [line.strip() for line in _virsh("net-dumpxml", "orchlab").splitlines()
-                 if "<host " in line and f"name='{prefix}" in line]
-        return [n for n in domains + volumes if n.startswith(prefix)] + hosts
+        found = []
+        for host in self.hosts or [implicit_host()]:
+            domains = _virsh(host.uri, "list", "--all", "--name").split()
+            volumes = [line.split()[0] for line in _virsh(host.uri, "vol-list", host.pool).splitlines()
+                       if line.split()]
+            dhcp = [line.strip() for line in _virsh(host.uri, "net-dumpxml", host.network).splitlines()
+                    if "<host " in line and f"name='{prefix}" in line]
+            found += [f"{host.name}: {n}" for n in domains + volumes if n.startswith(prefix)]
+            found += [f"{host.name}: {line}" for line in dhcp]
+        return found
 
 
-def _virsh(*args: str) -> str:
-    uri = os.environ.get("ORCH_LIBVIRT_URI", "qemu:///system")
+def _virsh(uri: str, *args: str) -> str:
     return subprocess.run(["virsh", "-q", "-c", uri, *args], capture_output=True, text=True,
                           timeout=60, check=False).stdout
+
+
+def lab(*args: str) -> Any:
+    """``orch lab ARGS -o json`` on the lab's own state dir."""
+    proc = subprocess.run([ORCH, "--state-dir", str(LAB_STATE_DIR), "lab", *args, "-o", "json"],
+                          capture_output=True, text=True, timeout=600, check=False)
+    if proc.returncode != 0:
+        raise BenchError(f"orch lab {' '.join(args)} exited {proc.returncode}: "
+                         f"{proc.stderr.strip()[-2000:]}")
+    return json.loads(proc.stdout)
+
+
+def use_lab_hosts(bench: Bench, count: int) -> None:
+    """Hosts lab-1..``count`` registered in the bench's state dir, the lab brought up to that
+    many first if it has fewer (a lab with more keeps them all: they may be someone's)."""
+    try:
+        before = wanted_count(LAB_STATE_DIR)
+    except EnvironmentProblem as exc:
+        raise BenchError(str(exc)) from exc
+    if before < count:
+        bench.lab_hosts_before = before  # first: an interrupted `lab up` is undone as well
+        print(f"lab: {before} simulated hosts, bringing up {count}", flush=True)
+        lab("up", "--hosts", str(count))
+    found = {h["name"]: h for h in lab("hosts")}
+    for k in range(1, count + 1):
+        h = found.get(f"lab-{k}")
+        if h is None or not h["up"]:
+            raise BenchError(f"lab host lab-{k} is not up: "
+                             f"{'; '.join(h['problems']) if h else 'not there'}")
+        # recorded before it is added: removing a host that was not added is harmless
+        bench.hosts.append(Host(h["name"], h["uri"], h["pool"], h["network"]))
+        bench.orch("host", "add", "--name", h["name"], "--uri", h["uri"], "--fault-domain",
+                   h["faultDomain"], "--network", h["network"], "--pool", h["pool"])
+
+
+def clean_up(bench: Bench) -> int:
+    """Delete the set, check that no host holds anything of it, remove the hosts the bench
+    registered and give the lab back the hosts it had; 1 if something is left, else 0."""
+    code = 0
+
+    def warn(line: str) -> None:
+        nonlocal code
+        print(f"warning: {line}", file=sys.stderr)
+        code = 1
+
+    try:
+        deleted = bench.orch("vmss", "delete", "--name", bench.set_name, check=False)
+        left = bench.leftovers()
+        if left:
+            warn(f"libvirt still has {', '.join(left)} (delete said: {deleted.stderr.strip()})")
+    except subprocess.TimeoutExpired as exc:
+        warn(f"deleting the set: {exc}")
+    for host in bench.hosts:
+        try:
+            bench.orch("host", "remove", "--name", host.name)
+        except (BenchError, subprocess.TimeoutExpired) as exc:
+            warn(f"host {host.name} stays registered in {bench.state_dir}: {exc}")
+    if bench.lab_hosts_before is not None:
+        try:
+            lab("up", "--hosts", str(bench.lab_hosts_before))
+        except (BenchError, subprocess.TimeoutExpired) as exc:
+            warn(f"the lab keeps the bench's hosts; `orch lab up --hosts "
+                 f"{bench.lab_hosts_before}` gives it back its own: {exc}")
+    return code
 
 
 def pause_iso(seconds: int) -> str:
@@ -173,6 +273,8 @@ def pause_iso(seconds: int) -> str:
 
 
 def run_bench(bench: Bench, args: argparse.Namespace) -> Run:
+    if args.hosts > 1:
+        use_lab_hosts(bench, args.hosts)
     for version in ("1", "2"):
         bench.orch("image", "build", "tiny", "--version", version)
     percent = str(args.batch_percent)
@@ -185,6 +287,11 @@ def run_bench(bench: Bench, args: argparse.Namespace) -> Run:
                "--max-surge", "true" if args.surge else "false",
                "--pause-time-between-batches", pause_iso(args.pause_seconds))
     print(f"create of {args.instances} (all Healthy): {time.monotonic() - t0:.1f}s", flush=True)
+    if bench.hosts:
+        per_host = Counter(i["host"] for i in bench.json("vmss", "list-instances", "--name",
+                                                         bench.set_name))
+        print("instances per host: " + ", ".join(f"{h.name}={per_host.get(h.name, 0)}"
+                                                  for h in bench.hosts), flush=True)
 
     t0 = time.monotonic()
     proc = bench.orch("vmss", "update", "--name", bench.set_name, "--image", "tiny:2")
@@ -209,7 +316,8 @@ def run_bench(bench: Bench, args: argparse.Namespace) -> Run:
 
 def report(run: Run, *, args: argparse.Namespace, command_wall: float) -> None:
     mode = "surge" if args.surge else "in place"
-    print(f"rolling upgrade tiny:1 -> tiny:2, {args.instances} instances, batch "
+    on = f" on {args.hosts} hosts" if args.hosts > 1 else ""
+    print(f"rolling upgrade tiny:1 -> tiny:2, {args.instances} instances{on}, batch "
           f"{args.batch_percent}% ({mode}), pause {args.pause_seconds}s")
     for batch in run.batches:
         slowest = batch.slowest()
@@ -238,6 +346,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="maxBatchInstancePercent (5..100) [20]")
     parser.add_argument("--surge", action="store_true", help="maxSurge: new instances first")
     parser.add_argument("--pause-seconds", type=int, default=0, help="pause between batches [0]")
+    parser.add_argument("--hosts", type=int, default=1,
+                        help=f"hosts (1..{HOSTS_MAX}): 1 is the lab's own libvirtd, more the "
+                             "lab's simulated hosts lab-1..N, one fault domain each [1]")
     parser.add_argument("-v", "--verbose", action="store_true", help="echo the CLI's progress lines")
     args = parser.parse_args(argv)
     if not 1 <= args.instances <= MAX_CAPACITY:
@@ -247,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--batch-percent must be 5..100, not {args.batch_percent}")
     if args.pause_seconds < 0:
         parser.error(f"--pause-seconds must be >= 0, not {args.pause_seconds}")
+    if not 1 <= args.hosts <= HOSTS_MAX:
+        parser.error(f"--hosts must be 1..{HOSTS_MAX}, not {args.hosts}")
     if os.environ.get("ORCH_IN_LAB") != "1":
         print("run inside the lab: .venv/bin/orch lab exec -- .venv/bin/python bench/rolling.py",
               file=sys.stderr)
@@ -271,12 +384,12 @@ def main(argv: list[str] | None = None) -> int:
         print("interrupted: cleaning up", file=sys.stderr)
         code = 130
     finally:
-        deleted = bench.orch("vmss", "delete", "--name", bench.set_name, check=False)
-        left = bench.leftovers()
-        if left:
-            print(f"warning: libvirt still has {', '.join(left)} (delete said: "
-                  f"{deleted.stderr.strip()})", file=sys.stderr)
-            code = code or 1
+        # A second Ctrl-C or SIGTERM must not cut the clean-up short; the commands it runs
+        # inherit the ignored signals (Python keeps SIGINT ignored when it starts so).
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        left = clean_up(bench)
+        code = code or left
         shutil.rmtree(state_dir, ignore_errors=True)
     return code
 

@@ -47,8 +47,9 @@ def host() -> None:
 @pass_app
 def host_add(app: AppContext, name: str, uri: str, fault_domain: str | None, network: str,
              pool: str) -> None:
-    """Register a host after checking that libvirt answers there and that the network and
-    pool exist (nothing is recorded otherwise)."""
+    """Register a host after checking that libvirt answers there, that it offers the domain
+    type (--domain-type) and that the network and pool exist (nothing is recorded
+    otherwise)."""
     view = app.run(hosts_mod.add(app.env(), name=name, uri=uri, fault_domain=fault_domain,
                                  network=network, pool=pool))
     app.show(host_json(view))

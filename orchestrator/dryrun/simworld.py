@@ -4,7 +4,8 @@ fake time and nothing real is touched.
 Owned here: ``SimWorld`` and ``build_world`` (a temporary copy of the store made with
 sqlite3's backup API; a ``FakeHypervisor`` on a ``FakeClock`` holding the set's domains,
 volumes and DHCP reservations, running or stopped as libvirt shows them now; the pool's free
-bytes and the network's reservations and leases of the real host; a ``FakeProber`` that keeps
+bytes, the memory for new guests and the network's reservations and leases of the real host;
+a ``FakeProber`` that keeps
 the instances unhealthy now unhealthy), what is read of the real host (``Observed``,
 ``observe``: read-only calls only) and the boot and shutdown times assumed (``Timings``,
 ``measure_timings``: this set's stored boot-to-Healthy times, else stated defaults).
@@ -35,13 +36,14 @@ from orchestrator.engine.simulate import FakeProber
 from orchestrator.engine.steps import GIB, build_domain
 from orchestrator.errors import Gone, HypervisorError, NotFound
 from orchestrator.hypervisor.base import (
+    HostInfo,
     Hypervisor,
     NetworkInfo,
     PoolInfo,
     PowerState,
     Reservation,
 )
-from orchestrator.hypervisor.fake import FakeHypervisor
+from orchestrator.hypervisor.fake import DEFAULT_HOST, FakeHypervisor
 from orchestrator.images import Registry
 from orchestrator.model import Model, validate
 from orchestrator.store import InstanceRecord, Store
@@ -56,9 +58,12 @@ DEFAULT_SHUTDOWN_SECONDS = 1.5
 # time holds on average half a second of waiting for the next probe, which the simulation's
 # own probing adds again.
 _PROBE_LAG = 0.5
-# The simulated pool starts this large; once the set's volumes are in it, its capacity is
-# cut so that exactly the real pool's free bytes remain.
+# The simulated pool (and memory) starts this large; once the set's volumes are in it (and
+# its domains run), it is cut so that exactly the real pool's free bytes (the real host's
+# memory for new guests) remain.
 _ROOMY = 2**62
+_ROOMY_HOST = dataclasses.replace(DEFAULT_HOST, memory_bytes_total=_ROOMY,
+                                  memory_bytes_free=_ROOMY, memory_bytes_available=_ROOMY)
 
 
 # --- what is assumed -------------------------------------------------------------------------
@@ -125,6 +130,7 @@ class Observed:
     """The real host now, as far as a simulated upgrade depends on it."""
 
     power: dict[str, PowerState]  # every domain libvirt has, by name
+    host: HostInfo
     pool: PoolInfo
     network: NetworkInfo
     reservations: list[Reservation]
@@ -132,10 +138,11 @@ class Observed:
 
 
 def observe(hv: Hypervisor, *, pool: str, network: str) -> Observed:
-    """Read the real host: which domains run, the pool's free bytes, the network's
-    addresses. Only read-only verbs of the ``Hypervisor`` protocol are called."""
+    """Read the real host: which domains run, its memory, the pool's free bytes, the
+    network's addresses. Only read-only verbs of the ``Hypervisor`` protocol are called."""
     return Observed(
         power={d.name: d.state for d in hv.list_domains()},
+        host=hv.host_info(),
         pool=hv.pool_info(pool),
         network=hv.network_info(network),
         reservations=hv.list_reservations(network),
@@ -180,7 +187,7 @@ def _bare_host(clock: FakeClock, directory: Path, *, pool: str, networks: Sequen
                uri: str) -> FakeHypervisor:
     """A roomy empty host with the pool and networks named: for the checks an update makes
     before it acts (the real room is judged by the simulation proper)."""
-    return FakeHypervisor(clock=clock, uri=uri, pools=[PoolInfo(
+    return FakeHypervisor(clock=clock, uri=uri, host=_ROOMY_HOST, pools=[PoolInfo(
         pool, str(directory / "pool"), _ROOMY, _ROOMY, True)], networks=[NetworkInfo(
             name, f"sim{k}", "172.31.0.1", 16, "172.31.0.2", "172.31.255.254", True)
             for k, name in enumerate(dict.fromkeys(networks))])
@@ -194,7 +201,7 @@ def _observed_host(clock: FakeClock, timings: Timings, host: ObservedHost) -> Fa
     pool = host.observed.pool
     return FakeHypervisor(clock=clock, boot_seconds=timings.guest_boot_seconds,
                           shutdown_seconds=timings.shutdown_seconds, uri=host.uri,
-                          networks=[host.observed.network],
+                          host=_ROOMY_HOST, networks=[host.observed.network],
                           pools=[PoolInfo(pool.name, pool.path, _ROOMY, _ROOMY, pool.active)])
 
 
@@ -278,6 +285,12 @@ def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> No
     info = hv.pool_info(pool)
     used = info.capacity_bytes - info.available_bytes
     hv.set_pool_capacity(pool, used + observed.pool.available_bytes)
+    # the mirrored domains that run are in the real host's figures already
+    running = _ROOMY - hv.host_info().memory_bytes_available
+    real = observed.host
+    hv.set_host(dataclasses.replace(
+        real, memory_bytes_free=real.memory_bytes_free + running,
+        memory_bytes_available=real.memory_bytes_available + running))
 
 
 def _mirror_instance(world: SimWorld, hv: FakeHypervisor, inst: InstanceRecord, *,

@@ -189,11 +189,14 @@ DOMAIN_TYPES: tuple[str, ...] = ("kvm", "qemu")
 
 @dataclass(frozen=True)
 class HostInfo:
-    """What a host offers placement (``host_info``)."""
+    """What a host offers placement (``host_info``); free <= available <= total."""
 
     hostname: str  # as the host says; not an identity (copies of one image share it)
     memory_bytes_total: int
     memory_bytes_free: int  # the kernel's free memory now (page cache not counted)
+    # what new guests can have now: free memory, buffers and page cache (the kernel gives the
+    # cache back on demand; MemFree alone undercounts badly). Placement uses this one.
+    memory_bytes_available: int
     cpus: int  # logical CPUs
     domain_types: tuple[str, ...]  # of DOMAIN_TYPES, sorted: what it runs x86_64 guests with
 

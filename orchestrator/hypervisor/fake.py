@@ -12,8 +12,9 @@ Owned here: ``FakeHypervisor``. Used by unit tests (with ``clock.FakeClock``) an
   ``add_external_file`` (images), or when a NIC's network is missing.
 - volumes take space from their pool (an overlay a small allocation, data disks and uploads
   their full size); creating past the pool's capacity fails with "no space left".
-- ``host_info`` reports the ``host`` it was given (``DEFAULT_HOST``; ``set_host``), its free
-  memory less the memory of every domain that is up (running, paused, going down).
+- ``host_info`` reports the ``host`` it was given (``DEFAULT_HOST``; ``set_host``,
+  ``set_memory_available``, ``set_domain_types``), its free and available memory less the
+  memory of every domain that is up (running, paused, going down), never above the total.
 - ``upload_file`` records the file's path and hashes the file in chunks (``sparse``), as the
   real upload streams it: a sha256 other than the one given leaves no volume and names both
   hashes; a volume of the name with that size and content is returned without reading the
@@ -22,7 +23,7 @@ Owned here: ``FakeHypervisor``. Used by unit tests (with ``clock.FakeClock``) an
   MAC, IP or name with a different partner is a conflict.
 
 Fault injection (``fail_next``, ``crash``, ``set_ignores_acpi``, ``set_unavailable``,
-``set_pool_capacity``) and introspection (``domains``, ``calls``, ``volume_backing``,
+``set_pool_capacity``, ``set_memory_available``, ``set_domain_types``) and introspection (``domains``, ``calls``, ``volume_backing``,
 ``volume_data``, ``volume_source``, ``uploads``) serve the tests. Everything is synchronous;
 time moves only with the clock.
 
@@ -77,7 +78,8 @@ DEFAULT_POOLS: tuple[PoolInfo, ...] = (
 
 # A host like the 2-core, 24 GiB machines the product is tested on, with software emulation.
 DEFAULT_HOST = HostInfo(hostname="fake", memory_bytes_total=24 * GiB, memory_bytes_free=23 * GiB,
-                        cpus=2, domain_types=("qemu",))
+                        memory_bytes_available=23 * GiB + 512 * 2**20, cpus=2,
+                        domain_types=("qemu",))
 
 # The methods ``fail_next`` may target: the protocol's verbs but ``close``, which never fails.
 _FAILABLE = frozenset(VERBS) - {"close"}
@@ -209,6 +211,18 @@ class FakeHypervisor:
         a host's copies of images this way)."""
         self._add_volume(pool, _Volume(name, self._path_in(pool, name), fmt, size, size,
                                        source=source, sha256=sha256))
+
+    def set_memory_available(self, available_bytes: int) -> None:
+        """The memory the host has for new guests from now on (before the domains' use); its
+        free memory is at most that."""
+        self._host = dataclasses.replace(
+            self._host, memory_bytes_available=available_bytes,
+            memory_bytes_free=min(self._host.memory_bytes_free, available_bytes))
+
+    def set_domain_types(self, types: Iterable[str]) -> None:
+        """The domain types the host offers from now on (``kvm``, ``qemu``; none at all: a
+        host that cannot run x86_64 guests)."""
+        self._host = dataclasses.replace(self._host, domain_types=tuple(sorted(set(types))))
 
     def add_external_file(self, path: str) -> None:
         """Declare a file outside every pool (an image's disk, kernel, initrd) as present."""
@@ -535,8 +549,13 @@ class FakeHypervisor:
             self._settle(rec)
             if rec.state in (PowerState.RUNNING, PowerState.PAUSED, PowerState.SHUTTING_DOWN):
                 used += rec.definition.memory_mib * 1024 * 1024
-        free = max(0, min(self._host.memory_bytes_free, self._host.memory_bytes_total) - used)
-        return dataclasses.replace(self._host, memory_bytes_free=free)
+        # capped after the domains' use, so that a host set to "this much left besides the
+        # domains defined here" (the dry run's copy of a real host) reports just that
+        total = self._host.memory_bytes_total
+        available = max(0, min(self._host.memory_bytes_available - used, total))
+        free = max(0, min(self._host.memory_bytes_free - used, available))
+        return dataclasses.replace(self._host, memory_bytes_free=free,
+                                   memory_bytes_available=available)
 
     def close(self) -> None:
         # Never fails, like closing a dead libvirt connection: cleanup paths call it.

@@ -30,7 +30,7 @@ import functools
 import os
 import threading
 import xml.etree.ElementTree as ET
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -76,7 +76,7 @@ from orchestrator.hypervisor.remote import (
 )
 from orchestrator.hypervisor.sparse import Sha256, section_at
 
-__all__ = ["EVENT_LOOP", "POWER_STATES", "LibvirtHypervisor", "translate_error"]
+__all__ = ["EVENT_LOOP", "POWER_STATES", "LibvirtHypervisor", "node_memory", "translate_error"]
 
 # libvirt prints every error to stderr by default; we translate them instead.
 libvirt.registerErrorHandler(lambda *_args: None, None)
@@ -122,6 +122,16 @@ _UNDEFINE_FLAG_SETS = (
 )
 
 _UPLOAD_CHUNK = 256 * 1024
+
+
+def node_memory(stats: Mapping[str, int]) -> tuple[int, int, int]:
+    """(total, free, available) bytes from libvirt's node memory statistics (KiB):
+    available is free + buffers + cached, as the kernel gives its caches back to a guest that
+    needs the memory; each at most the total, free at most available."""
+    total = int(stats["total"]) * 1024
+    free = min(int(stats["free"]) * 1024, total)
+    cache = (int(stats.get("buffers", 0)) + int(stats.get("cached", 0))) * 1024
+    return total, free, min(free + cache, total)
 
 
 def translate_error(
@@ -719,21 +729,22 @@ class LibvirtHypervisor:
         # Memory from the node's memory statistics (/proc/meminfo on Linux), where the driver
         # has them: getInfo and getFreeMemory add up the NUMA nodes, which missed 14 of 24 GiB
         # on a machine whose memory was partly outside its one node. The test driver has only
-        # the latter.
+        # the latter, and no caches to count: there available is free.
         conn = self._connection()
         with self._errors("host info"):
             hostname = str(conn.getHostname())
             _model, memory_mib, cpus, *_rest = conn.getInfo()
             try:
                 stats = conn.getMemoryStats(libvirt.VIR_NODE_MEMORY_STATS_ALL_CELLS, 0)
-                total, free = int(stats["total"]) * 1024, int(stats["free"]) * 1024
+                total, free, available = node_memory(stats)
             except libvirt.libvirtError as exc:
                 if exc.get_error_code() not in _UNSUPPORTED_FLAGS:
                     raise
-                total, free = int(memory_mib) * 1024 * 1024, int(conn.getFreeMemory())
+                total = int(memory_mib) * 1024 * 1024
+                free = available = min(int(conn.getFreeMemory()), total)
             types = domain_types_of(str(conn.getCapabilities()))
-        return HostInfo(hostname=hostname, memory_bytes_total=total,
-                        memory_bytes_free=min(free, total), cpus=int(cpus), domain_types=types)
+        return HostInfo(hostname=hostname, memory_bytes_total=total, memory_bytes_free=free,
+                        memory_bytes_available=available, cpus=int(cpus), domain_types=types)
 
     def close(self) -> None:
         conn, self._conn = self._conn, None

@@ -1,7 +1,8 @@
 """The hosts of the controller: ``orch host add|list|show|cordon|uncordon|remove``.
 
 Owned here: what ``add`` checks before a host is registered (its name and URI, then that the
-daemon answers, that the network and pool exist there; nothing is recorded if any fails),
+daemon answers, that it offers the engine's domain type, that the network and pool exist
+there; nothing is recorded if any fails),
 the observed state of a host (Ready, Cordoned, or Unreachable when its daemon does not
 answer), its room (``HostView``), and the refusal to remove a host that holds instances.
 
@@ -20,7 +21,6 @@ from orchestrator.engine.hosts import CORDONED, LOCAL, READY, Host
 from orchestrator.errors import EnvironmentProblem, Gone, HypervisorUnavailable, InvalidInput
 from orchestrator.model import NETWORK_NAME_RE, SET_NAME_RE
 from orchestrator.store import HostRecord, Store
-from orchestrator.usecases.placement import mem_available
 from orchestrator.usecases.session import Env
 
 UNREACHABLE = "Unreachable"
@@ -71,6 +71,12 @@ async def add(env: Env, *, name: str, uri: str, fault_domain: str | None, networ
                                  hint="check the URI, the daemon and the keys or "
                                       "certificates (README: Several hosts)") from exc
     try:
+        wanted = env.engine.settings.domain_type
+        offered = (await env.engine.io(hv.host_info)).domain_types
+        if wanted not in offered:
+            # every instance would be defined there and fail at its first start
+            raise InvalidInput(f"host {name}: domain type {wanted} is not offered there "
+                               f"(it offers {', '.join(offered) or 'none'} for x86_64 guests)")
         try:
             await env.engine.io(hv.network_info, network)
         except Gone as exc:
@@ -89,9 +95,10 @@ async def add(env: Env, *, name: str, uri: str, fault_domain: str | None, networ
 
 async def _view(env: Env, host: Host, counts: dict[str, int]) -> HostView:
     assert env.engine.fleet is not None
-    state, pool_free, addresses = host.state, None, None
+    state, memory, pool_free, addresses = host.state, None, None, None
     try:
         hv = env.engine.fleet.hv(host.name)
+        memory = (await env.engine.io(hv.host_info)).memory_bytes_available
         pool_free = (await env.engine.io(hv.pool_info, host.pool)).available_bytes
         if host.network is not None:
             addresses = len(await free_addresses(env.engine, host.name, host.network))
@@ -99,7 +106,6 @@ async def _view(env: Env, host: Host, counts: dict[str, int]) -> HostView:
         state = UNREACHABLE
     except Gone:
         pass  # its pool or network is gone: no room to show
-    memory = mem_available()
     return HostView(name=host.name, uri=host.uri, fault_domain=host.fault_domain,
                     network=host.network, pool=host.pool, state=state,
                     instances=counts.get(host.name, 0),

@@ -2,12 +2,13 @@
 
 Owned here: ``ask_hosts`` (one question to every host; those that do not answer are named,
 and with no host registered an unreachable libvirt stays exit 4), ``list_domains`` and
-``observe_power`` (every host's domains in one call each), ``rooms`` (each host's room for the set's model: memory, pool space,
-free addresses, the set's instances there) and ``choose_hosts`` (``policy.place`` on them).
+``observe_power`` (every host's domains in one call each), ``rooms`` (each host's room for
+the set's model: the memory its libvirt says new guests can have, pool space, free
+addresses, the set's instances there) and ``choose_hosts`` (``policy.place`` on them).
 With no host registered every instance goes to the implicit host, as on one machine.
 
-Called by: dryrun.simworld, usecases.controller, usecases.hosts, usecases.recovery,
-usecases.rolling, usecases.sets, usecases.views, usecases.watch
+Called by: dryrun.simworld, usecases.controller, usecases.recovery, usecases.rolling,
+usecases.sets, usecases.views, usecases.watch
 """
 
 from __future__ import annotations
@@ -83,15 +84,16 @@ async def rooms(env: Env, set_name: str, model: Model) -> list[policy.HostRoom]:
     for w in env.engine.hosts():
         network = w.host.network_for(model.network)
         try:
+            memory = (await env.engine.io(w.hv.host_info)).memory_bytes_available
             pool = await env.engine.io(w.hv.pool_info, w.pool)
             addresses = len(await free_addresses(env.engine, w.name, network))
             reachable = True
         except HypervisorUnavailable:
-            pool, addresses, reachable = None, 0, False
+            memory, pool, addresses, reachable = 0, None, 0, False
         out.append(policy.HostRoom(
             name=w.name, fault_domain=w.host.fault_domain,
             ready=reachable and w.host.state == READY,
-            memory_bytes=mem_available(),  # the simulated hosts share this machine's memory
+            memory_bytes=memory,
             pool_bytes=pool.available_bytes if pool else 0,
             addresses=addresses, instances=counts.get(w.name, 0)))
     return out
@@ -111,14 +113,3 @@ async def choose_hosts(env: Env, set_name: str, model: Model, image: Image, coun
         raise InvalidInput(verdict)
     return verdict
 
-
-def mem_available() -> int | None:
-    """MemAvailable of this machine (/proc/meminfo); None if it cannot be read."""
-    try:
-        with open("/proc/meminfo") as fh:
-            for line in fh:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None

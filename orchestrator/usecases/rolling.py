@@ -344,14 +344,14 @@ async def surge_shortage(session: Session, spec: ScaleSetSpec | None = None) -> 
                                fault_domains=model.fault_domains)
         return verdict if isinstance(verdict, str) else None
     need_mem = batch * model.memory_mib * 2**20
-    have_mem = placement.mem_available()
     need_disk = batch * (sum(d.size_gib for d in model.data_disks) * 2**30
                          + image.virtual_size + 2**20)
     local = env.engine.at(LOCAL)
+    have_mem = (await env.engine.io(local.hv.host_info)).memory_bytes_available
     pool = await env.engine.io(local.hv.pool_info, local.pool)
     free_ips = len(await free_addresses(env.engine, LOCAL, model.network))
     lacks = []
-    if have_mem is not None and need_mem > have_mem:
+    if need_mem > have_mem:
         lacks.append(f"{need_mem // 2**20} MiB of memory ({have_mem // 2**20} MiB available)")
     if need_disk > pool.available_bytes:
         lacks.append(f"{need_disk // 2**20} MiB in pool {pool.name} "

@@ -41,7 +41,7 @@ from orchestrator.hypervisor.base import (
 )
 from orchestrator.hypervisor.domainxml import BackingStore, Disk, Domain, Interface, Ownership
 from orchestrator.hypervisor.fake import DEFAULT_HOST, FakeHypervisor
-from orchestrator.hypervisor.libvirt import LibvirtHypervisor, translate_error
+from orchestrator.hypervisor.libvirt import LibvirtHypervisor, node_memory, translate_error
 from orchestrator.hypervisor.libvirtxml import domain_types_of
 
 POOL = "default"
@@ -498,7 +498,8 @@ def test_every_mutating_verb_changes_something(h: Harness, verb: str) -> None:
 def test_host_info_describes_the_host(h: Harness) -> None:
     info = h.hv.host_info()
     assert info.hostname
-    assert 0 < info.memory_bytes_total and 0 <= info.memory_bytes_free <= info.memory_bytes_total
+    assert 0 < info.memory_bytes_total
+    assert 0 <= info.memory_bytes_free <= info.memory_bytes_available <= info.memory_bytes_total
     assert info.cpus >= 1
     assert set(info.domain_types) <= set(DOMAIN_TYPES)
     assert list(info.domain_types) == sorted(set(info.domain_types))
@@ -507,6 +508,10 @@ def test_host_info_describes_the_host(h: Harness) -> None:
         # type 'test' only, so no x86_64 kvm or qemu (a qemu driver's: test_domain_types_of)
         assert info.hostname == socket.gethostname()
         assert info.cpus == 16 and info.domain_types == ()
+        # no node memory statistics (virNodeGetMemoryStats unsupported): no caches to count,
+        # so all it has for guests is its free memory (3 MiB of a canned 3 GiB)
+        assert info.memory_bytes_total == 3072 * MiB
+        assert info.memory_bytes_available == info.memory_bytes_free == 3 * MiB
     else:
         assert info == DEFAULT_HOST  # nothing runs yet: all its free memory
 
@@ -518,6 +523,7 @@ def test_running_domains_leave_free_memory_at_most_as_it_was(h: Harness) -> None
     busy = h.hv.host_info()
     assert busy.memory_bytes_total == idle.memory_bytes_total
     assert busy.memory_bytes_free <= idle.memory_bytes_free  # the fake: 128 MiB less
+    assert busy.memory_bytes_available <= idle.memory_bytes_available
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -585,6 +591,19 @@ CAPABILITIES = (Path(__file__).parent / "data" / "capabilities-qemu.xml").read_t
 ], ids=["kvm-and-qemu", "qemu-only", "no-x86_64", "not-hvm", "others-left-out"])
 def test_domain_types_of(capabilities: str, types: tuple[str, ...]) -> None:
     assert domain_types_of(capabilities) == types
+
+
+@pytest.mark.libvirt
+@pytest.mark.parametrize(("stats", "memory"), [
+    # a 24 GiB machine with 3 GiB of page cache: all of it can go to guests
+    ({"total": 24 * MiB, "free": 20 * MiB, "buffers": MiB, "cached": 2 * MiB},
+     (24 * 2**30, 20 * 2**30, 23 * 2**30)),
+    ({"total": 4 * MiB, "free": 2 * MiB}, (4 * 2**30, 2 * 2**30, 2 * 2**30)),  # no caches told
+    ({"total": MiB, "free": MiB, "buffers": MiB, "cached": MiB}, (2**30, 2**30, 2**30)),
+], ids=["with-cache", "no-cache-keys", "never-above-total"])
+def test_node_memory_counts_buffers_and_cache_as_available(
+        stats: dict[str, int], memory: tuple[int, int, int]) -> None:
+    assert node_memory(stats) == memory  # the statistics are in KiB
 
 
 @pytest.mark.libvirt

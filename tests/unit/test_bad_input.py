@@ -6,7 +6,8 @@ registered image (``tiny:1``, a real qcow2 imported with qemu-img) and a scale s
 put straight into the store), and asserts: exit code 2, exactly one line on stderr starting
 with ``error: `` that names the problem, nothing on stdout, and the state dir byte-for-byte
 unchanged (the database compared by its logical content). libvirt is an unreachable socket:
-a case that reaches libvirt before refusing exits 4, which shows the validation came too late.
+a case that reaches libvirt before refusing exits 4, which shows the validation came too late
+(a host that ``host add`` must ask is libvirt's in-process test driver, ``test:///default``).
 Cases that could hang or eat memory (YAML bombs, huge or endless files) run in a child
 process with a deadline and a memory ceiling.
 """
@@ -480,6 +481,11 @@ FLAG_CASES: dict[str, Case] = {
                              "--fault-domain", "Rack A", problem="invalid fault domain"),
     "host/network": cli("host", "add", "--name", "h1", "--uri", "qemu:///system",
                         "--network", "../etc", problem="invalid network"),
+    # the host answers (libvirt's in-process test driver) but runs no x86_64 guest type
+    "host/domain-type": cli("--domain-type", "qemu", "host", "add", "--name", "h1",
+                            "--uri", "test:///default", "--pool", "default-pool",
+                            problem="host h1: domain type qemu is not offered there (it offers "
+                                    "none"),
     "host/unknown": cli("host", "cordon", "--name", "h9", problem="host h9 is not registered"),
     "host/remove-unknown": cli("host", "remove", "--name", "h9", problem="not registered"),
     "host/cordon-local": cli("host", "cordon", "--name", "local",

@@ -29,6 +29,7 @@ from orchestrator.hypervisor.fake import DEFAULT_HOST, OVERLAY_ALLOCATION, FakeH
 BASE = "/images/tiny-1.qcow2"
 KERNEL = "/images/tiny-1.vmlinuz"
 MiB = 1024**2
+GiB = 1024**3
 
 
 @pytest.fixture
@@ -299,21 +300,39 @@ def test_upload_file_does_not_hold_the_file_in_memory(tmp_path: Path) -> None:
 def test_host_info_is_configurable_and_domains_that_are_up_use_its_memory(
         clock: FakeClock) -> None:
     host = HostInfo(hostname="h1", memory_bytes_total=1024 * MiB, memory_bytes_free=512 * MiB,
-                    cpus=4, domain_types=("kvm", "qemu"))
+                    memory_bytes_available=768 * MiB, cpus=4, domain_types=("kvm", "qemu"))
     hv = FakeHypervisor(clock=clock, host=host)
     hv.add_external_file(BASE)
     hv.add_external_file(KERNEL)
     assert hv.host_info() == host
+
+    def memory() -> tuple[int, int]:
+        info = hv.host_info()
+        return info.memory_bytes_free // MiB, info.memory_bytes_available // MiB
+
     running(hv, "web-1")  # 128 MiB
     running(hv, "web-2")
-    assert hv.host_info().memory_bytes_free == 256 * MiB
+    assert memory() == (256, 512)
     hv.shutdown("web-2")  # going down: still up
-    assert hv.host_info().memory_bytes_free == 256 * MiB
+    assert memory() == (256, 512)
     clock.advance(hv.shutdown_seconds)
-    assert hv.host_info().memory_bytes_free == 384 * MiB
+    assert memory() == (384, 640)
     hv.set_host(dataclasses.replace(host, memory_bytes_free=100 * MiB))
-    assert hv.host_info().memory_bytes_free == 0  # never below nothing
+    assert memory() == (0, 640)  # never below nothing
     assert hv.host_info().domain_types == ("kvm", "qemu") and hv.host_info().cpus == 4
+
+
+def test_available_memory_and_domain_types_can_be_set(hv: FakeHypervisor) -> None:
+    hv.set_memory_available(512 * MiB)
+    info = hv.host_info()
+    assert (info.memory_bytes_available, info.memory_bytes_free) == (512 * MiB, 512 * MiB)
+    assert info.memory_bytes_total == DEFAULT_HOST.memory_bytes_total
+    hv.set_memory_available(100 * GiB)  # more than the host has: its total
+    assert hv.host_info().memory_bytes_available == DEFAULT_HOST.memory_bytes_total
+    hv.set_domain_types(["qemu", "kvm", "qemu"])
+    assert hv.host_info().domain_types == ("kvm", "qemu")
+    hv.set_domain_types([])
+    assert hv.host_info().domain_types == ()
 
 
 def test_the_default_host_is_the_test_machine_with_emulation(hv: FakeHypervisor) -> None:

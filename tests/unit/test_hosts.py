@@ -5,6 +5,7 @@ store of a single-host state dir carried over."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from collections import Counter
 from typing import Any
@@ -17,6 +18,10 @@ from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import Store
 from orchestrator.usecases import hosts
 from tests.world import Reconciler, Upgrades, World, run, snapshot
+
+from .fakecli import install
+
+MiB = 2**20
 
 
 def three_hosts(world: World) -> None:
@@ -75,11 +80,42 @@ class TestRegistration:
                                             "network": "default", "pool": "default", **args}))
         assert world.store.list_hosts() == []
 
+    def test_a_host_without_the_engines_domain_type_is_refused(
+            self, world: World, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        cli = install(world, monkeypatch, capsys)  # its engine runs domain type qemu
+        hv = world.add_host("h1", register=False)
+        add = ("host", "add", "--name", "h1", "--uri", hv.uri)
+        before = snapshot(world.state_dir)
+        for offered, said in ((["kvm"], "kvm"), ([], "none")):
+            hv.set_domain_types(offered)
+            code, out, err = cli.run(*add)
+            assert (code, out) == (2, ""), err
+            assert err == (f"error: host h1: domain type qemu is not offered there (it offers "
+                           f"{said} for x86_64 guests)\n")
+            assert snapshot(world.state_dir) == before
+        hv.set_domain_types(["kvm", "qemu"])
+        code, out, err = cli.run(*add, "-o", "json")
+        assert code == 0 and json.loads(out)["state"] == "Ready", err
+        assert [h.name for h in world.store.list_hosts()] == ["h1"]
+
     def test_an_unreachable_host_is_an_environment_problem(self, world: World) -> None:
         with pytest.raises(EnvironmentProblem, match="cannot reach libvirt"):
             run(hosts.add(world.env, name="h9", uri="qemu+tcp://10.250.0.9/system",
                           fault_domain=None, network="default", pool="default"))
         assert world.store.list_hosts() == []
+
+    def test_host_list_shows_each_hosts_own_memory(self, world: World, monkeypatch:
+                                                   pytest.MonkeyPatch,
+                                                   capsys: pytest.CaptureFixture[str]) -> None:
+        cli = install(world, monkeypatch, capsys)
+        for name, mib in (("h1", 1024), ("h2", 3072), ("h3", 2048)):
+            world.add_host(name).set_memory_available(mib * MiB)
+        world.fakes["qemu+tcp://h3/system"].set_unavailable()
+        code, out, err = cli.run("host", "list", "-o", "json")
+        assert code == 0, err
+        assert {h["name"]: h["memoryMiBFree"] for h in json.loads(out)} == {
+            "h1": 1024, "h2": 3072, "h3": None}
 
     def test_a_host_with_instances_cannot_be_removed(self, world: World) -> None:
         three_hosts(world)
@@ -132,6 +168,28 @@ class TestPlacement:
             "image": "tiny:1", "faultDomains": ["fd-1", "fd-3"]}})
         world.service.create(restricted)
         assert Counter(spread(world).values()) == {"h1": 2, "h3": 2}
+
+    def test_a_host_without_memory_for_an_instance_gets_none(self, world: World) -> None:
+        three_hosts(world)
+        world.fakes["qemu+tcp://h2/system"].set_memory_available(100 * MiB)
+        world.service.create(spec(6))  # 256 MiB each
+        assert Counter(spread(world).values()) == {"h1": 3, "h3": 3}
+
+    def test_the_memory_its_guests_use_leaves_a_host_no_room(self, world: World) -> None:
+        three_hosts(world)
+        world.fakes["qemu+tcp://h2/system"].set_memory_available(600 * MiB)
+        world.service.create(spec(3))
+        world.service.scale("web", 9)  # h2 runs 256 MiB of 600: room for one more, not two
+        assert Counter(spread(world).values()) == {"h1": 4, "h2": 2, "h3": 3}
+
+    def test_no_memory_anywhere_is_refused_naming_memory(self, world: World) -> None:
+        three_hosts(world)
+        for hv in world.fakes.values():
+            hv.set_memory_available(100 * MiB)
+        with pytest.raises(InvalidInput, match="no host has room for instance 1 of 2: "
+                                               "h1: 100 MiB of memory free, 256 needed; h2: "):
+            world.service.create(spec(2))
+        assert all(hv.list_domains() == [] for hv in world.fakes.values())
 
     def test_no_room_anywhere_is_refused_before_anything_is_made(self, world: World) -> None:
         three_hosts(world)

@@ -166,6 +166,16 @@ class TestPredictions:
         code, out, real = cli.run("vmss", "update", "--name", "web", "--image", "tiny:2")
         assert (code, out, real.splitlines()[-1]) == (2, "", err.strip())
 
+    def test_surge_without_memory_is_refused_as_by_update(self, world: World,
+                                                          cli: FakeCli) -> None:
+        make_set(world, maxSurge=True)  # 5 instances of 256 MiB run
+        world.hv.set_memory_available((5 * 256 + 100) * 2**20)  # 100 MiB left for a new one
+        code, out, err = cli.run("vmss", "plan", "--name", "web", "--image", "tiny:2")
+        assert code == 2 and out == "" and "maxSurge needs" in err, err
+        assert "256 MiB of memory (100 MiB available)" in err
+        code, out, real = cli.run("vmss", "update", "--name", "web", "--image", "tiny:2")
+        assert (code, out, real.splitlines()[-1]) == (2, "", err.strip())
+
     def test_table_output(self, world: World, cli: FakeCli) -> None:
         make_set(world)
         code, out, err = cli.run("vmss", "plan", "--name", "web", "--image", "tiny:2")

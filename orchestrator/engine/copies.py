@@ -87,6 +87,10 @@ class Copies:
     paths: dict[tuple[str, str], str] = field(default_factory=dict)
     _locks: dict[tuple[str, str], asyncio.Lock] = field(default_factory=dict)
 
+    def forget(self) -> None:
+        """Look for every copy again when next needed (a new command)."""
+        self.paths.clear()
+
     def lock(self, key: tuple[str, str]) -> asyncio.Lock:
         return self._locks.setdefault(key, asyncio.Lock())
 

@@ -165,11 +165,14 @@ class Session:
 async def open_session(env: Env, set_name: str, kind: str) -> AsyncIterator[Session]:
     """Take the set's lock (Conflict, exit 3, naming the holder if another process has it)
     and journal the command as an operation: ``running`` while it lasts, then
-    ``succeeded`` or ``failed`` with its error."""
+    ``succeeded`` or ``failed`` with its error. The image copies an earlier command of this
+    process found are looked for again (one may have been deleted by hand since)."""
     store, engine = env.store, env.engine
     with locks.hold(env.lock_path(set_name), what=f"scale set {set_name}", purpose=kind):
         op_id = store.start_operation(set_name, kind, {}, now=engine.now())
         outer, engine.operation_id = engine.operation_id, op_id
+        if outer is None:
+            engine.copies.forget()
         try:
             yield Session(env=env, set_name=set_name, kind=kind, operation_id=op_id)
         except BaseException as exc:

@@ -163,9 +163,9 @@ async def _copy(engine: Engine, w: Where, f: _File, *, ref: str) -> str:
 
 async def prune(engine: Engine, *, keep: set[str], hosts: list[str] | None = None) -> list[str]:
     """Delete the recorded copies whose sha256 is not in ``keep`` on ``hosts`` (default:
-    every host holding one); returns the problems met. A host that does not answer keeps its
-    copies and their records, for the next prune; a host is only contacted when it holds a
-    copy to delete."""
+    every host holding one) that no domain there names; returns the problems met. A host
+    that does not answer keeps its copies and their records, for the next prune; a host is
+    only contacted when it holds a copy to delete."""
     problems: list[str] = []
     doomed: dict[str, list[ImageCopyRecord]] = {}
     for rec in engine.store.image_copies():
@@ -174,7 +174,14 @@ async def prune(engine: Engine, *, keep: set[str], hosts: list[str] | None = Non
     for host, records in doomed.items():
         try:
             w = engine.at(host)
+            # A domain this store does not know (another state dir's, one made by hand) may
+            # rest on the same copy: its disk must not lose its backing file.
+            users = {path: d.name for d in await engine.io(w.hv.list_domains) for path in d.files}
             for rec in records:
+                if rec.path in users:
+                    problems.append(f"host {host}: {rec.volume} kept: domain {users[rec.path]} "
+                                    "uses it")
+                    continue
                 try:
                     await engine.io(w.hv.delete_volume, w.pool, rec.volume)
                 except HypervisorUnavailable:

@@ -84,6 +84,7 @@ class DomainInfo:
     name: str
     state: PowerState
     owner: Ownership | None  # None: not created by orchestrator, never touched
+    files: tuple[str, ...] = ()  # every file its definition names (disks, backing, kernel)
 
 
 @dataclass(frozen=True)

@@ -203,4 +203,23 @@ def parse_owner(domain_xml: str) -> Ownership | None:
         return None
 
 
+def parse_files(domain_xml: str) -> tuple[str, ...]:
+    """Every file a domain XML names: disk sources and their backing chains, kernel, initrd."""
+    try:
+        root = ET.fromstring(domain_xml)
+    except ET.ParseError:
+        return ()
+    found = [el.get("file", "") for el in root.iter("source")]
+    found += [root.findtext(f"./os/{tag}", default="") for tag in ("kernel", "initrd")]
+    return tuple(sorted({f.strip() for f in found if f and f.strip()}))
+
+
+def domain_files(domain: Domain) -> tuple[str, ...]:
+    """What ``parse_files`` finds in ``domain``'s XML, read off the element classes."""
+    found = [d.path for d in domain.disks] + [d.backing.path for d in domain.disks if d.backing]
+    if domain.boot is not None:
+        found += [domain.boot.kernel, domain.boot.initrd or ""]
+    return tuple(sorted({f for f in found if f}))
+
+
 ET.register_namespace(METADATA_PREFIX, METADATA_NS)

@@ -58,7 +58,7 @@ from orchestrator.hypervisor.base import (
     same_mac,
     upload_file_size,
 )
-from orchestrator.hypervisor.domainxml import Domain, Ownership
+from orchestrator.hypervisor.domainxml import Domain, Ownership, domain_files
 from orchestrator.hypervisor.sparse import file_sha256
 
 __all__ = ["DEFAULT_HOST", "DEFAULT_NETWORKS", "DEFAULT_POOLS", "OVERLAY_ALLOCATION",
@@ -428,7 +428,8 @@ class FakeHypervisor:
         for name in sorted(self._records):
             rec = self._records[name]
             self._settle(rec)
-            out.append(DomainInfo(name, rec.state, rec.definition.owner))
+            out.append(DomainInfo(name, rec.state, rec.definition.owner,
+                                  domain_files(rec.definition)))
         return out
 
     # --- storage ---------------------------------------------------------------------------

@@ -59,7 +59,7 @@ from orchestrator.hypervisor.base import (
     same_mac,
     upload_file_size,
 )
-from orchestrator.hypervisor.domainxml import Domain, Ownership, parse_owner
+from orchestrator.hypervisor.domainxml import Domain, Ownership, parse_files, parse_owner
 from orchestrator.hypervisor.eventloop import EventLoop
 from orchestrator.hypervisor.libvirtxml import (
     domain_types_of,
@@ -433,10 +433,11 @@ class LibvirtHypervisor:
                 with self._errors("inspect domain"):
                     name = str(dom.name())
                     state, reason = dom.state()
-                    owner = parse_owner(str(dom.XMLDesc(0)))
+                    xml = str(dom.XMLDesc(0))
             except Gone:
                 continue  # undefined while we were listing
-            out.append(DomainInfo(name, self._power_state(int(state), int(reason)), owner))
+            out.append(DomainInfo(name, self._power_state(int(state), int(reason)),
+                                  parse_owner(xml), parse_files(xml)))
         return sorted(out, key=lambda d: d.name)
 
     # --- storage ---------------------------------------------------------------------------

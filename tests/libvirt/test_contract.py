@@ -222,6 +222,14 @@ def test_ownership_metadata_round_trips(h: Harness) -> None:
     assert by_name["stranger"].owner is None
 
 
+def test_a_listed_domain_names_the_files_it_rests_on(h: Harness) -> None:
+    """What ``engine.copies.prune`` checks before it deletes an image copy."""
+    domain = make_domain(h, "web-1", owner=Ownership("web", 1, 3))
+    h.hv.define_domain(domain)
+    listed = next(d for d in h.hv.list_domains() if d.name == "web-1")
+    assert listed.files == tuple(sorted({domain.disks[0].path, BASE_IMAGE}))
+
+
 def test_redefining_replaces_the_definition(h: Harness) -> None:
     h.hv.define_domain(make_domain(h, "web-1", owner=Ownership("web", 1, 3)))
     h.hv.delete_volume(POOL, "web-1-os.qcow2")

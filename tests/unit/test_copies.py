@@ -176,3 +176,23 @@ def test_image_delete_on_the_command_line_warns_of_a_silent_host(cli: FakeCli) -
     assert code == 0
     assert "host h1 does not answer: its image copies stay" in err
     assert "deleted tiny:2" in err
+
+
+def test_a_copy_a_domain_still_names_is_kept(world: World) -> None:
+    """Another state dir's set on the same host rests on the same copy (same file, same
+    name): deleting the image here must not take its backing file away."""
+    world.register_image("tiny", "2")
+    world.service.create(spec(1, image="tiny:2"))
+    inst = world.store.find_instance("web", 0)
+    assert inst is not None
+    disk = copy_volume(files_of(world.registry.get("tiny:2"))[0].sha256, "qcow2")
+    world.store.delete_instance("web", 0)  # as if the domain belonged to another controller
+    world.store.delete_set("web")
+    problems = run(images_usecase.delete(world.env, "tiny:2"))
+    assert f"host local: {disk} kept: domain web-0 uses it" in problems
+    assert disk in copy_names(world.hv)
+    world.hv.destroy("web-0")
+    world.hv.undefine("web-0")
+    assert run(images_usecase.delete(world.env, "tiny:1")) == []  # the next prune takes it
+    assert copy_names(world.hv) == set()
+

@@ -194,3 +194,55 @@ def test_a_host_whose_libvirtd_stops_mid_upgrade_is_waited_for_then_finished(
         assert out["stdout"].strip() == "2", out
     orch3.run("vmss", "delete", "--name", name)
     assert held_per_host(hosts, f"{name}-") == {"lab-1": [], "lab-2": [], "lab-3": []}
+
+
+def copies_per_host(hosts: list[dict[str, str]]) -> dict[str, set[str]]:
+    """The image copies (``image-<sha256>.*`` volumes) in each host's own pool."""
+    return {h["name"]: {line.split()[0] for line in virsh(h["uri"], "vol-list", h["pool"]).splitlines()
+                        if line.split() and line.split()[0].startswith("image-")} for h in hosts}
+
+
+def copy_names(orch: Orch, ref: str) -> set[str]:
+    manifest = orch.json("image", "show", ref)["manifest"]
+    return {f"image-{sha}.{'qcow2' if key == 'disk' else 'raw'}"
+            for key, sha in manifest["sha256"].items()}
+
+
+def test_a_max_surge_roll_over_three_hosts_leaves_nothing_behind_and_copies_images(
+        orch3: Orch, hosts: list[dict[str, str]]) -> None:
+    name = orch3.new_set_name()
+    orch3.run("vmss", "create", "--name", name, "--image", "tiny:1", "--instance-count", "3",
+              "--upgrade-policy-mode", "Rolling", "--max-batch-instance-percent", "34",
+              "--max-unhealthy-instance-percent", "34", "--max-surge", "true", timeout=400)
+    before = {i["instanceId"]: i for i in orch3.instances(name)}
+    assert sorted(i["host"] for i in before.values()) == ["lab-1", "lab-2", "lab-3"], before
+    tiny1, tiny2 = copy_names(orch3, "tiny:1"), copy_names(orch3, "tiny:2")
+    # each host got its own verified copy of tiny:1 in its own pool, on first use
+    for held in copies_per_host(hosts).values():
+        assert tiny1 <= held, (tiny1, held)
+
+    proc = orch3.run("vmss", "update", "--name", name, "--image", "tiny:2", timeout=600)
+    assert proc.stderr.count("copying tiny:2 disk") == 3, proc.stderr  # once per host
+    status = orch3.json("vmss", "rolling-upgrade", "get-latest", "--name", name)
+    assert status["runningStatus"]["code"] == "Completed", status
+    after = {i["instanceId"]: i for i in orch3.instances(name)}
+    assert not set(after) & set(before), (before, after)  # surge: new instances replaced them
+    # replacements in their old instances' fault domains
+    assert sorted(i["faultDomain"] for i in after.values()) == ["fd-1", "fd-2", "fd-3"], after
+    for inst in after.values():
+        assert inst["image"] == "tiny:2" and inst["healthState"] == "Healthy", inst
+        out = orch3.sh(name, inst["instanceId"], VERSION)
+        assert out["stdout"].strip() == "2", out
+    held = held_per_host(hosts, f"{name}-")
+    live = {i["name"] for i in after.values()}
+    for host, objects in held.items():
+        leftover = [o for o in objects if not any(n in o for n in live)]
+        assert leftover == [], (host, leftover)  # nothing of the old instances on any host
+
+    orch3.run("vmss", "delete", "--name", name)
+    assert held_per_host(hosts, f"{name}-") == {"lab-1": [], "lab-2": [], "lab-3": []}
+    # the copies outlive the set; deleting an image takes its unshared copies off every host
+    orch3.run("image", "delete", "tiny:1")
+    for host, held_now in copies_per_host(hosts).items():
+        assert tiny2 <= held_now, (host, held_now)
+        assert not (tiny1 - tiny2) & held_now, (host, held_now)

@@ -26,6 +26,9 @@ from orchestrator.images import Image
 from orchestrator.model import Model
 from orchestrator.store import InstanceRecord
 
+# What follows ``<set>-<id>-`` in the name of each volume an instance owns.
+VOLUME_KINDS = r"os\d*\.qcow2|seed\.iso|data\d+\.qcow2|console\.log(?:\.\d+)?"
+
 
 @dataclass(frozen=True)
 class InstanceNames:
@@ -47,9 +50,15 @@ class InstanceNames:
     def data_volume(self, lun: int) -> str:
         return f"{self.domain}-data{lun}.qcow2"
 
+    @property
+    def console_volume(self) -> str:
+        """The serial console's log, in the pool of the instance's host (virtlogd writes it
+        there and keeps rotated copies ``.0``, ``.1``, … beside it)."""
+        return f"{self.domain}-console.log"
+
     def owns_volume(self, volume: str) -> bool:
         rest = volume.removeprefix(f"{self.domain}-")
-        return rest != volume and re.fullmatch(r"os\d*\.qcow2|seed\.iso|data\d+\.qcow2", rest) is not None
+        return rest != volume and re.fullmatch(VOLUME_KINDS, rest) is not None
 
 
 def instance_name(set_name: str, instance_id: int) -> str:

@@ -113,10 +113,6 @@ class Engine:
         result = await self.offload(functools.partial(fn, *args, **kwargs))
         return result  # type: ignore[return-value]
 
-    @property
-    def console_dir(self) -> Path:
-        return self.settings.state_dir / "console"
-
     # --- the step journal ------------------------------------------------------------------
     def open_step(self, inst: InstanceRecord, name: str) -> int | None:
         """Journal the start of one step on one instance, before it acts (None: no

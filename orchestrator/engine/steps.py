@@ -21,7 +21,7 @@ from pathlib import Path
 
 from orchestrator import cloudinit, ssh
 from orchestrator.engine import copies
-from orchestrator.engine.addresses import InstanceNames, new_seed_id
+from orchestrator.engine.addresses import VOLUME_KINDS, InstanceNames, new_seed_id
 from orchestrator.engine.context import Engine, Where, journaled
 from orchestrator.engine.copies import HostImage
 from orchestrator.errors import Gone, HypervisorError, OperationFailed, OrchError
@@ -82,7 +82,7 @@ def build_domain(engine: Engine, inst: InstanceRecord, model: Model, image: Imag
         disks=tuple(disks),
         interfaces=(Interface(network=inst.network, mac=inst.mac),),
         boot=boot,
-        console_log=str(engine.console_dir / f"{inst.name}.log"),
+        console_log=str(pool_path / names.console_volume),
         owner=Ownership(inst.set_name, inst.instance_id, inst.model_generation),
         description=f"orchestrator scale set {inst.set_name}, instance {inst.instance_id}",
     )
@@ -124,7 +124,6 @@ async def provision(engine: Engine, inst: InstanceRecord, model: Model, image: I
     seed = cloudinit.build_seed_iso(seed_content(inst, model, admin_key=admin_key))
     await engine.io(hv.upload_volume, pool, name=names.seed_volume, data=seed)
     await engine.io(hv.add_reservation, inst.network, Reservation(inst.mac, inst.ip, inst.name))
-    engine.console_dir.mkdir(parents=True, exist_ok=True)
     await _check_not_foreign(engine, inst)
     await _define(engine, inst, model, image)
     if start:
@@ -203,7 +202,6 @@ async def teardown(engine: Engine, inst: InstanceRecord) -> list[str]:
                        lambda vol=vol: engine.io(hv.delete_volume, pool, vol))  # type: ignore[misc]
     await _attempt(problems, "remove DHCP reservation", lambda: engine.io(
         hv.remove_reservation, inst.network, Reservation(inst.mac, inst.ip, inst.name)))
-    (engine.console_dir / f"{inst.name}.log").unlink(missing_ok=True)
     return problems
 
 
@@ -241,7 +239,7 @@ async def find_orphans(engine: Engine, w: Where, set_name: str, *, known: set[in
                   if d.owner is not None and d.owner.set_name == set_name
                   and d.owner.instance_id not in known)
     volumes = tuple(sorted(v for v in await _volumes(engine, w) if orphan_id(
-        re.fullmatch(prefix + r"-(\d+)-(?:os\d*\.qcow2|seed\.iso|data\d+\.qcow2)", v))))
+        re.fullmatch(prefix + rf"-(\d+)-(?:{VOLUME_KINDS})", v))))
     reservations: list[tuple[str, Reservation]] = []
     for net in sorted(networks):
         reservations.extend((net, r) for r in await engine.io(w.hv.list_reservations, net)

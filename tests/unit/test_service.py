@@ -9,7 +9,7 @@ from orchestrator.errors import Conflict, HypervisorError, InvalidInput, NotFoun
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.hypervisor.domainxml import Disk, Domain, Interface
 from orchestrator.model import ScaleSetSpec, validate
-from tests.world import World
+from tests.world import Reconciler, Upgrades, World
 
 
 def spec(name: str = "web", capacity: int = 3, **model: object) -> ScaleSetSpec:
@@ -229,6 +229,24 @@ class TestDelete:
         assert world.resources() == (set(), set(), set())
         assert world.store.find_set("web") is None
         assert not (world.state_dir / "sets" / "web").exists()
+
+    def test_the_console_logs_in_the_pool_go_with_their_instance(self, world: World) -> None:
+        """virtlogd writes each serial console into the host's pool, with rotated copies."""
+        world.service.create(spec(capacity=2))
+        pool = world.hv.pool_info("default").path
+        assert world.hv.domains["web-0"].console_log == f"{pool}/web-0-console.log"
+        for name in ("web-0-console.log", "web-0-console.log.0", "web-1-console.log"):
+            world.hv.create_volume("default", name=name, capacity_bytes=4096)  # as virtlogd would
+        world.hv.create_volume("default", name="web-7-console.log", capacity_bytes=4096)
+        world.service.delete_instances("web", [0])
+        assert {v.name for v in world.hv.list_volumes("default")
+                if "console" in v.name} == {"web-1-console.log", "web-7-console.log"}
+        report = Reconciler(Upgrades(world.service)).run_pass()  # web-7: no row knows it
+        assert any("1 volume(s)" in a for a in report.actions), report
+        assert {v.name for v in world.hv.list_volumes("default")
+                if "console" in v.name} == {"web-1-console.log"}
+        world.service.delete("web")
+        assert world.resources() == (set(), set(), set())
 
     def test_delete_instances_shrinks_capacity(self, world: World) -> None:
         world.service.create(spec(capacity=3))

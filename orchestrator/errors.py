@@ -10,9 +10,9 @@ Called by: cli.app, cli.controller, cli.vmss, cloudinit, dryrun.plan, dryrun.sim
 engine.addresses, engine.context, engine.copies, engine.health, engine.hosts, engine.steps,
 hypervisor.base, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, images, lab,
 labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.controller,
-usecases.hosts, usecases.placement, usecases.recovery, usecases.removal, usecases.rolling,
-usecases.rollout, usecases.session, usecases.sets, usecases.updates, usecases.views,
-usecases.watch
+usecases.hosts, usecases.placement, usecases.recovery, usecases.removal, usecases.repairs,
+usecases.rolling, usecases.rollout, usecases.session, usecases.sets, usecases.updates,
+usecases.views, usecases.watch
 
     OrchError                       exit 1   base; "the operation ran and failed"
     ├── InvalidInput                exit 2   bad flags, names, specs, files; nothing was changed

@@ -159,6 +159,29 @@ class RollingUpgradePolicy(_Base):
 
 
 UpgradeMode = Literal["Automatic", "Rolling", "Manual"]
+RepairAction = Literal["Replace", "Restart", "Reimage"]
+# A repair grace period shorter than this would repair instances still booting.
+MIN_REPAIR_GRACE_SECONDS = 30
+
+
+class AutomaticRepairsPolicy(_Base):
+    """docs/semantics.md#automatic-repairs"""
+
+    enabled: Bool = False
+    grace_period: str = "PT10M"
+    repair_action: RepairAction = "Replace"
+
+    @field_validator("grace_period")
+    @classmethod
+    def _grace(cls, value: str) -> str:
+        _checked(parse_duration, value)
+        if parse_duration(value) < MIN_REPAIR_GRACE_SECONDS:
+            raise ValueError(f"gracePeriod {value} is shorter than PT30S")
+        return value
+
+    @property
+    def grace_seconds(self) -> float:
+        return parse_duration(self.grace_period)
 ScaleInPolicy = Literal["Default", "OldestVM", "NewestVM"]
 
 
@@ -244,6 +267,7 @@ class ScaleSetSpec(_Base):
     capacity: Int = Field(ge=0, le=MAX_CAPACITY)
     upgrade_policy: UpgradePolicy = UpgradePolicy()
     scale_in_policy: ScaleInPolicy = "Default"
+    automatic_repairs_policy: AutomaticRepairsPolicy = AutomaticRepairsPolicy()
 
     @field_validator("name")
     @classmethod
@@ -259,6 +283,7 @@ class _DocumentSpec(Model):
     capacity: Int = Field(ge=0, le=MAX_CAPACITY)
     upgrade_policy: UpgradePolicy = UpgradePolicy()
     scale_in_policy: ScaleInPolicy = "Default"
+    automatic_repairs_policy: AutomaticRepairsPolicy = AutomaticRepairsPolicy()
 
 
 class ScaleSetDocument(_Base):
@@ -282,6 +307,7 @@ class ScaleSetDocument(_Base):
             capacity=self.spec.capacity,
             upgrade_policy=self.spec.upgrade_policy,
             scale_in_policy=self.spec.scale_in_policy,
+            automatic_repairs_policy=self.spec.automatic_repairs_policy,
         )
 
 

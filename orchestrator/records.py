@@ -1,10 +1,10 @@
 """The typed rows of the store, as every layer sees them.
 
 Owned here: ``ImageRecord``, ``SetRecord``, ``InstanceRecord``, ``HostRecord``,
-``ImageCopyRecord``, ``RollingUpgradeRecord``, ``OperationRecord``, ``StepRecord``: frozen,
-plain values.
+``ImageCopyRecord``, ``RollingUpgradeRecord``, ``OperationRecord``, ``StepRecord``,
+``ServiceRecord``: frozen, plain values.
 
-Called by: engine.copies, store
+Called by: engine.copies, store, usecases.repairs
 """
 
 from __future__ import annotations
@@ -131,3 +131,15 @@ class ImageCopyRecord:
     volume: str
     path: str
     created_at: str
+
+
+@dataclass(frozen=True)
+class ServiceRecord:
+    """An orchestration service of a set (``AutomaticRepairs``): Running or Suspended, and
+    how many of its actions in a row failed."""
+
+    set_name: str
+    service: str
+    state: str  # Running | Suspended
+    failures: int
+    updated_at: str

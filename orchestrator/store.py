@@ -32,12 +32,13 @@ from orchestrator.records import (
     InstanceRecord,
     OperationRecord,
     RollingUpgradeRecord,
+    ServiceRecord,
     SetRecord,
     StepRecord,
 )
 
 __all__ = ["HostRecord", "ImageCopyRecord", "ImageRecord", "InstanceRecord", "OperationRecord",
-           "RollingUpgradeRecord", "SetRecord", "StepRecord", "Store"]
+           "RollingUpgradeRecord", "ServiceRecord", "SetRecord", "StepRecord", "Store"]
 
 SCHEMA_VERSION = 6
 
@@ -71,6 +72,10 @@ CREATE TABLE IF NOT EXISTS hosts (
 CREATE TABLE IF NOT EXISTS image_copies (
     host TEXT NOT NULL, sha256 TEXT NOT NULL, volume TEXT NOT NULL, path TEXT NOT NULL,
     created_at TEXT NOT NULL, PRIMARY KEY (host, sha256));
+CREATE TABLE IF NOT EXISTS services (
+    set_name TEXT NOT NULL, service TEXT NOT NULL, state TEXT NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,
+    PRIMARY KEY (set_name, service));
 CREATE TABLE IF NOT EXISTS operations (
     id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, kind TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}', pid INTEGER,
@@ -294,7 +299,7 @@ class Store:
     def delete_set(self, name: str) -> None:
         with self.transaction():
             for table, col in (("instances", "set_name"), ("generations", "set_name"),
-                               ("rolling_upgrades", "set_name"),
+                               ("rolling_upgrades", "set_name"), ("services", "set_name"),
                                ("events", "set_name"), ("scale_sets", "name")):
                 self._db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))
 
@@ -381,6 +386,19 @@ class Store:
     def delete_host(self, name: str) -> None:
         with self.transaction():
             self._db.execute("DELETE FROM hosts WHERE name=?", (name,))
+
+    # --- orchestration services ------------------------------------------------------------
+    def service(self, set_name: str, service: str) -> ServiceRecord | None:
+        row = self._one("SELECT * FROM services WHERE set_name=? AND service=?",
+                        (set_name, service))
+        return ServiceRecord(**dict(row)) if row else None
+
+    def put_service(self, rec: ServiceRecord) -> None:
+        with self.transaction():
+            self._db.execute(
+                "INSERT OR REPLACE INTO services(set_name, service, state, failures, updated_at)"
+                " VALUES (?,?,?,?,?)", (rec.set_name, rec.service, rec.state, rec.failures,
+                                        rec.updated_at))
 
     # --- copies of images on hosts ---------------------------------------------------------
     def put_image_copy(self, rec: ImageCopyRecord) -> None:

@@ -25,6 +25,9 @@ def set_json(view: SetView) -> dict[str, Any]:
         "model": data["model"],
         "upgradePolicy": data["upgradePolicy"],
         "scaleInPolicy": data["scaleInPolicy"],
+        "automaticRepairsPolicy": data["automaticRepairsPolicy"],
+        "orchestrationServices": [{"serviceName": name, "serviceState": state}
+                                  for name, state in view.services.items()],
         "instanceCount": view.instance_count,
         "latestModelInstances": view.latest_model_instances,
         "faultDomains": view.fault_domain_counts,

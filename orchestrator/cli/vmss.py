@@ -38,7 +38,7 @@ from orchestrator.model import (
     validate,
 )
 from orchestrator.output import render as render_table
-from orchestrator.usecases import rolling, sets, updates, views
+from orchestrator.usecases import repairs, rolling, sets, updates, views
 
 
 def _log_scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -122,6 +122,15 @@ def _rolling_changes(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in rolling.items() if v is not None}
 
 
+def _repairs_changes(opts: dict[str, Any]) -> dict[str, Any]:
+    repairs = {
+        "enabled": opts.get("enable_automatic_repairs"),
+        "gracePeriod": opts.get("automatic_repairs_grace_period"),
+        "repairAction": opts.get("automatic_repairs_action"),
+    }
+    return {k: v for k, v in repairs.items() if v is not None}
+
+
 def _model_changes(opts: dict[str, Any], *, current_probe: dict[str, Any] | None = None) -> dict[str, Any]:
     probe = {"command": opts.get("health_probe_command"),
              "gracePeriodSeconds": opts.get("health_probe_grace_period")}
@@ -175,6 +184,14 @@ def _policy_options(fn: F) -> F:
                           "default: any)."),
         click.option("--enable-cross-zone-upgrade", type=click.BOOL, default=None,
                      help="Rolling: a batch may hold instances of several fault domains."),
+        click.option("--enable-automatic-repairs", type=click.BOOL, default=None,
+                     help="While the controller runs, repair instances that stay unhealthy."),
+        click.option("--automatic-repairs-grace-period",
+                     help="ISO 8601 duration an instance may be unhealthy before it is "
+                          "repaired, at least PT30S [PT10M]."),
+        click.option("--automatic-repairs-action",
+                     type=click.Choice(["Replace", "Restart", "Reimage"]),
+                     help="How an instance is repaired [Replace]."),
     ]):
         fn = decl(fn)
     return fn
@@ -197,6 +214,7 @@ def vmss_create(app: AppContext, /, **opts: Any) -> None:
         "capacity": opts["instance_count"],
         "upgradePolicy": {"mode": opts["upgrade_policy_mode"] or "Manual",
                           "rollingUpgradePolicy": _rolling_changes(opts)},
+        "automaticRepairsPolicy": _repairs_changes(opts),
     }
     if opts["scale_in_policy"]:
         raw["scaleInPolicy"] = opts["scale_in_policy"]
@@ -277,6 +295,7 @@ def _update_changes(opts: dict[str, Any], current: ScaleSetSpec) -> dict[str, An
     changes: dict[str, Any] = {
         "model": _model_changes(opts, current_probe=current.model.health_probe.to_json_dict()),
         "rollingUpgradePolicy": _rolling_changes(opts),
+        "automaticRepairsPolicy": _repairs_changes(opts),
     }
     if opts["upgrade_policy_mode"]:
         changes["mode"] = opts["upgrade_policy_mode"]
@@ -286,7 +305,8 @@ def _update_changes(opts: dict[str, Any], current: ScaleSetSpec) -> dict[str, An
 
 
 def _changes_nothing(changes: dict[str, Any]) -> bool:
-    return not changes["model"] and not changes["rollingUpgradePolicy"] and len(changes) == 2
+    return (not changes["model"] and not changes["rollingUpgradePolicy"]
+            and not changes["automaticRepairsPolicy"] and len(changes) == 3)
 
 
 @vmss.command("update")
@@ -451,6 +471,22 @@ def rolling_upgrade_get_latest(app: AppContext, name: str) -> None:
 def vmss_show(app: AppContext, name: str) -> None:
     """Show a scale set: model, generation, upgrade policy."""
     app.show(render.set_json(views.show_set(app.env(), name)))
+
+
+@vmss.command("set-orchestration-service-state")
+@_name_option
+@click.option("--service-name", required=True, type=click.Choice(["AutomaticRepairs"]),
+              help="The orchestration service.")
+@click.option("--action", required=True, type=click.Choice(["Suspend", "Resume"]),
+              help="Suspend it, or resume it (which also forgets the failed repairs counted).")
+@pass_app
+def vmss_set_orchestration_service_state(app: AppContext, name: str, service_name: str,
+                                         action: str) -> None:
+    """Suspend or resume an orchestration service of the set (automatic repairs). -o json
+    keys: name, serviceName, serviceState."""
+    state = app.run(repairs.set_service_state(app.env(), name, service=service_name,
+                                              action=action))
+    app.show({"name": name, "serviceName": service_name, "serviceState": state})
 
 
 @vmss.command("delete")

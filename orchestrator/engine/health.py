@@ -3,8 +3,8 @@
 Owned here: ``HealthState`` and its transitions (docs/semantics.md#health), the persisted
 (JSON) form of a ``HealthRecord``, how a probe result is classified, how often instances are
 probed, and when a wait for health ends.
-Called by: cli.app, dryrun.simworld, engine.simulate, usecases.controller, usecases.rolling,
-usecases.rollout, usecases.session, usecases.views, usecases.watch
+Called by: cli.app, dryrun.simworld, engine.simulate, usecases.controller, usecases.repairs,
+usecases.rolling, usecases.rollout, usecases.session, usecases.views, usecases.watch
 ``usecases.watch`` waits until instances are settled after a create, scale, power action,
 upgrade or reimage (``wait_settled``) and refreshes views and batch checks with
 ``probe_once``; the other use cases and ``dryrun.simworld`` read the states; ``cli.app`` makes the ``SshProber``;

@@ -3,12 +3,13 @@
 Owned here: which instances a scale-set action may touch (``eligible``, ``refuse_protected``),
 how a model change reaches instances per mode (``rollout_of``), which instances a scale-in
 removes (``scale_in_victims``), percent arithmetic and its stated rounding, the order of
-pending instances, batch selection, the two health thresholds, and what a breach does
-(``on_breach``). It reads no clock and touches nothing, so property tests exercise it with
+pending instances, batch selection, the two health thresholds, what a breach does
+(``on_breach``), and which instances automatic repairs take on (``repairs_due``,
+``repairs_blocked``, ``after_repairs``). It reads no clock and touches nothing, so property tests exercise it with
 any inputs; the drivers in ``usecases`` act on its verdicts.
 
-Called by: dryrun.plan, usecases.controller, usecases.placement, usecases.rolling,
-usecases.sets, usecases.updates
+Called by: dryrun.plan, usecases.controller, usecases.placement, usecases.repairs,
+usecases.rolling, usecases.sets, usecases.updates
 """
 
 from __future__ import annotations
@@ -261,3 +262,54 @@ def check_upgraded(upgraded: Sequence[Member], policy: RollingUpgradePolicy) -> 
                 f"{policy.max_unhealthy_upgraded_instance_percent}% of {count} instances = "
                 f"{allowed} unhealthy allowed")
     return None
+
+
+# --- automatic repairs (docs/semantics.md#automatic-repairs) ---------------------------------
+REPAIR_PERCENT = 5  # of capacity repaired at once, at least one
+REPAIR_FAILURES_TO_SUSPEND = 3  # failed repairs in a row suspend the service
+
+
+@dataclass(frozen=True)
+class Ailing:
+    """An instance as the repair decision sees it: running by intent, on a host that
+    answers, not Healthy for ``unhealthy_seconds`` (since it last became so, booted or
+    was changed)."""
+
+    instance_id: int
+    unhealthy_seconds: float
+    protected: bool  # protectFromScaleSetActions
+
+
+def repair_cap(capacity: int) -> int:
+    """At most max(1, 5 % of capacity, rounded down) instances are repaired at once."""
+    return max(1, capacity * REPAIR_PERCENT // 100)
+
+
+def repairs_blocked(*, enabled: bool, suspended: bool, upgrading: bool,
+                    scaling: bool) -> str | None:
+    """Why the set's instances may not be repaired now, or None."""
+    if not enabled:
+        return "automatic repairs are off"
+    if suspended:
+        return "automatic repairs are suspended"
+    if upgrading:
+        return "a rolling upgrade runs"
+    if scaling:
+        return "the set is scaling"
+    return None
+
+
+def repairs_due(ailing: Sequence[Ailing], *, capacity: int, grace_seconds: float) -> list[int]:
+    """The instances to repair now: not protected, unhealthy for longer than the grace
+    period, the longest first, at most ``repair_cap(capacity)``."""
+    due = [a for a in ailing if not a.protected and a.unhealthy_seconds > grace_seconds]
+    due.sort(key=lambda a: (-a.unhealthy_seconds, a.instance_id))
+    return [a.instance_id for a in due[:repair_cap(capacity)]]
+
+
+def after_repairs(failures: int, *, succeeded: int, failed: int) -> tuple[int, bool]:
+    """The count of failed repairs in a row after a round of repairs (run at once, so a
+    success in it ends the earlier run and its own failures start a new one), and whether
+    the service is now suspended."""
+    count = failed if succeeded else failures + failed
+    return count, count >= REPAIR_FAILURES_TO_SUSPEND

@@ -14,7 +14,7 @@ nothing above this seam imports libvirt.
 Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
 engine.hosts, engine.steps, hypervisor.fake, hypervisor.libvirt, hypervisor.libvirtxml,
 hypervisor.retry, usecases.controller, usecases.placement, usecases.recovery,
-usecases.session, usecases.sets, usecases.views, usecases.watch
+usecases.repairs, usecases.session, usecases.sets, usecases.views, usecases.watch
 
 Every method is synchronous and quick (no method waits for a guest): waiting is the
 engine's job, done by polling ``domain_state`` against the injected clock.

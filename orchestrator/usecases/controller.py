@@ -2,7 +2,7 @@
 set, compare it with what the store says it should be, and act — finish or undo
 interrupted work, roll out model changes of Automatic and Rolling sets, bring the
 instance count to the capacity, start instances that should run, commit models an
-interrupted upgrade left uncommitted.
+interrupted upgrade left uncommitted, repair instances that stay unhealthy.
 
 Owned here: ``run_pass`` and the order of those checks, ``commit_healthy``, and waiting
 for instances a killed command booted. Every action goes through the same use cases as
@@ -18,7 +18,7 @@ from orchestrator.engine import policy, steps
 from orchestrator.engine.health import HealthState
 from orchestrator.errors import Conflict, OrchError
 from orchestrator.hypervisor.base import PowerState
-from orchestrator.usecases import placement, recovery, rolling, sets, updates, watch
+from orchestrator.usecases import placement, recovery, repairs, rolling, sets, updates, watch
 from orchestrator.usecases.recovery import PassReport
 from orchestrator.usecases.session import Env, Session, open_session
 
@@ -110,6 +110,10 @@ async def _reconcile_set(session: Session, report: PassReport) -> None:
             report.act(env, f"{name}: waiting for instances "
                             f"{[i.instance_id for i in waiting]} to settle")
             await watch.await_health(watch.session_probe(session), waiting)
+    # 8. automatic repairs: instances not Healthy for longer than the repair grace period
+    due = await repairs.due(session)
+    if due:
+        await repairs.repair(session, due, report)
 
 
 async def commit_healthy(session: Session) -> list[str]:

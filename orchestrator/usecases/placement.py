@@ -7,8 +7,8 @@ the set's model: the memory its libvirt says new guests can have, pool space, fr
 addresses, the set's instances there) and ``choose_hosts`` (``policy.place`` on them).
 With no host registered every instance goes to the implicit host, as on one machine.
 
-Called by: dryrun.simworld, usecases.controller, usecases.recovery, usecases.rolling,
-usecases.sets, usecases.views, usecases.watch
+Called by: dryrun.simworld, usecases.controller, usecases.recovery, usecases.repairs,
+usecases.rolling, usecases.sets, usecases.views, usecases.watch
 """
 
 from __future__ import annotations

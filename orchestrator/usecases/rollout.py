@@ -7,7 +7,7 @@ Owned here: ``Change`` and its kinds (``ToLatest``, ``ToPrevious``, ``Reimage``)
 ``Outcome`` (what happened to one instance), ``bring`` (act on instances concurrently,
 wait for their health, commit the healthy ones, report each) and ``raise_failed``.
 
-Called by: usecases.rolling, usecases.updates
+Called by: usecases.repairs, usecases.rolling, usecases.updates
 """
 
 from __future__ import annotations

@@ -11,8 +11,9 @@ The lock is the witness of a live writer: the kernel frees it the moment its hol
 ``running`` whose set lock is free was left by a killed process. No pid is trusted.
 
 Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.controller, usecases.hosts,
-usecases.images, usecases.placement, usecases.recovery, usecases.removal, usecases.rolling,
-usecases.rollout, usecases.sets, usecases.updates, usecases.views, usecases.watch
+usecases.images, usecases.placement, usecases.recovery, usecases.removal, usecases.repairs,
+usecases.rolling, usecases.rollout, usecases.sets, usecases.updates, usecases.views,
+usecases.watch
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orchestrator import locks, ssh
 from orchestrator.clock import Clock
@@ -164,24 +166,45 @@ class Session:
 @contextlib.asynccontextmanager
 async def open_session(env: Env, set_name: str, kind: str) -> AsyncIterator[Session]:
     """Take the set's lock (Conflict, exit 3, naming the holder if another process has it)
-    and journal the command as an operation: ``running`` while it lasts, then
-    ``succeeded`` or ``failed`` with its error. The image copies an earlier command of this
-    process found are looked for again (one may have been deleted by hand since)."""
-    store, engine = env.store, env.engine
+    and journal the command as an operation (``journal``). The image copies an earlier
+    command of this process found are looked for again (one may have been deleted by hand
+    since)."""
     with locks.hold(env.lock_path(set_name), what=f"scale set {set_name}", purpose=kind):
-        op_id = store.start_operation(set_name, kind, {}, now=engine.now())
-        outer, engine.operation_id = engine.operation_id, op_id
-        if outer is None:
-            engine.copies.forget()
-        try:
-            yield Session(env=env, set_name=set_name, kind=kind, operation_id=op_id)
-        except BaseException as exc:
-            with contextlib.suppress(Exception):  # a dead store must not hide the cause
-                store.end_operation(op_id, "failed", {"error": one_line(exc)}, now=engine.now())
-            raise
-        finally:
-            engine.operation_id = outer
-        store.end_operation(op_id, "succeeded", {}, now=engine.now())
+        if env.engine.operation_id is None:
+            env.engine.copies.forget()
+        with journal(env, set_name, kind) as entry:
+            yield Session(env=env, set_name=set_name, kind=kind, operation_id=entry.id)
+
+
+@dataclass
+class Entry:
+    """An operation of the journal being written: its id, and the detail it ends with
+    (an ``error`` in it ends the operation ``failed``)."""
+
+    id: int
+    detail: dict[str, Any] = field(default_factory=dict)
+
+
+@contextlib.contextmanager
+def journal(env: Env, set_name: str, kind: str) -> Iterator[Entry]:
+    """One operation of the journal around a block, run by whoever holds the set's lock:
+    ``running`` while it lasts, then ``succeeded``, or ``failed`` with its error; the steps
+    taken meanwhile belong to it. The controller journals each round of repairs this way
+    inside its pass's session."""
+    store, engine = env.store, env.engine
+    entry = Entry(store.start_operation(set_name, kind, {}, now=engine.now()))
+    outer, engine.operation_id = engine.operation_id, entry.id
+    try:
+        yield entry
+    except BaseException as exc:
+        with contextlib.suppress(Exception):  # a dead store must not hide the cause
+            store.end_operation(entry.id, "failed", {**entry.detail, "error": one_line(exc)},
+                                now=engine.now())
+        raise
+    finally:
+        engine.operation_id = outer
+    store.end_operation(entry.id, "failed" if "error" in entry.detail else "succeeded",
+                        entry.detail, now=engine.now())
 
 
 def lock_is_free(env: Env, set_name: str) -> bool:

@@ -37,15 +37,18 @@ async def apply(env: Env, spec: ScaleSetSpec, *, wait: bool = True) -> views.Set
 
 
 def changed_spec(current: ScaleSetSpec, changes: dict[str, Any]) -> ScaleSetSpec:
-    """The spec ``changes`` (model, rollingUpgradePolicy, mode, scaleInPolicy: the flags of
-    ``vmss update``) make of ``current``; InvalidInput if it is not valid."""
+    """The spec ``changes`` (model, rollingUpgradePolicy, mode, scaleInPolicy,
+    automaticRepairsPolicy: the flags of ``vmss update``) make of ``current``; InvalidInput
+    if it is not valid."""
     data = current.to_json_dict()
+    repairs = {**data["automaticRepairsPolicy"], **changes.get("automaticRepairsPolicy", {})}
     model = {**data["model"], **changes.get("model", {})}
     rolling_policy = {**data["upgradePolicy"]["rollingUpgradePolicy"],
                       **changes.get("rollingUpgradePolicy", {})}
     upgrade_policy = {"mode": changes.get("mode", data["upgradePolicy"]["mode"]),
                       "rollingUpgradePolicy": rolling_policy}
     return validate(ScaleSetSpec, {**data, "model": model, "upgradePolicy": upgrade_policy,
+                                   "automaticRepairsPolicy": repairs,
                                    **({"scaleInPolicy": changes["scaleInPolicy"]}
                                       if "scaleInPolicy" in changes else {})})
 

@@ -7,7 +7,7 @@ not running has no health), and the read-only use cases ``show_set``, ``list_set
 ``list_instances`` (one probe round first), ``instance_view``, ``operations``,
 ``endpoint`` and ``run_command``.
 
-Called by: cli.render, cli.vmss, usecases.sets, usecases.updates
+Called by: cli.render, cli.vmss, usecases.repairs, usecases.sets, usecases.updates
 """
 
 from __future__ import annotations
@@ -37,6 +37,7 @@ class SetView:
     created_at: str
     updated_at: str
     fault_domain_counts: dict[str, int]  # the set's instances per fault domain
+    services: dict[str, str]  # orchestration service -> Running | Suspended | NotRunning
 
 
 @dataclass(frozen=True)
@@ -85,15 +86,31 @@ class OperationView:
     steps: tuple[StepView, ...]
 
 
+AUTOMATIC_REPAIRS = "AutomaticRepairs"
+SERVICES = (AUTOMATIC_REPAIRS,)
+RUNNING, SUSPENDED, NOT_RUNNING = "Running", "Suspended", "NotRunning"
+
+
+def service_state(env: Env, set_name: str, spec: ScaleSetSpec) -> str:
+    """An orchestration service's state for a set (only ``AutomaticRepairs`` exists):
+    NotRunning while its policy is off, else Running unless suspended."""
+    if not spec.automatic_repairs_policy.enabled:
+        return NOT_RUNNING
+    rec = env.store.service(set_name, AUTOMATIC_REPAIRS)
+    return rec.state if rec is not None else RUNNING
+
+
 def set_view(env: Env, rec: SetRecord) -> SetView:
     instances = env.store.list_instances(rec.name)
+    spec = validate(ScaleSetSpec, rec.spec)
     fd_of = placement.fault_domains(env)
     counts: dict[str, int] = {}
     for inst in instances:
         fd = fd_of.get(inst.host, inst.host)
         counts[fd] = counts.get(fd, 0) + 1
-    return SetView(fault_domain_counts=dict(sorted(counts.items())),name=rec.name, generation=rec.generation,
-                   spec=validate(ScaleSetSpec, rec.spec), instance_count=len(instances),
+    return SetView(fault_domain_counts=dict(sorted(counts.items())), name=rec.name,
+                   generation=rec.generation, spec=spec, instance_count=len(instances),
+                   services={s: service_state(env, rec.name, spec) for s in SERVICES},
                    latest_model_instances=sum(1 for i in instances
                                               if i.model_generation == rec.generation),
                    created_at=rec.created_at, updated_at=rec.updated_at)

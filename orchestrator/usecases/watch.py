@@ -7,8 +7,8 @@ instance's SSH user), ``record_boot``, ``await_health``, ``probe_round``, ``Moni
 ``raise_unhealthy``. Health records are persisted as they change. The state machine itself
 is ``engine.health``'s.
 
-Called by: usecases.controller, usecases.recovery, usecases.rolling, usecases.rollout,
-usecases.sets, usecases.updates, usecases.views
+Called by: usecases.controller, usecases.recovery, usecases.repairs, usecases.rolling,
+usecases.rollout, usecases.sets, usecases.updates, usecases.views
 """
 
 from __future__ import annotations

@@ -154,3 +154,35 @@ def test_a_batch_holds_one_fault_domain_unless_cross_zone(
     fds = {members[i].fault_domain for i in verdict.batch}
     assert cross or len(fds) == 1
     assert len(verdict.batch) <= max(1, percent * len(members) // 100)
+
+
+# --- automatic repairs ------------------------------------------------------------------------
+@given(st.lists(st.tuples(st.floats(0, 3600), st.booleans()), max_size=60),
+       st.integers(0, 1000), st.floats(30, 1200))
+def test_repairs_take_the_longest_ailing_unprotected_ones_up_to_five_percent(
+        raw: list[tuple[float, bool]], capacity: int, grace: float) -> None:
+    ailing = [policy.Ailing(n, seconds, protected) for n, (seconds, protected) in enumerate(raw)]
+    due = policy.repairs_due(ailing, capacity=capacity, grace_seconds=grace)
+    cap = max(1, int(capacity * 0.05))  # 5 %, rounded down, at least one
+    eligible = [a for a in ailing if not a.protected and a.unhealthy_seconds > grace]
+    assert len(due) == min(cap, len(eligible))
+    by_id = {a.instance_id: a for a in ailing}
+    assert all(not by_id[i].protected and by_id[i].unhealthy_seconds > grace for i in due)
+    # nobody left out has been ailing longer than someone chosen
+    left = [a.unhealthy_seconds for a in eligible if a.instance_id not in due]
+    assert not left or not due or max(left) <= min(by_id[i].unhealthy_seconds for i in due)
+
+
+@given(st.integers(0, 5), st.integers(0, 4), st.integers(0, 4))
+def test_three_failed_repairs_in_a_row_suspend(before: int, ok: int, failed: int) -> None:
+    count, suspended = policy.after_repairs(before, succeeded=ok, failed=failed)
+    assert count == (failed if ok else before + failed)
+    assert suspended == (count >= 3)
+
+
+@given(st.booleans(), st.booleans(), st.booleans(), st.booleans())
+def test_repairs_are_blocked_by_any_of_off_suspended_upgrading_scaling(
+        enabled: bool, suspended: bool, upgrading: bool, scaling: bool) -> None:
+    blocked = policy.repairs_blocked(enabled=enabled, suspended=suspended,
+                                     upgrading=upgrading, scaling=scaling)
+    assert (blocked is None) == (enabled and not suspended and not upgrading and not scaling)

@@ -1,11 +1,13 @@
 """The image registry: immutable ``NAME:VERSION`` images, their files, sha256 and manifest.
 
-Owned here: building images from the recipes under ``images/`` (``build``), importing a
+Owned here: building images from the recipes under ``images/`` (``build``), what
+``NAME:latest`` resolves to (``get``), importing a
 downloaded disk (``import_image``), inspecting disk files with ``qemu-img info`` (format
 pinned, no backing file or data-file inside), verifying that a registered image has not
 changed (``verify``), and deleting.
 Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.copies,
-engine.steps, usecases.placement, usecases.session, usecases.sets, usecases.watch
+engine.steps, usecases.osupgrades, usecases.placement, usecases.session, usecases.sets,
+usecases.watch
 ``cli.app`` hands the ``Registry`` to the image commands and the engine; the use cases resolve
 and verifies the model's image before any instance is touched.
 
@@ -36,7 +38,7 @@ from orchestrator.errors import (
     OperationFailed,
     SecurityError,
 )
-from orchestrator.model import IMAGE_NAME_RE, IMAGE_VERSION_RE, parse_image_ref
+from orchestrator.model import IMAGE_NAME_RE, IMAGE_VERSION_RE, LATEST, parse_image_ref, version_key
 from orchestrator.store import ImageRecord, Store
 
 RECIPES = ("tiny", "debian-12")
@@ -126,8 +128,19 @@ class Registry:
     def list(self) -> list[Image]:
         return [Image(r) for r in self.store.list_images()]
 
-    def get(self, ref: str) -> Image:
+    def get(self, ref: str, *, skip: frozenset[str] = frozenset()) -> Image:
+        """The registered image ``ref``; ``NAME:latest`` is NAME's highest version whose
+        ref is not in ``skip``."""
         name, version = parse_image_ref(ref)
+        if version == LATEST:
+            versions = sorted((r for r in self.store.list_images()
+                               if r.name == name and r.ref not in skip),
+                              key=lambda r: version_key(r.version))
+            if not versions:
+                raise NotFound(f"image {ref}: no version of {name} is registered"
+                               + (f" but {', '.join(sorted(skip))}" if skip else "")
+                               + " (see `orch image list`)")
+            return Image(versions[-1])
         rec = self.store.find_image(name, version)
         if rec is None:
             raise NotFound(f"image {ref} is not registered (see `orch image list`)")
@@ -260,6 +273,9 @@ class Registry:
             raise InvalidInput(f"invalid image name {name!r}: a-z, 0-9, '-', starting with a letter")
         if not IMAGE_VERSION_RE.fullmatch(version):
             raise InvalidInput(f"invalid image version {version!r}: A-Za-z0-9 . _ -, at most 40")
+        if version == LATEST:
+            raise InvalidInput(f"image version {LATEST!r} is reserved: {name}:{LATEST} names the "
+                               f"highest registered version of {name}")
         if self.store.find_image(name, version) is not None:
             raise InvalidInput(f"image {name}:{version} is already registered; images are immutable")
 

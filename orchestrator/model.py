@@ -6,8 +6,9 @@ Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
 ``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
 Called by: cli.images, cli.vmss, dryrun.simworld, engine.addresses, engine.policy,
-engine.steps, images, usecases.hosts, usecases.placement, usecases.rolling,
-usecases.session, usecases.sets, usecases.updates, usecases.views, usecases.watch
+engine.steps, images, usecases.hosts, usecases.osupgrades, usecases.placement,
+usecases.rolling, usecases.session, usecases.sets, usecases.updates, usecases.views,
+usecases.watch
 The CLI turns flags and files into specs; the use cases store them as JSON and
 read them back; the others read models, image references and rolling policies.
 
@@ -72,6 +73,15 @@ def parse_image_ref(ref: str) -> tuple[str, str]:
             "(name a-z0-9- starting with a letter, version A-Za-z0-9._-)"
         )
     return name, version
+
+
+LATEST = "latest"  # the version that names the highest registered version of an image
+
+
+def version_key(version: str) -> tuple[tuple[int, int | str], ...]:
+    """Order of image versions: part by part on '.', numerically where a part is digits
+    (2 < 10, 20261127 < 20261201), digits before letters otherwise."""
+    return tuple((0, int(part)) if part.isdigit() else (1, part) for part in version.split("."))
 
 
 def parse_duration(text: str) -> float:
@@ -185,9 +195,18 @@ class AutomaticRepairsPolicy(_Base):
 ScaleInPolicy = Literal["Default", "OldestVM", "NewestVM"]
 
 
+class AutomaticOSUpgradePolicy(_Base):
+    """docs/semantics.md#automatic-os-upgrades"""
+
+    enable_automatic_os_upgrade: Bool = Field(default=False, alias="enableAutomaticOSUpgrade")
+    disable_automatic_rollback: Bool = False
+
+
 class UpgradePolicy(_Base):
     mode: UpgradeMode = "Manual"
     rolling_upgrade_policy: RollingUpgradePolicy = RollingUpgradePolicy()
+    automatic_os_upgrade_policy: AutomaticOSUpgradePolicy = Field(
+        default=AutomaticOSUpgradePolicy(), alias="automaticOSUpgradePolicy")
 
 
 class Model(_Base):
@@ -273,6 +292,14 @@ class ScaleSetSpec(_Base):
     @classmethod
     def _name(cls, value: str) -> str:
         return _checked(check_set_name, value)
+
+    @model_validator(mode="after")
+    def _os_upgrades_need_latest(self) -> ScaleSetSpec:
+        if (self.upgrade_policy.automatic_os_upgrade_policy.enable_automatic_os_upgrade
+                and parse_image_ref(self.model.image)[1] != LATEST):
+            raise ValueError(f"automatic OS upgrades follow NAME:{LATEST}; the model's image "
+                             f"is {self.model.image}")
+        return self
 
 
 class _Metadata(_Base):

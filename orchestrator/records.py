@@ -2,9 +2,9 @@
 
 Owned here: ``ImageRecord``, ``SetRecord``, ``InstanceRecord``, ``HostRecord``,
 ``ImageCopyRecord``, ``RollingUpgradeRecord``, ``OperationRecord``, ``StepRecord``,
-``ServiceRecord``: frozen, plain values.
+``ServiceRecord``, ``OsUpgradeRecord``: frozen, plain values.
 
-Called by: engine.copies, store, usecases.repairs
+Called by: cli.render, engine.copies, store, usecases.osupgrades, usecases.repairs
 """
 
 from __future__ import annotations
@@ -143,3 +143,20 @@ class ServiceRecord:
     state: str  # Running | Suspended
     failures: int
     updated_at: str
+
+
+@dataclass(frozen=True)
+class OsUpgradeRecord:
+    """One automatic OS upgrade run of a set: from which versions to which, when, how it
+    ended (Running, Succeeded, Faulted, RolledBack) and what its rollback did."""
+
+    id: int
+    set_name: str
+    from_versions: list[str]
+    target: str
+    generation: int  # the model generation the run rolled out
+    start_time: str
+    end_time: str | None
+    result: str
+    rollback: dict[str, Any]
+    error: str | None

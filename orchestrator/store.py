@@ -31,6 +31,7 @@ from orchestrator.records import (
     ImageRecord,
     InstanceRecord,
     OperationRecord,
+    OsUpgradeRecord,
     RollingUpgradeRecord,
     ServiceRecord,
     SetRecord,
@@ -38,7 +39,7 @@ from orchestrator.records import (
 )
 
 __all__ = ["HostRecord", "ImageCopyRecord", "ImageRecord", "InstanceRecord", "OperationRecord",
-           "RollingUpgradeRecord", "ServiceRecord", "SetRecord", "StepRecord", "Store"]
+           "OsUpgradeRecord", "RollingUpgradeRecord", "ServiceRecord", "SetRecord", "StepRecord", "Store"]
 
 SCHEMA_VERSION = 6
 
@@ -76,6 +77,10 @@ CREATE TABLE IF NOT EXISTS services (
     set_name TEXT NOT NULL, service TEXT NOT NULL, state TEXT NOT NULL,
     failures INTEGER NOT NULL DEFAULT 0, updated_at TEXT NOT NULL,
     PRIMARY KEY (set_name, service));
+CREATE TABLE IF NOT EXISTS os_upgrades (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, from_versions TEXT NOT NULL,
+    target TEXT NOT NULL, generation INTEGER NOT NULL, start_time TEXT NOT NULL,
+    end_time TEXT, result TEXT NOT NULL, rollback TEXT NOT NULL DEFAULT '{}', error TEXT);
 CREATE TABLE IF NOT EXISTS operations (
     id INTEGER PRIMARY KEY AUTOINCREMENT, set_name TEXT NOT NULL, kind TEXT NOT NULL,
     status TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '{}', pid INTEGER,
@@ -300,6 +305,7 @@ class Store:
         with self.transaction():
             for table, col in (("instances", "set_name"), ("generations", "set_name"),
                                ("rolling_upgrades", "set_name"), ("services", "set_name"),
+                               ("os_upgrades", "set_name"),
                                ("events", "set_name"), ("scale_sets", "name")):
                 self._db.execute(f"DELETE FROM {table} WHERE {col}=?", (name,))
 
@@ -399,6 +405,33 @@ class Store:
                 "INSERT OR REPLACE INTO services(set_name, service, state, failures, updated_at)"
                 " VALUES (?,?,?,?,?)", (rec.set_name, rec.service, rec.state, rec.failures,
                                         rec.updated_at))
+
+    # --- automatic OS upgrades --------------------------------------------------------------
+    def add_os_upgrade(self, set_name: str, *, from_versions: list[str], target: str,
+                       generation: int, now: str) -> OsUpgradeRecord:
+        with self.transaction():
+            cur = self._db.execute(
+                "INSERT INTO os_upgrades(set_name, from_versions, target, generation, start_time,"
+                " result) VALUES (?,?,?,?,?,?)", (set_name, json.dumps(from_versions), target,
+                                                  generation, now, "Running"))
+        return next(u for u in self.os_upgrades(set_name) if u.id == cur.lastrowid)
+
+    def end_os_upgrade(self, upgrade_id: int, *, result: str, rollback: dict[str, Any],
+                       error: str | None, now: str) -> None:
+        with self.transaction():
+            self._db.execute(
+                "UPDATE os_upgrades SET result=?, rollback=?, error=?, end_time=? WHERE id=?",
+                (result, json.dumps(rollback), error, now, upgrade_id))
+
+    def os_upgrades(self, set_name: str) -> list[OsUpgradeRecord]:
+        """The set's automatic OS upgrade runs, oldest first."""
+        return [OsUpgradeRecord(
+            id=r["id"], set_name=r["set_name"], from_versions=json.loads(r["from_versions"]),
+            target=r["target"], generation=r["generation"], start_time=r["start_time"],
+            end_time=r["end_time"],
+            result=r["result"], rollback=json.loads(r["rollback"]), error=r["error"])
+            for r in self._db.execute("SELECT * FROM os_upgrades WHERE set_name=? ORDER BY id",
+                                      (set_name,))]
 
     # --- copies of images on hosts ---------------------------------------------------------
     def put_image_copy(self, rec: ImageCopyRecord) -> None:

@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.engine.upgrade_state import BatchRecord, RollingUpgrade
+from orchestrator.records import OsUpgradeRecord
 from orchestrator.usecases.views import CommandResult, InstanceView, OperationView, SetView
 
 
@@ -34,6 +35,12 @@ def set_json(view: SetView) -> dict[str, Any]:
         "createdAt": view.created_at,
         "updatedAt": view.updated_at,
     }
+
+
+def os_upgrade_json(run: OsUpgradeRecord) -> dict[str, Any]:
+    return {"id": run.id, "fromVersions": run.from_versions, "targetVersion": run.target,
+            "generation": run.generation, "startTime": run.start_time, "endTime": run.end_time,
+            "result": run.result, "rollback": run.rollback or None, "error": run.error}
 
 
 def instance_json(view: InstanceView) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from orchestrator.model import (
     validate,
 )
 from orchestrator.output import render as render_table
-from orchestrator.usecases import repairs, rolling, sets, updates, views
+from orchestrator.usecases import osupgrades, repairs, rolling, sets, updates, views
 
 
 def _log_scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -122,6 +122,12 @@ def _rolling_changes(opts: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in rolling.items() if v is not None}
 
 
+def _os_upgrade_changes(opts: dict[str, Any]) -> dict[str, Any]:
+    changes = {"enableAutomaticOSUpgrade": opts.get("enable_auto_os_upgrade"),
+               "disableAutomaticRollback": opts.get("disable_auto_rollback")}
+    return {k: v for k, v in changes.items() if v is not None}
+
+
 def _repairs_changes(opts: dict[str, Any]) -> dict[str, Any]:
     repairs = {
         "enabled": opts.get("enable_automatic_repairs"),
@@ -184,6 +190,10 @@ def _policy_options(fn: F) -> F:
                           "default: any)."),
         click.option("--enable-cross-zone-upgrade", type=click.BOOL, default=None,
                      help="Rolling: a batch may hold instances of several fault domains."),
+        click.option("--enable-auto-os-upgrade", type=click.BOOL, default=None,
+                     help="Follow NAME:latest: the controller rolls out each newer version."),
+        click.option("--disable-auto-rollback", type=click.BOOL, default=None,
+                     help="Automatic OS upgrades: leave a failed rollout as it is."),
         click.option("--enable-automatic-repairs", type=click.BOOL, default=None,
                      help="While the controller runs, repair instances that stay unhealthy."),
         click.option("--automatic-repairs-grace-period",
@@ -213,7 +223,8 @@ def vmss_create(app: AppContext, /, **opts: Any) -> None:
         "model": _model_changes(opts),
         "capacity": opts["instance_count"],
         "upgradePolicy": {"mode": opts["upgrade_policy_mode"] or "Manual",
-                          "rollingUpgradePolicy": _rolling_changes(opts)},
+                          "rollingUpgradePolicy": _rolling_changes(opts),
+                          "automaticOSUpgradePolicy": _os_upgrade_changes(opts)},
         "automaticRepairsPolicy": _repairs_changes(opts),
     }
     if opts["scale_in_policy"]:
@@ -296,6 +307,7 @@ def _update_changes(opts: dict[str, Any], current: ScaleSetSpec) -> dict[str, An
         "model": _model_changes(opts, current_probe=current.model.health_probe.to_json_dict()),
         "rollingUpgradePolicy": _rolling_changes(opts),
         "automaticRepairsPolicy": _repairs_changes(opts),
+        "automaticOSUpgradePolicy": _os_upgrade_changes(opts),
     }
     if opts["upgrade_policy_mode"]:
         changes["mode"] = opts["upgrade_policy_mode"]
@@ -306,7 +318,8 @@ def _update_changes(opts: dict[str, Any], current: ScaleSetSpec) -> dict[str, An
 
 def _changes_nothing(changes: dict[str, Any]) -> bool:
     return (not changes["model"] and not changes["rollingUpgradePolicy"]
-            and not changes["automaticRepairsPolicy"] and len(changes) == 3)
+            and not changes["automaticRepairsPolicy"]
+            and not changes["automaticOSUpgradePolicy"] and len(changes) == 4)
 
 
 @vmss.command("update")
@@ -471,6 +484,18 @@ def rolling_upgrade_get_latest(app: AppContext, name: str) -> None:
 def vmss_show(app: AppContext, name: str) -> None:
     """Show a scale set: model, generation, upgrade policy."""
     app.show(render.set_json(views.show_set(app.env(), name)))
+
+
+@vmss.command("get-os-upgrade-history")
+@_name_option
+@pass_app
+def vmss_get_os_upgrade_history(app: AppContext, name: str) -> None:
+    """The set's automatic OS upgrade runs, newest first. -o json keys: id, fromVersions,
+    targetVersion, startTime, endTime, result (Running, Succeeded, Faulted, RolledBack),
+    rollback (toVersion, instanceIds, status), error."""
+    app.show([render.os_upgrade_json(u) for u in osupgrades.history(app.env(), name)],
+             columns=[("id", "RUN"), ("fromVersions", "FROM"), ("targetVersion", "TO"),
+                      ("result", "RESULT"), ("startTime", "STARTED"), ("endTime", "ENDED")])
 
 
 @vmss.command("set-orchestration-service-state")

@@ -6,7 +6,7 @@ ended), its progress counts, and the conversion to and from the store's row
 (``from_storage``/``for_storage``). Rows written by earlier versions (no batch times, free
 keys) are read as well; the store rewrites them in this form when it migrates.
 
-Called by: cli.render, dryrun.plan, store, usecases.rolling
+Called by: cli.render, dryrun.plan, store, usecases.osupgrades, usecases.rolling
 """
 
 from __future__ import annotations

@@ -1,6 +1,7 @@
 """The controller's pass over every set (``orch controller run [--once]``): observe each
 set, compare it with what the store says it should be, and act — finish or undo
-interrupted work, roll out model changes of Automatic and Rolling sets, bring the
+interrupted work, roll out model changes of Automatic and Rolling sets and new image
+versions to sets that follow them (automatic OS upgrades), bring the
 instance count to the capacity, start instances that should run, commit models an
 interrupted upgrade left uncommitted, repair instances that stay unhealthy.
 
@@ -18,7 +19,16 @@ from orchestrator.engine import policy, steps
 from orchestrator.engine.health import HealthState
 from orchestrator.errors import Conflict, OrchError
 from orchestrator.hypervisor.base import PowerState
-from orchestrator.usecases import placement, recovery, repairs, rolling, sets, updates, watch
+from orchestrator.usecases import (
+    osupgrades,
+    placement,
+    recovery,
+    repairs,
+    rolling,
+    sets,
+    updates,
+    watch,
+)
 from orchestrator.usecases.recovery import PassReport
 from orchestrator.usecases.session import Env, Session, open_session
 
@@ -60,12 +70,16 @@ async def _reconcile_set(session: Session, report: PassReport) -> None:
         what = "creating the rest" if count < spec.capacity else "removing the extra ones"
         report.act(env, f"{name}: {count} instances for a capacity of {spec.capacity}; {what}")
         await sets.scale_to(session, spec, wait=True)
-    # 4. model changes not yet rolled out (recorded with --no-wait, or interrupted)
+    # 4. a newer version of the image NAME:latest names, with automatic OS upgrades on
+    target = await osupgrades.due(session)
+    if target is not None:
+        await osupgrades.upgrade(session, target, report)
+    # 5. model changes not yet rolled out (recorded with --no-wait, or interrupted)
     generation = session.record.generation
     behind = policy.eligible(store.list_instances(name), generation)
     kind = policy.rollout_of(session.spec.upgrade_policy.mode)
     latest = rolling.latest(env, name)
-    if behind and kind == "all-at-once":
+    if behind and kind == "all-at-once" and not osupgrades.failed_generation(session, generation):
         report.act(env, f"{name}: Automatic upgrade of {len(behind)} instances")
         await updates.upgrade_all_in(session)
     elif behind and kind == "rolling" and (latest is None
@@ -73,7 +87,7 @@ async def _reconcile_set(session: Session, report: PassReport) -> None:
         # an upgrade to this generation that ended Faulted or Cancelled waits for the user
         report.act(env, f"{name}: rolling upgrade to generation {generation}")
         await rolling.start_in(session)
-    # 5. an instance the user wants running that is not (crashed, killed, or left
+    # 6. an instance the user wants running that is not (crashed, killed, or left
     # shutting down by an interrupted command)
     observed = await placement.observe_power(env)
     power = observed.states
@@ -93,12 +107,12 @@ async def _reconcile_set(session: Session, report: PassReport) -> None:
         ids = down[PowerState.SHUTTING_DOWN]
         report.act(env, f"{name}: restarting instances {ids} left shutting down")
         await sets.power_now(session, ids, "restart", wait=True)
-    # 6. new models an interrupted upgrade left uncommitted: healthy ones are kept
+    # 7. new models an interrupted upgrade left uncommitted: healthy ones are kept
     latest = rolling.latest(env, name)
     if latest is None or not latest.running:
         for committed in await commit_healthy(session):
             report.act(env, f"{committed}: healthy on its new model; previous OS disk removed")
-    # 7. instances a killed command booted but never saw settle are waited on, as the
+    # 8. instances a killed command booted but never saw settle are waited on, as the
     # command would have (bounded by their grace period)
     if interrupted:
         power = await watch.running_states(env)
@@ -110,7 +124,7 @@ async def _reconcile_set(session: Session, report: PassReport) -> None:
             report.act(env, f"{name}: waiting for instances "
                             f"{[i.instance_id for i in waiting]} to settle")
             await watch.await_health(watch.session_probe(session), waiting)
-    # 8. automatic repairs: instances not Healthy for longer than the repair grace period
+    # 9. automatic repairs: instances not Healthy for longer than the repair grace period
     due = await repairs.due(session)
     if due:
         await repairs.repair(session, due, report)

@@ -11,8 +11,8 @@ domain a killed process redefined is recorded at its generation) and ``PassRepor
 A killed process is known by its set's lock being free (the kernel frees it when the
 holder dies, zombie or not), never by its pid.
 
-Called by: usecases.controller, usecases.repairs, usecases.rolling, usecases.sets,
-usecases.updates
+Called by: usecases.controller, usecases.osupgrades, usecases.repairs, usecases.rolling,
+usecases.sets, usecases.updates
 """
 
 from __future__ import annotations

@@ -8,7 +8,8 @@ runs, pause, cancel, rollback on breach), ``surge_batch``, ``surge_shortage`` an
 ``cancel``. Which instances a batch takes and when to stop is ``engine.policy``'s; the
 persisted state is ``engine.upgrade_state.RollingUpgrade``.
 
-Called by: cli.vmss, dryrun.plan, usecases.controller, usecases.repairs, usecases.updates
+Called by: cli.vmss, dryrun.plan, usecases.controller, usecases.osupgrades,
+usecases.repairs, usecases.updates
 """
 
 from __future__ import annotations

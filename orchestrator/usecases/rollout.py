@@ -54,7 +54,7 @@ class ToLatest(Change):
 
     def describe(self, session: Session, inst: InstanceRecord) -> str:
         return (f"{inst.name}: applying generation {session.record.generation} "
-                f"({session.spec.model.image})")
+                f"({session.shown(session.spec.model.image)})")
 
     async def act(self, session: Session, inst: InstanceRecord) -> InstanceRecord:
         model = session.spec.model

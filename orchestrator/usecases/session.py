@@ -11,9 +11,9 @@ The lock is the witness of a live writer: the kernel frees it the moment its hol
 ``running`` whose set lock is free was left by a killed process. No pid is trusted.
 
 Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.controller, usecases.hosts,
-usecases.images, usecases.placement, usecases.recovery, usecases.removal, usecases.repairs,
-usecases.rolling, usecases.rollout, usecases.sets, usecases.updates, usecases.views,
-usecases.watch
+usecases.images, usecases.osupgrades, usecases.placement, usecases.recovery,
+usecases.removal, usecases.repairs, usecases.rolling, usecases.rollout, usecases.sets,
+usecases.updates, usecases.views, usecases.watch
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from orchestrator.engine.health import Prober
 from orchestrator.errors import NotFound
 from orchestrator.hypervisor.base import Hypervisor
 from orchestrator.images import Image, Registry
-from orchestrator.model import Model, ScaleSetSpec, validate
+from orchestrator.model import LATEST, Model, ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord, SetRecord, Store
 
 Progress = Callable[[str], None]
@@ -136,10 +136,27 @@ class Session:
         """The registered image ``ref``, its files verified once in this session (hashing
         a large image happens off the event loop)."""
         if ref not in self._images:
-            image = self.env.registry.get(ref)
+            image = self.env.registry.get(ref, skip=self.failed_versions())
             await self.engine.offload(lambda: self.env.registry.check_files(image))
             self._images[ref] = image
         return self._images[ref]
+
+    def shown(self, ref: str) -> str:
+        """``ref`` for a progress line: ``NAME:latest`` with the version it stands for in
+        this session, once looked up."""
+        image = self._images.get(ref)
+        return f"{ref} = {image.ref}" if image is not None and image.ref != ref else ref
+
+    def resolve_again(self) -> None:
+        """``NAME:latest`` is looked up again when next asked (a version just failed)."""
+        self._images = {ref: image for ref, image in self._images.items()
+                        if not ref.endswith(f":{LATEST}")}
+
+    def failed_versions(self) -> frozenset[str]:
+        """Image versions an automatic OS upgrade of the set failed on: ``NAME:latest``
+        passes over them (docs/semantics.md#automatic-os-upgrades)."""
+        return frozenset(u.target for u in self.store.os_upgrades(self.set_name)
+                         if u.result in ("Faulted", "RolledBack"))
 
     def model(self, generation: int) -> Model:
         if generation not in self._models:

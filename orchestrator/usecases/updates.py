@@ -45,8 +45,11 @@ def changed_spec(current: ScaleSetSpec, changes: dict[str, Any]) -> ScaleSetSpec
     model = {**data["model"], **changes.get("model", {})}
     rolling_policy = {**data["upgradePolicy"]["rollingUpgradePolicy"],
                       **changes.get("rollingUpgradePolicy", {})}
+    os_upgrades = {**data["upgradePolicy"]["automaticOSUpgradePolicy"],
+                   **changes.get("automaticOSUpgradePolicy", {})}
     upgrade_policy = {"mode": changes.get("mode", data["upgradePolicy"]["mode"]),
-                      "rollingUpgradePolicy": rolling_policy}
+                      "rollingUpgradePolicy": rolling_policy,
+                      "automaticOSUpgradePolicy": os_upgrades}
     return validate(ScaleSetSpec, {**data, "model": model, "upgradePolicy": upgrade_policy,
                                    "automaticRepairsPolicy": repairs,
                                    **({"scaleInPolicy": changes["scaleInPolicy"]}

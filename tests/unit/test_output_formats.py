@@ -102,6 +102,7 @@ def test_every_showing_command_prints_json(cli: FakeCli, tmp_path: Path) -> None
     assert [s["name"] for s in show("vmss apply", "-f", str(doc))] == ["api"]
     assert [s["name"] for s in show("vmss list")] == ["api", "web"]
     assert show("vmss show", "--name", "web")["generation"] == 1
+    assert show("vmss get-os-upgrade-history", "--name", "web") == []
     assert show("vmss set-orchestration-service-state", "--name", "web", "--service-name",
                 "AutomaticRepairs", "--action", "Suspend")["serviceState"] == "NotRunning"
     assert [i["healthState"] for i in show("vmss list-instances", "--name", "web")] == [

@@ -2,7 +2,8 @@
 
 Owned here: building images from the recipes under ``images/`` (``build``), importing a
 downloaded disk (``import_image``), inspecting disk files with ``qemu-img info`` (format
-pinned, no backing file or data-file inside), verifying that a registered image has not
+pinned, no backing file or data-file inside; a raw file must carry a disk's signatures, as
+``blkid -p`` finds them), verifying that a registered image has not
 changed (``verify``), and deleting.
 Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.copies,
 engine.steps, usecases.placement, usecases.session, usecases.sets, usecases.watch
@@ -317,6 +318,7 @@ def inspect_disk(path: Path) -> dict[str, Any]:
         if size % 512:
             raise InvalidInput(f"{path}: not a disk image (not qcow2, and {size} bytes is not "
                                "a whole number of 512-byte sectors for a raw disk)")
+        raw_disk_signature(path)  # refuses random bytes, zeros, a swap area
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise InvalidInput(f"{path}: has a backing file; give a self-contained image")
     data = (info.get("format-specific") or {}).get("data") or {}
@@ -326,6 +328,42 @@ def inspect_disk(path: Path) -> dict[str, Any]:
         _run(["qemu-img", "check", "-q", "-f", "qcow2", str(path)], what="qemu-img check",
              bad_input=True)
     return info
+
+
+# What libblkid calls a signature's use: a raw image must hold a partition table or one of
+# these; "other" (a swap area) and "raid" (an md or LVM member) are parts of a machine's
+# storage, not a disk a guest boots from.
+_DISK_USAGES = ("filesystem", "crypto")
+
+
+def raw_disk_signature(path: Path) -> str:
+    """What makes a raw file a disk, as util-linux's ``blkid -p`` (low-level probing of the
+    file's own bytes, no cache) finds it: ``partition table dos``, ``filesystem ext4``, ...
+    InvalidInput naming the file when it holds no partition table, filesystem or boot
+    signature (random bytes, zeros) or only a swap area or a RAID/LVM member. libblkid knows
+    the MBR and GPT tables, ext2/3/4, XFS, ISO9660, FAT and many more, so none is parsed here."""
+    if shutil.which("blkid") is None:
+        raise EnvironmentProblem("blkid not found (util-linux)", hint="run `make setup`")
+    proc = subprocess.run(["blkid", "-p", "-o", "export", str(path)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode == 2:  # blkid: nothing found
+        raise InvalidInput(f"{path}: not a disk image (a raw disk needs a partition table, a "
+                           "filesystem or a boot signature; blkid found none)")
+    if proc.returncode == 8:
+        # "ambivalent": several filesystem superblocks, each a disk's signature (a filesystem
+        # made over an older one); the guest's kernel sorts them out, as it would on a disk
+        return "several filesystem signatures"
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise OperationFailed(f"blkid -p {path}: {lines[-1] if lines else proc.returncode}")
+    found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    if found.get("PTTYPE"):
+        return f"partition table {found['PTTYPE']}"
+    kind, usage = found.get("TYPE", "?"), found.get("USAGE", "")
+    if usage not in _DISK_USAGES:
+        raise InvalidInput(f"{path}: not a disk image (blkid found only a {kind} signature, "
+                           "no partition table or filesystem)")
+    return f"filesystem {kind}"
 
 
 def file_sha256(path: Path) -> str:

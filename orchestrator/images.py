@@ -186,10 +186,7 @@ class Registry:
             progress(f"building {recipe}:{version}{' (broken)' if broken else ''}")
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                lines = (proc.stderr or proc.stdout).strip().splitlines()
-                raise OperationFailed(
-                    f"image recipe {recipe} failed: {lines[-1] if lines else proc.returncode}"
-                )
+                raise OperationFailed(f"image recipe {recipe} failed: {recipe_failure(proc)}")
             # the recipe's last line says what it built: size, kernel, time
             summary = proc.stdout.strip().splitlines()
             if summary:
@@ -295,6 +292,25 @@ class Registry:
             shutil.rmtree(final, ignore_errors=True)
             raise
         return Image(rec)
+
+
+# The line images/lib/recipe.sh prints when a build fails: `recipe-error: step S: ...`.
+RECIPE_ERROR_MARK = "recipe-error: "
+
+
+def recipe_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    """Why a recipe failed, in one line: its own last error line (the step, the command, the
+    reason), which what it prints after (a clean-up's complaint) does not hide; else its last
+    line on stderr (a recipe not using the shared helpers), then on stdout; else its status."""
+    errors = [line[len(RECIPE_ERROR_MARK):].strip() for line in proc.stderr.splitlines()
+              if line.startswith(RECIPE_ERROR_MARK)]
+    if errors:
+        return errors[-1]
+    for stream in (proc.stderr, proc.stdout):
+        lines = [line.strip() for line in stream.splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return f"exit {proc.returncode}"
 
 
 def inspect_disk(path: Path) -> dict[str, Any]:

@@ -12,7 +12,7 @@ export ORCH_STATE_DIR := $(STATE_DIR)
 DEB_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients libvirt-dev \
 	pkg-config dnsmasq-base genisoimage busybox-static dropbear-bin cpio e2fsprogs iproute2 \
 	iptables python3-venv python3-dev gcc \
-	mmdebstrap dosfstools mtools syslinux syslinux-common fdisk
+	mmdebstrap dosfstools mtools syslinux syslinux-common fdisk util-linux
 # only for the tests: `vagrant validate` of the test bed's Vagrantfile (tests/tooling), and
 # shellcheck of the image recipes (tests/unit/test_images.py)
 TEST_DEB_PACKAGES := vagrant vagrant-libvirt shellcheck

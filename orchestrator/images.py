@@ -3,7 +3,8 @@
 Owned here: building images from the recipes under ``images/`` (``build``), what
 ``NAME:latest`` resolves to (``get``), importing a
 downloaded disk (``import_image``), inspecting disk files with ``qemu-img info`` (format
-pinned, no backing file or data-file inside), verifying that a registered image has not
+pinned, no backing file or data-file inside; a raw file must carry a disk's signatures, as
+``blkid -p`` finds them), verifying that a registered image has not
 changed (``verify``), and deleting.
 Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.copies,
 engine.steps, usecases.osupgrades, usecases.placement, usecases.session, usecases.sets,
@@ -198,10 +199,7 @@ class Registry:
             progress(f"building {recipe}:{version}{' (broken)' if broken else ''}")
             proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if proc.returncode != 0:
-                lines = (proc.stderr or proc.stdout).strip().splitlines()
-                raise OperationFailed(
-                    f"image recipe {recipe} failed: {lines[-1] if lines else proc.returncode}"
-                )
+                raise OperationFailed(f"image recipe {recipe} failed: {recipe_failure(proc)}")
             # the recipe's last line says what it built: size, kernel, time
             summary = proc.stdout.strip().splitlines()
             if summary:
@@ -312,6 +310,25 @@ class Registry:
         return Image(rec)
 
 
+# The line images/lib/recipe.sh prints when a build fails: `recipe-error: step S: ...`.
+RECIPE_ERROR_MARK = "recipe-error: "
+
+
+def recipe_failure(proc: subprocess.CompletedProcess[str]) -> str:
+    """Why a recipe failed, in one line: its own last error line (the step, the command, the
+    reason), which what it prints after (a clean-up's complaint) does not hide; else its last
+    line on stderr (a recipe not using the shared helpers), then on stdout; else its status."""
+    errors = [line[len(RECIPE_ERROR_MARK):].strip() for line in proc.stderr.splitlines()
+              if line.startswith(RECIPE_ERROR_MARK)]
+    if errors:
+        return errors[-1]
+    for stream in (proc.stderr, proc.stdout):
+        lines = [line.strip() for line in stream.splitlines() if line.strip()]
+        if lines:
+            return lines[-1]
+    return f"exit {proc.returncode}"
+
+
 def inspect_disk(path: Path) -> dict[str, Any]:
     """``qemu-img info`` of a disk file, refusing anything that points outside itself."""
     if path.is_symlink():
@@ -333,6 +350,7 @@ def inspect_disk(path: Path) -> dict[str, Any]:
         if size % 512:
             raise InvalidInput(f"{path}: not a disk image (not qcow2, and {size} bytes is not "
                                "a whole number of 512-byte sectors for a raw disk)")
+        raw_disk_signature(path)  # refuses random bytes, zeros, a swap area
     if info.get("backing-filename") or info.get("full-backing-filename"):
         raise InvalidInput(f"{path}: has a backing file; give a self-contained image")
     data = (info.get("format-specific") or {}).get("data") or {}
@@ -342,6 +360,42 @@ def inspect_disk(path: Path) -> dict[str, Any]:
         _run(["qemu-img", "check", "-q", "-f", "qcow2", str(path)], what="qemu-img check",
              bad_input=True)
     return info
+
+
+# What libblkid calls a signature's use: a raw image must hold a partition table or one of
+# these; "other" (a swap area) and "raid" (an md or LVM member) are parts of a machine's
+# storage, not a disk a guest boots from.
+_DISK_USAGES = ("filesystem", "crypto")
+
+
+def raw_disk_signature(path: Path) -> str:
+    """What makes a raw file a disk, as util-linux's ``blkid -p`` (low-level probing of the
+    file's own bytes, no cache) finds it: ``partition table dos``, ``filesystem ext4``, ...
+    InvalidInput naming the file when it holds no partition table, filesystem or boot
+    signature (random bytes, zeros) or only a swap area or a RAID/LVM member. libblkid knows
+    the MBR and GPT tables, ext2/3/4, XFS, ISO9660, FAT and many more, so none is parsed here."""
+    if shutil.which("blkid") is None:
+        raise EnvironmentProblem("blkid not found (util-linux)", hint="run `make setup`")
+    proc = subprocess.run(["blkid", "-p", "-o", "export", str(path)],
+                          capture_output=True, text=True, check=False)
+    if proc.returncode == 2:  # blkid: nothing found
+        raise InvalidInput(f"{path}: not a disk image (a raw disk needs a partition table, a "
+                           "filesystem or a boot signature; blkid found none)")
+    if proc.returncode == 8:
+        # "ambivalent": several filesystem superblocks, each a disk's signature (a filesystem
+        # made over an older one); the guest's kernel sorts them out, as it would on a disk
+        return "several filesystem signatures"
+    if proc.returncode != 0:
+        lines = proc.stderr.strip().splitlines()
+        raise OperationFailed(f"blkid -p {path}: {lines[-1] if lines else proc.returncode}")
+    found = dict(line.split("=", 1) for line in proc.stdout.splitlines() if "=" in line)
+    if found.get("PTTYPE"):
+        return f"partition table {found['PTTYPE']}"
+    kind, usage = found.get("TYPE", "?"), found.get("USAGE", "")
+    if usage not in _DISK_USAGES:
+        raise InvalidInput(f"{path}: not a disk image (blkid found only a {kind} signature, "
+                           "no partition table or filesystem)")
+    return f"filesystem {kind}"
 
 
 def file_sha256(path: Path) -> str:

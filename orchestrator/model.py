@@ -136,6 +136,8 @@ class HealthProbe(_Base):
     timeout_seconds: Int = Field(default=5, ge=1, le=300)
     number_of_probes: Int = Field(default=1, ge=1, le=10)
     grace_period_seconds: Int = Field(default=300, ge=0, le=7200)
+    # N health commands failed in a row end the grace period at once (0: off, wait it out)
+    fail_fast_after_probes: Int = Field(default=0, ge=0, le=100)
 
 
 class RollingUpgradePolicy(_Base):

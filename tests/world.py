@@ -29,7 +29,7 @@ from orchestrator.engine.copies import is_copy
 from orchestrator.engine.hosts import Fleet
 from orchestrator.engine.simulate import FakeProber
 from orchestrator.errors import HypervisorUnavailable
-from orchestrator.hypervisor.fake import FakeHypervisor
+from orchestrator.hypervisor.fake import DEFAULT_NETWORKS, DEFAULT_POOLS, FakeHypervisor
 from orchestrator.images import Registry, file_sha256
 from orchestrator.model import ScaleSetSpec
 from orchestrator.store import ImageRecord, SetRecord, Store
@@ -201,19 +201,26 @@ class World:
         return self.fakes[uri]
 
     def add_host(self, name: str, *, fault_domain: str | None = None,
-                 register: bool = True) -> FakeHypervisor:
-        """A fake libvirt host (its own network 'default' and pool 'default'), registered
-        with ``orch host add`` unless ``register`` is false."""
+                 register: bool = True, pool: str = "default",
+                 network: str = "default") -> FakeHypervisor:
+        """A fake libvirt host (its own network ``network``, 'default' unless told, and its
+        pool ``pool``, the only one it has), registered with ``orch host add`` unless
+        ``register`` is false."""
         hv = FakeHypervisor(clock=self.clock, boot_seconds=self.hv.boot_seconds,
                             shutdown_seconds=self.hv.shutdown_seconds,
-                            uri=f"qemu+tcp://{name}/system")
+                            uri=f"qemu+tcp://{name}/system",
+                            pools=None if pool == "default" else [
+                                dataclasses.replace(DEFAULT_POOLS[0], name=pool,
+                                                    path=f"/var/lib/{name}/{pool}")],
+                            networks=None if network == "default" else [
+                                dataclasses.replace(DEFAULT_NETWORKS[0], name=network)])
         for path in self.hv.external_files:
             hv.add_external_file(path)
         self.fakes[hv.uri] = hv
         self.prober.hosts.append(hv)
         if register:
             run(hosts.add(self.env, name=name, uri=hv.uri, fault_domain=fault_domain,
-                          network="default", pool="default"))
+                          network=network, pool=pool))
         return hv
 
     def host_of(self, domain: str) -> str | None:
@@ -260,11 +267,14 @@ class World:
 
 
 def make_world(tmp_path: Path, *, boot_seconds: float = 6.5,
-               shutdown_seconds: float = 1.5) -> World:
-    """A fresh fake world in ``tmp_path`` with image tiny:1 registered."""
+               shutdown_seconds: float = 1.5, pool: str = "default") -> World:
+    """A fresh fake world in ``tmp_path`` with image tiny:1 registered. ``pool``: the one
+    storage pool of the implicit host, and the configured one (the lab's is ``orchlab``,
+    from ORCH_POOL)."""
     clock = FakeClock()
     hv = FakeHypervisor(clock=clock, boot_seconds=boot_seconds,
-                        shutdown_seconds=shutdown_seconds)
+                        shutdown_seconds=shutdown_seconds,
+                        pools=[dataclasses.replace(DEFAULT_POOLS[0], name=pool)])
     store = Store(tmp_path / "orchestrator.db")
     registry = Registry(store, tmp_path)
     prober = FakeProber(hv, clock=clock)
@@ -275,9 +285,9 @@ def make_world(tmp_path: Path, *, boot_seconds: float = 6.5,
         return World.connect(w, uri)
 
     engine = Engine(hv=hv, store=store, registry=registry, clock=clock,
-                    settings=Settings(state_dir=tmp_path, pool="default", domain_type="qemu"),
+                    settings=Settings(state_dir=tmp_path, pool=pool, domain_type="qemu"),
                     log=lines.append, offload=inline,
-                    fleet=Fleet(store, local=hv, local_uri=hv.uri, local_pool="default",
+                    fleet=Fleet(store, local=hv, local_uri=hv.uri, local_pool=pool,
                                 connect=connect))
     env = Env(engine=engine, prober=prober, progress=lines.append)
     w = World(clock, hv, store, registry, prober, env, tmp_path, lines, fakes)

@@ -74,6 +74,7 @@ parse_args() {
 }
 
 check_tools() {
+    STEP="checking tools"
     [[ $EUID -eq 0 ]] || die "must run as root (files in the image must be owned by root)"
     local tool
     for tool in mmdebstrap mkfs.ext4 mkfs.fat mcopy syslinux sfdisk qemu-img tar flock sha256sum; do

@@ -4,17 +4,54 @@
 # images/*/build.sh, which set TMP, LOG and STEP before calling these.
 # shellcheck disable=SC2154  # TMP, LOG and STEP belong to the recipe that sources this
 # shellcheck disable=SC2034  # OUT, VERSION, TMP, LOG and STEP are set here for the recipe
+# A failed build prints one line on stderr, `recipe-error: step <STEP>: ...` (report_error).
+
+# The recipe's stderr as it is when this file is sourced. A step that runs one of the
+# recipe's functions under `quiet` has the log as its stderr, and an error trapped inside
+# that function must still reach the caller, not the log.
+exec {RECIPE_STDERR}>&2
+
+# The one marked line a failed build prints, which orchestrator/images.py puts in its
+# error: `recipe-error: step <STEP>: <what went wrong>`. Only the first report of a build is
+# printed: a failure inside a command substitution or a subshell trips the ERR trap there,
+# then again in the shell around it, which would only repeat it less precisely.
+report_error() {
+    if [[ -n $TMP && -d $TMP ]]; then
+        if [[ -e $TMP/.error-reported ]]; then return 0; fi
+        : >"$TMP/.error-reported"
+    fi
+    echo "recipe-error: step $STEP: $*" >&"$RECIPE_STDERR"
+}
 
 die() {
-    echo "build.sh: error: $*" >&2
+    report_error "$*"
     exit 1
 }
 
-# ERR trap: the step that failed, and the last line its tool logged.
+# The reason a tool run by `quiet` gave, from what it logged (only that: the log holds every
+# earlier tool's output too): its last line that reads like an error, since tools print
+# progress and clean-up after it (mmdebstrap "E: ..."), else its last line.
+logged_reason() {
+    [[ -s $LOG ]] || return 0
+    local out line
+    out=$(tail -c "+$((QUIET_LOG_START + 1))" -- "$LOG")
+    [[ -n $out ]] || return 0
+    line=$(grep -aiE '^E: |\b(error|failed|failure|cannot|could not|not found|denied|no such|no space)\b' \
+        <<<"$out" | tail -n 1 || true)
+    if [[ -z $line ]]; then line=$(tail -n 1 <<<"$out"); fi
+    echo ": $line"
+}
+
+# ERR trap: the step, the command that failed (as written in the recipe, or the tool `quiet`
+# ran) and its status, and, for a tool run by `quiet`, why, from the log (any other command
+# printed its complaint on stderr itself).
 on_error() {
-    local status=$? detail=
-    if [[ -s $LOG ]]; then detail=": $(tail -n 1 "$LOG")"; fi
-    echo "build.sh: error: $STEP failed (exit $status, line $1)$detail" >&2
+    local status=$? cmd=${BASH_COMMAND//$'\n'/ } reason=
+    # a tool run by `quiet` fails as `"$@" >>"$LOG" 2>&1`: name the tool and its arguments
+    if [[ ${FUNCNAME[1]-} == quiet ]]; then cmd=$QUIET_COMMAND; fi
+    if ((${#cmd} > 160)); then cmd="${cmd:0:157}..."; fi
+    if [[ " ${FUNCNAME[*]} " == *" quiet "* ]]; then reason=$(logged_reason); fi
+    report_error "$cmd exited $status (line $1)$reason"
     exit "$status"
 }
 
@@ -23,7 +60,11 @@ cleanup() {
 }
 
 # Runs a noisy tool with its output in the log, so a failure prints one line.
-quiet() { "$@" >>"$LOG" 2>&1; }
+quiet() {
+    QUIET_COMMAND=$*
+    QUIET_LOG_START=$(stat -c %s -- "$LOG")
+    "$@" >>"$LOG" 2>&1
+}
 
 # Seconds (one decimal) since a `date +%s.%N` reading.
 seconds_since() {

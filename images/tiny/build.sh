@@ -59,6 +59,7 @@ parse_args() {
 }
 
 check_tools() {
+    STEP="checking tools"
     [[ $EUID -eq 0 ]] || die "must run as root (files in the image must be owned by root)"
     local tool
     for tool in busybox mkfs.ext4 qemu-img cpio gzip dpkg-deb apt-get apt-cache flock ldd \

@@ -139,7 +139,8 @@ def _repairs_changes(opts: dict[str, Any]) -> dict[str, Any]:
 
 def _model_changes(opts: dict[str, Any], *, current_probe: dict[str, Any] | None = None) -> dict[str, Any]:
     probe = {"command": opts.get("health_probe_command"),
-             "gracePeriodSeconds": opts.get("health_probe_grace_period")}
+             "gracePeriodSeconds": opts.get("health_probe_grace_period"),
+             "failFastAfterProbes": opts.get("health_probe_fail_fast_after_probes")}
     probe = {k: v for k, v in probe.items() if v is not None}
     model: dict[str, Any] = {
         "image": opts.get("image"), "vcpus": opts.get("vcpus"), "memoryMiB": opts.get("memory"),
@@ -182,6 +183,9 @@ def _policy_options(fn: F) -> F:
         click.option("--health-probe-command", help="Health command run over SSH (exit 0 = healthy)."),
         click.option("--health-probe-grace-period", type=int,
                      help="Seconds a booting instance may take before it counts as Unknown."),
+        click.option("--health-probe-fail-fast-after-probes", type=int,
+                     help="End the grace period after N failed health probes in a row once "
+                          "SSH answers (0 = off: wait it out) [0]."),
         click.option("--custom-data", type=click.Path(path_type=Path), help="cloud-init user-data file."),
         click.option("--ssh-key-value", type=click.Path(path_type=Path), help="Admin public key file."),
         click.option("--scale-in-policy", type=click.Choice(["Default", "OldestVM", "NewestVM"])),

@@ -22,6 +22,14 @@ Transitions (N = ``number_of_probes``; a streak is the run of equal results endi
   shorter than N: unhealthy → UNHEALTHY, unreachable (or no probe at all) → UNKNOWN; a healthy
   streak shorter than N is not yet a verdict of health, so it becomes UNKNOWN too.
 - From a settled state, N equal results of another kind move to that kind's state.
+- ``fail_fast_after_probes`` F (0: off): F unhealthy results in a row (the guest answers and
+  its health command fails; unreachable results do not count) end the grace period there
+  and then: an INITIALIZING instance takes its grace verdict (UNHEALTHY) and a wait for it
+  is over.
+
+A long wait says how it goes: ``wait_settled`` calls ``on_waiting`` for an instance still
+within its grace period at its first probe after every ``report_every`` seconds of the wait
+(30 s), with the grace seconds left, not at every probe.
 """
 
 from __future__ import annotations
@@ -39,6 +47,7 @@ from orchestrator import errors, ssh
 from orchestrator.clock import Clock, iso
 
 __all__ = [
+    "REPORT_EVERY_SECONDS",
     "HealthRecord",
     "HealthState",
     "ProbeOutcome",
@@ -47,6 +56,8 @@ __all__ = [
     "Prober",
     "SshProber",
     "advance",
+    "failed_fast",
+    "grace_left",
     "is_settled",
     "probe_once",
     "record_from_json",
@@ -59,6 +70,9 @@ OutcomeKind = Literal["healthy", "unhealthy", "unreachable"]
 _EXCERPT_CHARS = 200
 # While booting, probe at least this often so an instance is seen soon after sshd is up.
 _BOOT_INTERVAL = 1.0
+# How often a wait says that an instance is still within its grace period: often enough that
+# a five-minute grace period is not silence, rarely enough to stay readable (not per probe).
+REPORT_EVERY_SECONDS = 30.0
 
 
 class HealthState(str, Enum):
@@ -76,6 +90,7 @@ class ProbeSettings:
     timeout_seconds: float = 5
     number_of_probes: int = 1
     grace_period_seconds: float = 300
+    fail_fast_after_probes: int = 0  # 0: off
 
 
 @dataclass(frozen=True)
@@ -127,6 +142,19 @@ def _grace_over(record: HealthRecord, *, settings: ProbeSettings, now: float) ->
     return now - record.booted_at >= settings.grace_period_seconds
 
 
+def grace_left(record: HealthRecord, *, settings: ProbeSettings, now: float) -> float:
+    """Seconds of the record's grace period still to come (0 once it is over)."""
+    return max(0.0, record.booted_at + settings.grace_period_seconds - now)
+
+
+def failed_fast(record: HealthRecord, *, settings: ProbeSettings) -> bool:
+    """True when ``fail_fast_after_probes`` health commands failed in a row: the user asked
+    for a verdict then rather than at the end of the grace period. Only unhealthy results
+    count: the guest answers, so it has booted and its health command says no."""
+    n = settings.fail_fast_after_probes
+    return n > 0 and record.streak_kind == "unhealthy" and record.streak >= n
+
+
 def _grace_verdict(record: HealthRecord, *, settings: ProbeSettings) -> HealthState:
     """What an INITIALIZING instance becomes when its grace period ends."""
     if record.streak_kind == "unhealthy":
@@ -153,7 +181,8 @@ def advance(
     if record.state is HealthState.INITIALIZING:
         if enough and outcome.kind != "unreachable":
             return _with_state(probed, target, now=now)
-        if _grace_over(record, settings=settings, now=now):
+        if _grace_over(record, settings=settings, now=now) or failed_fast(probed,
+                                                                         settings=settings):
             return _with_state(probed, _grace_verdict(probed, settings=settings), now=now)
         return probed
     if enough and target is not record.state:
@@ -163,14 +192,18 @@ def advance(
 
 def settle(record: HealthRecord, *, settings: ProbeSettings, now: float) -> HealthRecord:
     """Apply the grace-period rule without a new probe (never reached → UNKNOWN at grace end)."""
-    if record.state is HealthState.INITIALIZING and _grace_over(record, settings=settings, now=now):
+    over = _grace_over(record, settings=settings, now=now) or failed_fast(record, settings=settings)
+    if record.state is HealthState.INITIALIZING and over:
         return _with_state(record, _grace_verdict(record, settings=settings), now=now)
     return record
 
 
 def is_settled(record: HealthRecord, *, settings: ProbeSettings, now: float) -> bool:
-    """True when a wait for this instance is over: HEALTHY, or the grace period has ended."""
-    return record.state is HealthState.HEALTHY or _grace_over(record, settings=settings, now=now)
+    """True when a wait for this instance is over: HEALTHY, or the grace period has ended
+    (at its time, or early by ``fail_fast_after_probes``)."""
+    return (record.state is HealthState.HEALTHY
+            or _grace_over(record, settings=settings, now=now)
+            or failed_fast(record, settings=settings))
 
 
 # --- probing -----------------------------------------------------------------------------------
@@ -298,10 +331,19 @@ async def wait_settled(
     settings: ProbeSettings,
     clock: Clock,
     on_change: Callable[[str, HealthRecord], None] | None = None,
+    on_waiting: Callable[[str, HealthRecord, float], None] | None = None,
+    on_failed_fast: Callable[[str, HealthRecord], None] | None = None,
+    report_every: float = REPORT_EVERY_SECONDS,
     deadline: float | None = None,
 ) -> dict[str, HealthRecord]:
-    """Probe every target concurrently until each is settled (or ``deadline``); the records."""
+    """Probe every target concurrently until each is settled (or ``deadline``); the records.
+    ``on_change``: a target's state changed. ``on_waiting``: a target is still within its
+    grace period after another ``report_every`` seconds of the wait (with the seconds left).
+    ``on_failed_fast``: ``fail_fast_after_probes`` ended a target's grace period early."""
     result = _initial_records(targets, records, now=clock.monotonic())
+    # reported at a probe, not by a timer of its own: a cancelled sleeper would still move
+    # a FakeClock on to its deadline
+    next_report = dict.fromkeys(result, clock.monotonic() + report_every)
 
     def store(name: str, record: HealthRecord) -> HealthRecord:
         previous = result[name]
@@ -328,7 +370,14 @@ async def wait_settled(
             now = clock.monotonic()
             record = store(name, advance(result[name], outcome, settings=settings, now=now))
             if is_settled(record, settings=settings, now=now):
+                if (on_failed_fast is not None and record.state is not HealthState.HEALTHY
+                        and not _grace_over(record, settings=settings, now=now)):
+                    on_failed_fast(name, record)
                 return
+            if on_waiting is not None and now >= next_report[name]:
+                while next_report[name] <= now:
+                    next_report[name] += report_every
+                on_waiting(name, record, grace_left(record, settings=settings, now=now))
             interval = settings.interval_seconds
             if record.state is HealthState.INITIALIZING:
                 interval = min(_BOOT_INTERVAL, interval)

@@ -25,6 +25,7 @@ from orchestrator.engine.health import (
     HealthState,
     ProbeSettings,
     ProbeTarget,
+    grace_left,
     probe_once,
     record_from_json,
     record_to_json,
@@ -45,7 +46,8 @@ def probe_settings(model: Model, image: Image) -> ProbeSettings:
                          interval_seconds=hp.interval_seconds,
                          timeout_seconds=hp.timeout_seconds,
                          number_of_probes=hp.number_of_probes,
-                         grace_period_seconds=hp.grace_period_seconds)
+                         grace_period_seconds=hp.grace_period_seconds,
+                         fail_fast_after_probes=hp.fail_fast_after_probes)
 
 
 @dataclass
@@ -103,21 +105,44 @@ def _persist(env: Env, set_name: str, instance_id: int, rec: HealthRecord) -> No
 
 async def await_health(probe: Probe, instances: Sequence[InstanceRecord]) -> dict[int, HealthRecord]:
     """Probe ``instances`` until each is settled; their health is persisted as it
-    changes. Returns the final record by instanceId."""
+    changes. Says when a state changes, every 30 s how much of the grace period is left for
+    an instance not yet Healthy, and when failFastAfterProbes ended one's grace period early.
+    Returns the final record by instanceId."""
     if not instances:
         return {}
     env = probe.env
+    settings = probe.settings
     by_name = {i.name: i for i in instances}
     records = {i.name: record_from_json(i.health, env.clock) for i in instances}
     started = env.clock.monotonic()
+    hinted: set[str] = set()
 
     def on_change(name: str, rec: HealthRecord) -> None:
         _persist(env, probe.set_name, by_name[name].instance_id, rec)
         env.progress(f"{name}: {rec.state.value} after {env.clock.monotonic() - started:.1f}s")
 
+    def on_waiting(name: str, rec: HealthRecord, left: float) -> None:
+        hint = ""
+        if (rec.state is HealthState.UNHEALTHY and not settings.fail_fast_after_probes
+                and name not in hinted):
+            # once per instance: the user who wants a verdict sooner learns how to ask
+            hinted.add(name)
+            hint = ("; for a verdict sooner: --health-probe-fail-fast-after-probes N "
+                    "(healthProbe.failFastAfterProbes)")
+        env.progress(f"{name}: {rec.state.value}, still within its grace period: {left:.0f}s "
+                     f"of {settings.grace_period_seconds:g}s left{_why(rec)}{hint}")
+
+    def on_failed_fast(name: str, rec: HealthRecord) -> None:
+        n = settings.fail_fast_after_probes
+        left = grace_left(rec, settings=settings, now=env.clock.monotonic())
+        env.progress(f"{name}: {n} health probes failed in a row (failFastAfterProbes {n}): "
+                     f"{rec.state.value} without waiting out the {left:.0f}s left of its "
+                     f"grace period{_why(rec)}")
+
     final = await wait_settled([probe.target(i) for i in instances], records,
-                               prober=env.prober, settings=probe.settings, clock=env.clock,
-                               on_change=on_change)
+                               prober=env.prober, settings=settings, clock=env.clock,
+                               on_change=on_change, on_waiting=on_waiting,
+                               on_failed_fast=on_failed_fast)
     for name, rec in final.items():
         _persist(env, probe.set_name, by_name[name].instance_id, rec)
     return {by_name[name].instance_id: rec for name, rec in final.items()}

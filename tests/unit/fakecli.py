@@ -45,13 +45,15 @@ def install(world: World, monkeypatch: pytest.MonkeyPatch,
     for name in ("ORCH_METRICS_FILE", "ORCH_LOG_FORMAT", "ORCH_NETWORK", "ORCH_POOL"):
         monkeypatch.delenv(name, raising=False)
 
+    pool = world.env.engine.settings.pool  # the world's, as ORCH_POOL would configure it
+
     def env(app: AppContext) -> Env:
         engine = Engine(hv=world.hv, store=app.store, registry=app.registry, clock=world.clock,
-                        settings=Settings(state_dir=world.state_dir, pool="default",
+                        settings=Settings(state_dir=world.state_dir, pool=pool,
                                           domain_type="qemu"),
                         log=app.progress, offload=inline,
                         fleet=Fleet(app.store, local=world.hv, local_uri=world.hv.uri,
-                                    local_pool="default", connect=world.connect))
+                                    local_pool=pool, connect=world.connect))
         return Env(engine=engine, prober=world.prober, progress=app.progress)
 
     monkeypatch.setattr(AppContext, "env", env)

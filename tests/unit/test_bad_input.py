@@ -58,6 +58,12 @@ def _make_inputs(root: Path) -> Path:
     (inputs / "truncated.qcow2").write_bytes((inputs / "real.qcow2").read_bytes()[:512])
     (inputs / "notes.txt").write_text("this is not a disk image\n")
     (inputs / "random.bin").write_bytes(hashlib.sha512(b"seed").digest() * 15 + b"tail")
+    # whole 512-byte sectors, so only a look for a disk's signatures can tell it is no disk
+    (inputs / "random-sectors.raw").write_bytes(
+        b"".join(hashlib.sha512(i.to_bytes(4, "big")).digest() for i in range(1024)))
+    (inputs / "blank.raw").write_bytes(bytes(1 << 20))
+    (inputs / "swap.raw").write_bytes(bytes(1 << 20))
+    subprocess.run(["mkswap", "-q", str(inputs / "swap.raw")], check=True, capture_output=True)
     (inputs / "empty.img").write_bytes(b"")
     (inputs / "vmlinuz").write_bytes(b"\x7fELF not really a kernel")
     (inputs / "initrd.img").write_bytes(b"070701 not really an initrd")
@@ -228,6 +234,8 @@ YAML_CASES: dict[str, Case] = {
     "range/memoryMiB-negative": apply_doc("spec.memoryMiB", spec={"memoryMiB": -1}),
     "range/vcpus-1e9": apply_doc("spec.vcpus", spec={"vcpus": 10**9}),
     "range/probe-port-0": apply_doc("healthProbe.port", spec={"healthProbe": {"port": 0}}),
+    "range/fail-fast-string": apply_doc("healthProbe.failFastAfterProbes",
+                                        spec={"healthProbe": {"failFastAfterProbes": "3"}}),
     "range/probe-port-65536": apply_doc("healthProbe.port",
                                         spec={"healthProbe": {"port": 65536}}),
     "range/batch-0": apply_doc("maxBatchInstancePercent",
@@ -329,6 +337,11 @@ IMG = ("image", "import", "--name", "good", "--version", "1")
 IMAGE_CASES: dict[str, Case] = {
     "image/text-file": cli(*IMG, "--file", "{inputs}/notes.txt", problem="not a disk image"),
     "image/random-bytes": cli(*IMG, "--file", "{inputs}/random.bin", problem="not a disk image"),
+    "image/random-sectors": cli(*IMG, "--file", "{inputs}/random-sectors.raw",
+                                problem="random-sectors.raw: not a disk image"),
+    "image/blank-sectors": cli(*IMG, "--file", "{inputs}/blank.raw",
+                               problem="blank.raw: not a disk image"),
+    "image/swap-area": cli(*IMG, "--file", "{inputs}/swap.raw", problem="swap"),
     "image/empty-file": cli(*IMG, "--file", "{inputs}/empty.img", problem="empty"),
     "image/vdi": cli(*IMG, "--file", "{inputs}/disk.vdi", problem="format 'vdi' not supported"),
     "image/backing-file": cli(*IMG, "--file", "{inputs}/backed.qcow2", problem="backing file"),
@@ -433,6 +446,10 @@ FLAG_CASES: dict[str, Case] = {
     "create/pause-5s": cli(*CREATE, "--pause-time-between-batches", "5s", problem="duration"),
     "create/grace-negative": cli(*CREATE, "--health-probe-grace-period", "-1",
                                  problem="gracePeriodSeconds"),
+    "create/fail-fast-negative": cli(*CREATE, "--health-probe-fail-fast-after-probes", "-1",
+                                     problem="failFastAfterProbes"),
+    "create/fail-fast-too-many": cli(*CREATE, "--health-probe-fail-fast-after-probes", "101",
+                                     problem="failFastAfterProbes"),
     "create/mode": cli(*CREATE, "--upgrade-policy-mode", "Sometimes",
                        problem="--upgrade-policy-mode"),
     "create/max-surge-maybe": cli(*CREATE, "--max-surge", "maybe", problem="--max-surge"),

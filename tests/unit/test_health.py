@@ -50,10 +50,12 @@ def outcome(kind: OutcomeKind) -> ProbeOutcome:
 
 
 def feed(
-    kinds: list[OutcomeKind], *, n: int = 1, grace: float = 300, step: float = 1.0
+    kinds: list[OutcomeKind], *, n: int = 1, grace: float = 300, step: float = 1.0,
+    fail_fast: int = 0,
 ) -> list[HealthRecord]:
     """The records after each outcome, one outcome every ``step`` seconds from boot at 0."""
-    cfg = ProbeSettings(number_of_probes=n, grace_period_seconds=grace)
+    cfg = ProbeSettings(number_of_probes=n, grace_period_seconds=grace,
+                        fail_fast_after_probes=fail_fast)
     record = HealthRecord.initial(0.0)
     seen = []
     for i, kind in enumerate(kinds):
@@ -146,6 +148,35 @@ def test_is_settled() -> None:
     unhealthy = feed([U])[0]
     assert not is_settled(unhealthy, settings=cfg, now=1.0)
     assert is_settled(unhealthy, settings=cfg, now=10.0)
+
+
+@pytest.mark.parametrize(
+    ("kinds", "n", "expected", "settled"),
+    [
+        ([U, U, U], 1, [UNHEALTHY] * 3, [False, False, True]),  # the wait ends at the third
+        ([U, U, U], 5, [INIT, INIT, UNHEALTHY], [False, False, True]),  # the grace verdict
+        # the guest does not answer yet: unreachable results are no failed probes
+        ([X, X, X, U, U, U], 5, [INIT] * 5 + [UNHEALTHY], [False] * 5 + [True]),
+        ([U, U, H, U, U], 5, [INIT] * 5, [False] * 5),  # in a row only
+        ([U, U, X, U], 1, [UNHEALTHY, UNHEALTHY, UNKNOWN, UNHEALTHY], [False] * 4),
+        ([U, U, U], 3, [INIT, INIT, UNHEALTHY], [False, False, True]),
+    ],
+)
+def test_fail_fast_ends_the_grace_period_after_failed_probes_in_a_row(
+    kinds: list[OutcomeKind], n: int, expected: list[HealthState], settled: list[bool]
+) -> None:
+    cfg = ProbeSettings(number_of_probes=n, fail_fast_after_probes=3)
+    records = feed(kinds, n=n, fail_fast=3)
+    assert [r.state for r in records] == expected
+    assert [is_settled(r, settings=cfg, now=i + 1.0) for i, r in enumerate(records)] == settled
+
+
+def test_without_fail_fast_an_unhealthy_instance_waits_out_its_grace_period() -> None:
+    cfg = ProbeSettings(grace_period_seconds=300)
+    assert cfg.fail_fast_after_probes == 0  # off by default
+    records = feed([U] * 100)
+    assert all(r.state is UNHEALTHY for r in records)
+    assert not any(is_settled(r, settings=cfg, now=i + 1.0) for i, r in enumerate(records))
 
 
 # --- the state machine: properties ---------------------------------------------------------------
@@ -426,3 +457,53 @@ def test_probe_once_runs_one_round() -> None:
 
     assert {n: r.state for n, r in result.items()} == {"a": HEALTHY, "b": INIT, "c": INIT}
     assert {n: len(c) for n, c in prober.calls.items()} == {"a": 1, "b": 1, "c": 1}
+
+
+def test_a_long_wait_says_every_30s_how_much_grace_is_left_not_every_probe() -> None:
+    clock = FakeClock()
+    t0 = clock.monotonic()
+    # a broken image: SSH answers after 6 s, the health command fails from then on
+    prober = ScriptedProber(clock, t0, {"a": lambda t: U if t >= 6 else X})
+    cfg = ProbeSettings(interval_seconds=5, grace_period_seconds=300)
+    changes: list[tuple[HealthState, float]] = []
+    waiting: list[tuple[str, HealthState, float, float]] = []
+
+    result = run(lambda: wait_settled(
+        targets("a"), {}, prober=prober, settings=cfg, clock=clock,
+        on_change=lambda name, rec: changes.append((rec.state, clock.monotonic() - t0)),
+        on_waiting=lambda name, rec, left: waiting.append(
+            (name, rec.state, clock.monotonic() - t0, left))))
+
+    assert result["a"].state is UNHEALTHY
+    assert changes[0][0] is UNHEALTHY and 6 <= changes[0][1] < 7.5
+    # the wait goes on until the grace period ends, and says so twice a minute meanwhile
+    assert [w[0] for w in waiting] == ["a"] * 9
+    at = [w[2] for w in waiting]
+    assert all(30 * (k + 1) <= t < 30 * (k + 1) + 5.5 for k, t in enumerate(at)), at
+    assert [w[1] for w in waiting] == [UNHEALTHY] * 9
+    assert all(left == pytest.approx(300 - t) for t, left in zip(at, [w[3] for w in waiting]))
+    assert len(prober.calls["a"]) > 5 * len(waiting)  # far fewer lines than probes
+
+
+def test_a_short_wait_says_nothing_while_waiting() -> None:
+    clock = FakeClock()
+    prober = ScriptedProber(clock, clock.monotonic(), {"a": ready_at(7.0)})
+    waiting: list[str] = []
+    run(lambda: wait_settled(targets("a"), {}, prober=prober, settings=ProbeSettings(),
+                             clock=clock, on_waiting=lambda name, rec, left: waiting.append(name)))
+    assert waiting == []
+
+
+def test_fail_fast_ends_the_wait_after_that_many_failed_probes_once_ssh_answers() -> None:
+    clock = FakeClock()
+    t0 = clock.monotonic()
+    prober = ScriptedProber(clock, t0, {"a": lambda t: U if t >= 20 else X})
+    cfg = ProbeSettings(interval_seconds=5, number_of_probes=1, grace_period_seconds=300,
+                        fail_fast_after_probes=3)
+
+    result = run(lambda: wait_settled(targets("a"), {}, prober=prober, settings=cfg, clock=clock))
+
+    assert result["a"].state is UNHEALTHY
+    # SSH answers at 20 s: Unhealthy at once, then two more failed probes 5 s apart
+    assert 30 <= clock.monotonic() - t0 < 31
+    assert [t for t in prober.calls["a"] if t >= 20] == pytest.approx([20, 25, 30], abs=0.5)

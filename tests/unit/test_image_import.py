@@ -4,6 +4,7 @@ the image; the domain built for each boot style is the one the golden XML files 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import subprocess
 from pathlib import Path
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from orchestrator.errors import InvalidInput
-from orchestrator.images import Registry, file_sha256
+from orchestrator.images import Registry, file_sha256, raw_disk_signature
 from orchestrator.store import Store
 
 NOW = "2026-11-28T00:00:00Z"
@@ -32,7 +33,72 @@ def registry(tmp_path: Path) -> Registry:
 def disk(tmp_path: Path, fmt: str, size: str = "16M") -> Path:
     path = tmp_path / f"download.{fmt}"
     subprocess.run(["qemu-img", "create", "-q", "-f", fmt, str(path), size], check=True)
+    if fmt == "raw":  # a raw disk must look like one: an MBR with one Linux partition
+        subprocess.run(["sfdisk", "-q", str(path)], input=b"start=2048, type=83\n",
+                       check=True, capture_output=True)
     return path
+
+
+def _tool(*cmd: str, input: bytes | None = None) -> None:
+    subprocess.run(cmd, input=input, check=True, capture_output=True)
+
+
+def _boot_signature_only(path: Path) -> None:
+    """A sector 0 holding nothing but the 0x55AA boot signature (an MBR with no partition)."""
+    with path.open("r+b") as fh:
+        fh.seek(510)
+        fh.write(b"\x55\xaa")
+
+
+# every way a raw file shows it is a disk, made by the tools that make them
+RAW_LAYOUTS = {
+    "mbr": lambda p: _tool("sfdisk", "-q", str(p), input=b"start=2048, type=83\n"),
+    "gpt": lambda p: _tool("sfdisk", "-q", str(p), input=b"label: gpt\nstart=2048\n"),
+    "boot-signature": _boot_signature_only,
+    "ext4": lambda p: _tool("mkfs.ext4", "-q", "-F", str(p)),
+    "fat": lambda p: _tool("mkfs.vfat", str(p)),
+}
+
+
+@pytest.mark.parametrize("layout", list(RAW_LAYOUTS))
+def test_a_raw_file_that_looks_like_a_disk_is_imported(registry: Registry, tmp_path: Path,
+                                                      layout: str) -> None:
+    source = tmp_path / "download.img"
+    source.write_bytes(bytes(16 << 20))
+    RAW_LAYOUTS[layout](source)
+    image = registry.import_image("cloud", "1", file=source, now=NOW)
+    assert qemu_img_info(image.disk)["format"] == "qcow2"
+
+
+def test_an_iso9660_filesystem_is_a_disk(tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    tree.mkdir()
+    (tree / "README").write_text("hello\n")
+    iso = tmp_path / "download.iso"
+    _tool("genisoimage", "-quiet", "-o", str(iso), str(tree))
+    assert raw_disk_signature(iso) == "filesystem iso9660"
+
+
+@pytest.mark.parametrize("content", [
+    bytes(1 << 20),
+    b"".join(hashlib.sha512(bytes([i, j])).digest() for i in range(16) for j in range(128)),
+], ids=["zeros", "random-bytes"])
+def test_a_raw_file_of_zeros_or_random_bytes_is_refused_naming_it(
+        registry: Registry, tmp_path: Path, content: bytes) -> None:
+    source = tmp_path / "download.img"
+    source.write_bytes(content)
+    assert len(content) % 512 == 0  # whole sectors: the size alone does not give it away
+    with pytest.raises(InvalidInput, match=f"^{source}: not a disk image .*blkid found none"):
+        registry.import_image("cloud", "1", file=source, now=NOW)
+    assert registry.list() == [] and not registry.root.exists()  # nothing registered
+
+
+def test_a_swap_area_is_not_a_disk(tmp_path: Path) -> None:
+    source = tmp_path / "swap.img"
+    source.write_bytes(bytes(1 << 20))
+    _tool("mkswap", "-q", str(source))
+    with pytest.raises(InvalidInput, match="only a swap signature"):
+        raw_disk_signature(source)
 
 
 @pytest.mark.parametrize("fmt", ["raw", "qcow2"])

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from orchestrator.errors import InvalidInput
+from orchestrator.errors import InvalidInput, OperationFailed
 from orchestrator.images import RECIPES, recipes_dir
 from orchestrator.model import ScaleSetSpec, validate
 from tests.world import Upgrades, World
@@ -87,6 +87,118 @@ class TestRecipes:
         assert image.ssh_user == "debian" and image.min_memory_mib == 256 and image.kernel is None
         manifest = json.loads((image.directory / "manifest.json").read_text())
         assert manifest["virtualSize"] == 16 * 2**20 and "disk" in manifest["sha256"]
+
+
+# A stand-in for a recipe: the real shared helpers, a named step that runs a tool under
+# `quiet` (its output in the log), as images/debian-12/build.sh runs mmdebstrap.
+FAILING_RECIPE = r"""#!/bin/bash
+set -Eeuo pipefail
+. "$REAL_LIB"
+TMP=
+LOG=/dev/null
+STEP="starting"
+bootstrap() {
+    "$TOOLS/fake-mmdebstrap" --mode=unshare "$1"
+}
+main() {
+    STEP="checking tools"
+    [[ ${FAIL:-} != die ]] || die "frobnicate not found (apt-get install frobnicate)"
+    begin_build fake
+    # an earlier tool's output, in the same log: not the reason of a later failure
+    quiet echo "Setting up libgpg-error0; an error that was not"
+    STEP="mmdebstrap bookworm"
+    [[ ${FAIL:-} != tool ]] || quiet bootstrap "$TMP/rootfs.tar"
+    [[ ${FAIL:-} != quiet ]] || quiet "$TOOLS/fake-mmdebstrap" --variant=apt "$TMP/rootfs.tar"
+    STEP="measuring the disk"
+    local size
+    [[ ${FAIL:-} != substitution ]] || size=$(stat -c %s "$TMP/no-such-disk.raw")
+    echo "fake: done ${size:-}"
+}
+main "$@"
+"""
+# Like mmdebstrap: progress on stdout, the reason on stderr, a status of its own.
+FAKE_TOOL = """#!/bin/sh
+echo "I: chroot architecture amd64 is equal to the host's architecture"
+echo "E: cannot reach deb.debian.org: Temporary failure resolving" >&2
+echo "25% done"
+exit 25
+"""
+
+
+class TestRecipeErrors:
+    """A failing recipe says which step failed and why, from the recipe's own error line."""
+
+    @pytest.fixture
+    def recipe(self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+        recipes = tmp_path / "recipes"
+        script = recipes / "debian-12" / "build.sh"
+        script.parent.mkdir(parents=True)
+        script.write_text(FAILING_RECIPE)
+        tools = tmp_path / "tools"
+        tools.mkdir()
+        (tools / "fake-mmdebstrap").write_text(FAKE_TOOL)
+        (tools / "fake-mmdebstrap").chmod(0o755)
+        monkeypatch.setenv("ORCH_IMAGES_DIR", str(recipes))
+        monkeypatch.setenv("REAL_LIB", str(Path(__file__).parents[2] / "images/lib/recipe.sh"))
+        monkeypatch.setenv("TOOLS", str(tools))
+        monkeypatch.setenv("TMPDIR", str(tmp_path))
+        return script
+
+    def fail(self, world: World, monkeypatch: pytest.MonkeyPatch, how: str) -> str:
+        monkeypatch.setenv("FAIL", how)
+        with pytest.raises(OperationFailed) as exc:
+            world.registry.build("debian-12", "1", now="2026-01-01T00:00:00Z")
+        message = exc.value.one_line()
+        assert "\n" not in message
+        assert [i.ref for i in world.registry.list()] == ["tiny:1"]  # nothing registered
+        return message
+
+    def test_a_tool_run_quietly_names_the_step_the_command_and_the_tool_s_reason(
+            self, world: World, recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        message = self.fail(world, monkeypatch, "tool")
+        assert message.startswith("image recipe debian-12 failed: step mmdebstrap bookworm: ")
+        # the command as the recipe writes it
+        assert '"$TOOLS/fake-mmdebstrap" --mode=unshare "$1" exited 25' in message
+        # why, from the tool's log: its last error line, not the progress printed after it
+        assert message.endswith(": E: cannot reach deb.debian.org: Temporary failure resolving")
+
+    def test_a_tool_run_by_quiet_itself_is_named_with_its_arguments(
+            self, world: World, recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        message = self.fail(world, monkeypatch, "quiet")
+        assert message.startswith("image recipe debian-12 failed: step mmdebstrap bookworm: "
+                                  f"{os.environ['TOOLS']}/fake-mmdebstrap --variant=apt ")
+        assert "exited 25" in message and '"$@"' not in message
+        assert message.endswith(": E: cannot reach deb.debian.org: Temporary failure resolving")
+
+    def test_a_failed_command_substitution_is_reported_once_by_its_command(
+            self, world: World, recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        message = self.fail(world, monkeypatch, "substitution")
+        assert message.startswith("image recipe debian-12 failed: step measuring the disk: stat")
+        assert "exited 1" in message and "size=" not in message
+        assert "libgpg" not in message  # stat said why on stderr; the log is other tools'
+
+    def test_die_names_the_step_and_the_reason(
+            self, world: World, recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        message = self.fail(world, monkeypatch, "die")
+        assert message == ("image recipe debian-12 failed: step checking tools: frobnicate "
+                           "not found (apt-get install frobnicate)")
+
+    def test_the_recipe_s_line_wins_over_what_is_printed_after_it(
+            self, world: World, recipe: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+        recipe.write_text(FAILING_RECIPE.replace(
+            'main "$@"', 'trap \'cleanup; echo "rm: cannot remove x" >&2\' EXIT\nmain "$@"'))
+        message = self.fail(world, monkeypatch, "tool")
+        assert "step mmdebstrap bookworm" in message and "rm: cannot remove" not in message
+
+    @pytest.mark.parametrize(("body", "expected"), [
+        ('echo "one"; echo "the last word" >&2; exit 3', "the last word"),
+        ("exit 3", "exit 3"),
+    ], ids=["last-stderr-line", "nothing-said"])
+    def test_without_the_recipe_s_line_the_last_stderr_line_or_the_status(
+            self, world: World, recipe: Path, monkeypatch: pytest.MonkeyPatch,
+            body: str, expected: str) -> None:
+        recipe.write_text(f"#!/bin/bash\n{body}\n")
+        assert self.fail(world, monkeypatch, "") == f"image recipe debian-12 failed: {expected}"
 
 
 def test_recipe_scripts_are_shellcheck_clean() -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import itertools
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,7 @@ from orchestrator.errors import OperationFailed
 from orchestrator.hypervisor.base import MUTATING_VERBS
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord
-from tests.world import Upgrades, World, snapshot
+from tests.world import Upgrades, World, make_world, snapshot
 
 from .fakecli import FakeCli, install
 
@@ -184,6 +185,84 @@ class TestPredictions:
         assert "BATCH" in out and "in place" in out
         assert "outcome: Completed after" in out
         assert "predicted with boot 7.0 s measured on 5 instances" in out
+
+
+class TestSurgeRoomOnEveryLayout:
+    """`vmss plan --max-surge true` judges the room for a surge batch on the pools the set's
+    hosts really have: the lab's single host with its pool ``orchlab`` (ORCH_POOL), and
+    registered hosts whose pools are named otherwise (the lab's ``lab-N``), also with the
+    set still on the implicit host, made before the hosts were registered."""
+
+    LAYOUTS = ("lab-pool", "hosts-with-their-own-pools", "hosts-and-default-pool",
+               "local-then-hosts")
+
+    def add_hosts(self, world: World) -> None:
+        for n in (1, 2):
+            world.add_host(f"lab-{n}", fault_domain=f"fd-{n}", pool=f"lab-{n}",
+                           network=f"lab-{n}")
+
+    def world_of(self, tmp_path: Path, layout: str) -> World:
+        world = make_world(tmp_path / "world", pool="default" if layout.endswith(
+            "default-pool") else "orchlab")
+        if layout.startswith("hosts"):
+            self.add_hosts(world)
+        world.register_image("tiny", "2")
+        return world
+
+    @pytest.fixture(params=LAYOUTS)
+    def lab(self, request: pytest.FixtureRequest, tmp_path: Path,
+            monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+            ) -> tuple[World, FakeCli]:
+        world = self.world_of(tmp_path, request.param)
+        cli = install(world, monkeypatch, capsys)
+        code, _, err = cli.run("vmss", "create", "--name", "web", "--image", "tiny:1",
+                               "--instance-count", "2", "--network", "orchlab",
+                               "--upgrade-policy-mode", "Rolling")
+        assert code == 0, err
+        if request.param == "local-then-hosts":
+            self.add_hosts(world)
+            assert {i.host for i in world.store.list_instances("web")} == {"local"}
+        return world, cli
+
+    @pytest.mark.parametrize("image", ["tiny:1", "tiny:2"])
+    def test_the_surge_verdict_is_given_and_nothing_changes(
+            self, lab: tuple[World, FakeCli], image: str) -> None:
+        world, cli = lab
+        before = snapshot(world.state_dir)
+        code, out, err = cli.run("vmss", "plan", "--name", "web", "--image", image,
+                                 "--max-surge", "true", "-o", "json")
+        assert code == 0, err
+        result = json.loads(out)
+        assert result["maxSurge"] is True
+        if image == "tiny:1":  # the policy changes, the model does not: nothing to roll
+            assert result["outcome"] == "NothingToDo" and result["batches"] == []
+        else:
+            assert result["outcome"] == "Completed", result
+            assert {b["action"] for b in result["batches"]} == {"surge"}
+            assert sum(len(b["newInstances"]) for b in result["batches"]) == 2
+        assert snapshot(world.state_dir) == before
+
+    def test_no_room_in_the_hosts_pools_is_refused_naming_what_is_missing(
+            self, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> None:
+        world = self.world_of(tmp_path, "hosts-with-their-own-pools")
+        cli = install(world, monkeypatch, capsys)
+        assert cli.run("vmss", "create", "--name", "web", "--image", "tiny:1",
+                       "--instance-count", "2", "--network", "orchlab",
+                       "--upgrade-policy-mode", "Rolling")[0] == 0
+        for n in (1, 2):
+            hv = world.fakes[f"qemu+tcp://lab-{n}/system"]
+            info = hv.pool_info(f"lab-{n}")
+            hv.set_pool_capacity(f"lab-{n}", info.capacity_bytes - info.available_bytes + 2**20)
+        before = snapshot(world.state_dir)
+        code, out, err = cli.run("vmss", "plan", "--name", "web", "--image", "tiny:2",
+                                 "--max-surge", "true")
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert "maxSurge needs" in err and "lab-1: 1 MiB free in its pool" in err
+        assert snapshot(world.state_dir) == before
+        code, out, real = cli.run("vmss", "update", "--name", "web", "--image", "tiny:2",
+                                  "--max-surge", "true")
+        assert (code, out, real) == (2, "", err)  # the verdict the real update gives
 
 
 class TestChangesNothing:

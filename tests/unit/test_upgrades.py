@@ -3,6 +3,7 @@ Automatic, Rolling in place and with MaxSurge, thresholds, rollback, cancel, rei
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
@@ -11,6 +12,8 @@ from orchestrator.errors import InvalidInput, OperationFailed
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import ScaleSetSpec, validate
 from tests.world import Upgrades, World
+
+from .fakecli import FakeCli, install
 
 
 def make_set(world: World, *, mode: str = "Rolling", capacity: int = 3,
@@ -254,6 +257,62 @@ class TestRolling:
         status = up.latest_status("web")
         assert status["surge"] is False and "fell back to in-place" in status["surgeFallback"]
         assert sorted(gens(world)) == [0, 1, 2]
+
+
+class TestGracePeriod:
+    """A rollout onto a broken image through the CLI: the wait for the batch says how much
+    of the grace period is left, and ``--health-probe-fail-fast-after-probes`` cuts it short
+    (docs/semantics.md#grace-period)."""
+
+    @pytest.fixture
+    def cli(self, world: World, monkeypatch: pytest.MonkeyPatch,
+            capsys: pytest.CaptureFixture[str]) -> FakeCli:
+        return install(world, monkeypatch, capsys)
+
+    def roll_onto_broken(self, world: World, cli: FakeCli,
+                         *flags: str) -> tuple[int, list[str], float]:
+        """(exit code, stderr lines, fake seconds) of `vmss update` of a Rolling set of 2 onto
+        a broken image, with ``flags`` given at create."""
+        code, _, err = cli.run("vmss", "create", "--name", "web", "--image", "tiny:1",
+                               "--instance-count", "2", "--upgrade-policy-mode", "Rolling",
+                               "--max-batch-instance-percent", "50",
+                               "--max-unhealthy-instance-percent", "50", *flags)
+        assert code == 0, err
+        world.register_image("tiny", "3")
+        break_image(world, "tiny:3")
+        started = world.clock.monotonic()
+        code, _, err = cli.run("vmss", "update", "--name", "web", "--image", "tiny:3")
+        # progress lines start with the command's elapsed time, "[   12.3s] "
+        lines = [re.sub(r"^\[\s*[0-9.]+s\] ", "", line) for line in err.splitlines()]
+        return code, lines, world.clock.monotonic() - started
+
+    def test_the_wait_says_every_30s_how_much_grace_is_left(
+            self, world: World, cli: FakeCli) -> None:
+        code, lines, took = self.roll_onto_broken(world, cli)
+        assert code == 1 and "Faulted" in lines[-1]
+        unhealthy = [n for n, line in enumerate(lines) if line.startswith("web-0: Unhealthy after")]
+        waiting = [line for line in lines if "still within its grace period" in line]
+        assert unhealthy and waiting, lines
+        # one line about every 30 s of the 300 s default (not one per probe), each saying
+        # how long is left and why the instance is not Healthy
+        assert 8 <= len(waiting) <= 10, waiting
+        assert waiting[0].startswith("web-0: Unhealthy, still within its grace period: 2")
+        assert "s of 300s left" in waiting[0] and "health command exit 1" in waiting[0]
+        lefts = [int(line.split("grace period: ")[1].split("s of")[0]) for line in waiting]
+        assert lefts == sorted(lefts, reverse=True) and lefts[-1] < 30
+        assert 300 <= took < 330
+
+    def test_fail_fast_after_probes_gives_the_verdict_after_that_many_failures(
+            self, world: World, cli: FakeCli) -> None:
+        code, lines, took = self.roll_onto_broken(
+            world, cli, "--health-probe-fail-fast-after-probes", "3")
+        assert code == 1 and "Faulted" in lines[-1], lines
+        assert took < 30  # boot, then three failed probes 5 s apart: not 300 s of grace
+        assert not [line for line in lines if "still within its grace period" in line]
+        assert any(line.startswith("web-0: 3 health probes failed in a row") for line in lines)
+        spec = world.env.spec_of("web")
+        assert spec.model.health_probe.fail_fast_after_probes == 3
+        assert gens(world)[1] == (1, "tiny:1")  # the second batch never started
 
 
 class TestReimage:

@@ -16,6 +16,8 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.world import snapshot
+
 from .conftest import Orch, libvirt_objects, record_boots
 
 pytestmark = pytest.mark.vm
@@ -190,6 +192,44 @@ def test_rolling_surge_replaces_instances_and_leaves_nothing(orch: Orch, set_nam
 
     orch.run("vmss", "delete", "--name", set_name)
     assert libvirt_objects(f"{set_name}-") == NOTHING
+
+
+def test_plan_of_a_surge_in_the_lab_gives_its_verdict_and_changes_nothing(
+        orch: Orch, set_name: str) -> None:
+    """`vmss plan --max-surge true` of a set made without MaxSurge, as a new user runs it in
+    the lab (pool orchlab): the room for a surge batch is judged on the lab's own pool and
+    network, and neither the state dir nor libvirt changes."""
+    create(orch, set_name, 2, "--upgrade-policy-mode", "Rolling")
+    ids = [(i["instanceId"], i["image"]) for i in orch.instances(set_name)]
+    assert ids == [(0, "tiny:1"), (1, "tiny:1")]
+    def libvirt_now() -> dict[str, list[str]]:
+        # virtlogd's console logs are files in the pool that libvirt lists once the pool is
+        # refreshed, as the plan's read of its free space does: not made by the plan
+        held = libvirt_objects(f"{set_name}-")
+        return {**held, "volumes": [v for v in held["volumes"]
+                                    if not v.endswith("-console.log")]}
+
+    # taken after list-instances, which records the probes it makes
+    before = (snapshot(orch.state_dir), libvirt_now())
+
+    surge = orch.run("vmss", "plan", "--name", set_name, "--image", "tiny:2",
+                     "--max-surge", "true", "-o", "json", check=False)
+    assert surge.returncode == 0, surge.stderr
+    plan = json.loads(surge.stdout)
+    assert plan["outcome"] == "Completed" and plan["maxSurge"] is True, plan
+    assert [b["action"] for b in plan["batches"]] == ["surge"] * 2, plan
+    assert [b["newInstances"] for b in plan["batches"]] == [[2], [3]], plan
+    # the command of the report: the image the set already runs, so only the policy changes
+    same = orch.run("vmss", "plan", "--name", set_name, "--image", "tiny:1",
+                    "--max-surge", "true", "-o", "json", check=False)
+    assert same.returncode == 0, same.stderr
+    assert json.loads(same.stdout)["outcome"] == "NothingToDo"
+
+    assert (snapshot(orch.state_dir), libvirt_now()) == before
+    shown = orch.json("vmss", "show", "--name", set_name)
+    assert shown["generation"] == 1, shown
+    assert shown["upgradePolicy"]["rollingUpgradePolicy"]["maxSurge"] is False, shown
+    assert [(i["instanceId"], i["image"]) for i in orch.instances(set_name)] == ids
 
 
 # --- Manual, then Automatic --------------------------------------------------------------

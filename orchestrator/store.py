@@ -517,6 +517,15 @@ class Store:
                 (status, json.dumps(detail), now, op_id),
             )
 
+    def forget_operation(self, op_id: int) -> bool:
+        """Remove an operation that turned out to be bad input before it took any step:
+        bad input leaves the journal as it was. False (kept) if it took steps."""
+        with self.transaction():
+            cur = self._db.execute(
+                "DELETE FROM operations WHERE id=? AND NOT EXISTS "
+                "(SELECT 1 FROM steps WHERE operation_id=?)", (op_id, op_id))
+        return cur.rowcount == 1
+
     def list_operations(self, set_name: str | None = None) -> list[OperationRecord]:
         if set_name is None:
             rows = self._db.execute("SELECT * FROM operations ORDER BY id")

@@ -30,7 +30,7 @@ from orchestrator import locks, ssh
 from orchestrator.clock import Clock
 from orchestrator.engine.context import Engine, one_line
 from orchestrator.engine.health import Prober
-from orchestrator.errors import NotFound
+from orchestrator.errors import InvalidInput, NotFound
 from orchestrator.hypervisor.base import Hypervisor
 from orchestrator.images import Image, Registry
 from orchestrator.model import LATEST, Model, ScaleSetSpec, validate
@@ -193,6 +193,13 @@ async def open_session(env: Env, set_name: str, kind: str) -> AsyncIterator[Sess
             yield Session(env=env, set_name=set_name, kind=kind, operation_id=entry.id)
 
 
+def _forgotten(store: Store, op_id: int) -> bool:
+    """Bad input refused before any step leaves the journal as it was."""
+    with contextlib.suppress(Exception):  # a dead store must not hide the cause
+        return store.forget_operation(op_id)
+    return False
+
+
 @dataclass
 class Entry:
     """An operation of the journal being written: its id, and the detail it ends with
@@ -214,9 +221,10 @@ def journal(env: Env, set_name: str, kind: str) -> Iterator[Entry]:
     try:
         yield entry
     except BaseException as exc:
-        with contextlib.suppress(Exception):  # a dead store must not hide the cause
-            store.end_operation(entry.id, "failed", {**entry.detail, "error": one_line(exc)},
-                                now=engine.now())
+        if not (isinstance(exc, InvalidInput) and _forgotten(store, entry.id)):
+            with contextlib.suppress(Exception):  # a dead store must not hide the cause
+                store.end_operation(entry.id, "failed",
+                                    {**entry.detail, "error": one_line(exc)}, now=engine.now())
         raise
     finally:
         engine.operation_id = outer

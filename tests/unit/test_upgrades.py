@@ -230,8 +230,10 @@ class TestRolling:
     def test_surge_without_room_is_refused_before_anything(self, world: World) -> None:
         up = make_set(world, rolling={"maxSurge": True})
         world.hv.set_pool_capacity("default", 4 * 2**30)
+        journal = world.store.list_operations("web")
         with pytest.raises(InvalidInput, match="maxSurge needs"):
             up.update("web", {"model": {"image": "tiny:2"}})
+        assert world.store.list_operations("web") == journal  # not even a failed entry
         assert gens(world) == {0: (1, "tiny:1"), 1: (1, "tiny:1"), 2: (1, "tiny:1")}
         assert world.store.latest_rolling_upgrade("web") is None
         # bad input changes nothing: the model is not recorded either

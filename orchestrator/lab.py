@@ -1,7 +1,8 @@
 """The lab sandbox: libvirt running inside a network namespace of our own.
 
-Owned here: the ``orchlab`` network namespace, the virtlogd and libvirtd daemons started in it
-(tracked by pid files under ``<state_dir>/lab/``), the isolated libvirt network ``orchlab`` and
+Owned here: where the one lab of this machine lives (``lab_home``: every state dir finds the
+same lab), the ``orchlab`` network namespace, the virtlogd and libvirtd daemons started in it
+(tracked by pid files under ``<lab home>/lab/``), the isolated libvirt network ``orchlab`` and
 the ``dir`` storage pool ``orchlab``; the environment ``orch lab exec`` gives its command; the
 verbs over the whole lab, its simulated hosts (``labhosts``) included.
 Called by: cli.app, cli.labcmds (``orch lab up|down|status|hosts|exec``, the domain type
@@ -287,8 +288,17 @@ def lab_hosts(state_dir: Path) -> list[LabHost]:
     return list(labhosts.hosts_status(state_dir))
 
 
-def lab_exec(state_dir: Path, argv: Sequence[str]) -> int:
-    """Run ``argv`` inside the lab namespace with the lab as default; return its exit code.
+def lab_home() -> Path:
+    """Where the lab keeps its daemons' pid files and logs, its pool and its hosts: one
+    place per machine (the namespace, the bridge and the addresses are one per machine too),
+    ``ORCH_LAB_HOME`` or /var/lib/orchestrator, whatever state dir a command uses."""
+    return Path(os.environ.get("ORCH_LAB_HOME", "/var/lib/orchestrator"))
+
+
+def lab_exec(state_dir: Path, argv: Sequence[str], *, home: Path | None = None) -> int:
+    """Run ``argv`` inside the lab namespace with the lab as default and ``state_dir`` as
+    the state dir; return its exit code. ``home``: the lab's (``lab_home``), by default
+    ``state_dir``.
 
     Only the network namespace is entered (``nsenter --net``), not a mount namespace of its
     own as ``ip netns exec`` would make: so what the command mounts, such as the namespaces
@@ -296,7 +306,7 @@ def lab_exec(state_dir: Path, argv: Sequence[str]) -> int:
     if not argv:
         raise EnvironmentProblem("lab exec needs a command", hint="orch lab exec -- CMD")
     require_root()
-    libvirtd = daemon_pid(_libvirtd(state_dir))
+    libvirtd = daemon_pid(_libvirtd(state_dir if home is None else home))
     if not netns_exists(LAB_NAMESPACE) or libvirtd is None:
         raise EnvironmentProblem("the lab is not up", hint="run `orch lab up`")
     env = dict(os.environ)

@@ -1,5 +1,6 @@
 """`orch lab ...`: the sandboxed lab (libvirtd in network namespace orchlab, and simulated
-hosts).
+hosts), one per machine (``lab.lab_home``) whatever the state dir; the state dir only gets
+the lab's hosts registered (``lab up``) or forgotten (``lab down``).
 
 Owned here: the ``orch lab`` commands and their flags; ``lab`` does the work.
 Called by: cli (importing it registers the commands)
@@ -40,7 +41,8 @@ def _lab_show(app: AppContext, status: Any) -> None:
 def lab_up(app: AppContext, hosts: int | None) -> None:
     """Start virtlogd, libvirtd, network and pool in namespace orchlab, and the simulated
     hosts asked for (idempotent)."""
-    status = lab_mod.lab_up(app.ensure_state_dir(), hosts=hosts, progress=app.progress)
+    app.ensure_state_dir()
+    status = lab_mod.lab_up(lab_mod.lab_home(), hosts=hosts, progress=app.progress)
     _sync_hosts(app)
     _lab_show(app, status)
 
@@ -50,7 +52,7 @@ def _sync_hosts(app: AppContext) -> None:
     from orchestrator.usecases.hosts import sync_lab_hosts
 
     hosts = [(h.name, h.uri, h.fault_domain, h.network, h.pool)
-             for h in lab_mod.lab_hosts(app.state_dir) if h.up]
+             for h in lab_mod.lab_hosts(lab_mod.lab_home()) if h.up]
     for line in sync_lab_hosts(app.store, hosts, now=iso(RealClock().now())):
         app.progress(line)
 
@@ -59,7 +61,8 @@ def _sync_hosts(app: AppContext) -> None:
 @pass_app
 def lab_down(app: AppContext) -> None:
     """Stop what `lab up` started and remove the namespace (set definitions are kept)."""
-    status = lab_mod.lab_down(app.ensure_state_dir(), progress=app.progress)
+    app.ensure_state_dir()
+    status = lab_mod.lab_down(lab_mod.lab_home(), progress=app.progress)
     _sync_hosts(app)
     _lab_show(app, status)
 
@@ -68,7 +71,7 @@ def lab_down(app: AppContext) -> None:
 @pass_app
 def lab_status(app: AppContext) -> None:
     """Show whether the lab is up."""
-    _lab_show(app, lab_mod.lab_status(app.ensure_state_dir()))
+    _lab_show(app, lab_mod.lab_status(lab_mod.lab_home()))
 
 
 _HOST_COLUMNS = (("name", "NAME"), ("uri", "URI"), ("faultDomain", "FAULT DOMAIN"),
@@ -81,7 +84,7 @@ _HOST_COLUMNS = (("name", "NAME"), ("uri", "URI"), ("faultDomain", "FAULT DOMAIN
 def lab_hosts(app: AppContext) -> None:
     """List the simulated hosts (`lab up --hosts N`): name, URI, fault domain, network, pool,
     whether the daemon answers."""
-    app.show([host.as_dict() for host in lab_mod.lab_hosts(app.ensure_state_dir())],
+    app.show([host.as_dict() for host in lab_mod.lab_hosts(lab_mod.lab_home())],
              columns=_HOST_COLUMNS)
 
 
@@ -90,6 +93,6 @@ def lab_hosts(app: AppContext) -> None:
 @pass_app
 def lab_exec(app: AppContext, argv: tuple[str, ...]) -> None:
     """Run `-- CMD ...` inside the lab namespace with the lab as default; exits with CMD's code."""
-    sys.exit(lab_mod.lab_exec(app.ensure_state_dir(), list(argv)))
+    sys.exit(lab_mod.lab_exec(app.ensure_state_dir(), list(argv), home=lab_mod.lab_home()))
 
 

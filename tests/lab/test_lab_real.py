@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import sys
 import time
 import xml.etree.ElementTree as ET
 from pathlib import Path
@@ -91,3 +92,26 @@ def test_exec_runs_in_the_namespace_with_the_lab_env(capfd: pytest.CaptureFixtur
     assert out[1] == "1 orchlab orchlab"
     # the network namespace only: mounts CMD makes (`ip netns add`) are everyone's
     assert out[2] == os.readlink("/proc/self/ns/mnt")
+
+
+def test_any_state_dir_finds_the_one_lab_of_this_machine(tmp_path: Path) -> None:
+    """The lab is one per machine: a second state dir sees it, `lab up` from it is a no-op
+    on the daemons, and `lab exec` gives commands that state dir."""
+    before = _require_up()
+    other = tmp_path / "other-state"
+    orch = str(Path(sys.executable).with_name("orch"))
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([orch, "--state-dir", str(other), *args], capture_output=True,
+                              text=True, timeout=120, check=False)
+
+    status = run("lab", "status", "-o", "json")
+    assert status.returncode == 0, status.stderr
+    shown = json.loads(status.stdout)
+    assert (shown["up"], shown["libvirtdPid"]) == (True, before.libvirtd_pid), shown
+    up = run("lab", "up", "-o", "json")
+    assert up.returncode == 0, up.stderr
+    assert json.loads(up.stdout)["libvirtdPid"] == before.libvirtd_pid
+    seen = run("lab", "exec", "--", "sh", "-c", "echo $ORCH_STATE_DIR $ORCH_POOL")
+    assert seen.returncode == 0, seen.stderr
+    assert seen.stdout.split() == [str(other), lab.LAB_POOL]

@@ -163,3 +163,23 @@ def test_bad_service_input_changes_nothing(world: World) -> None:
 def test_a_grace_period_under_thirty_seconds_or_malformed_is_refused(grace: str) -> None:
     with pytest.raises(InvalidInput):
         spec(1, gracePeriod=grace)
+
+
+def test_across_hosts_a_replacement_stays_in_its_fault_domain_and_silent_hosts_wait(
+        world: World) -> None:
+    hosts = {n: world.add_host(f"h{n}", fault_domain=f"fd-{n}") for n in (1, 2, 3)}
+    world.service.create(spec(3))
+    on = {i.host: i.instance_id for i in world.store.list_instances("web")}
+    assert sorted(on) == ["h1", "h2", "h3"]
+    sick, silent = on["h2"], on["h3"]
+    world.prober.unhealthy.update({f"web-{sick}", f"web-{silent}"})
+    controller_pass(world)
+    hosts[3].set_unavailable()  # its instance is Unknown, and nothing touches it
+    world.clock.advance(GRACE + 1)
+    controller_pass(world)
+    [op] = repair_ops(world)
+    assert op.detail["instances"] == [sick], op.detail
+    placed = {i.instance_id: i.host for i in world.store.list_instances("web")}
+    assert sick not in placed and silent in placed
+    new = max(placed)
+    assert placed[new] == "h2"  # the old instance's fault domain had room

@@ -22,6 +22,10 @@ that failed, and writing them cannot hang on a hypervisor.
     orch_operation_duration_seconds{set,kind,status}        histogram  finished journal operations
     orch_operations_total{set,kind,status}                  counter    finished journal operations
     orch_operations_running{set,kind}                       gauge   operations running now
+    orch_repairs_total{set,action,result}                   counter instances repaired:
+                                  result = repaired | failed (from the `repair` operations)
+    orch_automatic_repairs_suspended{set}                   gauge   1 while AutomaticRepairs
+                                                                    is suspended
 
 Instances are labelled ``instance_id``, not ``instance``: Prometheus gives ``instance`` to the
 scrape target (node_exporter), and would rename ours to ``exported_instance``. Operations of
@@ -99,6 +103,11 @@ class StoreCollector:
                                      labels=["set", "kind", "status"])
         running = GaugeMetricFamily("orch_operations_running", "Operations running now.",
                                     labels=["set", "kind"])
+        repairs = CounterMetricFamily("orch_repairs", "Instances automatic repairs acted on.",
+                                      labels=["set", "action", "result"])
+        suspended = GaugeMetricFamily("orch_automatic_repairs_suspended",
+                                      "1 while the set's AutomaticRepairs is suspended.",
+                                      labels=["set"])
         store = self.store
         for rec in store.list_sets() if store is not None else []:
             name = rec.name
@@ -127,8 +136,25 @@ class StoreCollector:
                     status.add_metric([name, code], 1.0 if code == upgrade.status else 0.0)
             ops = store.list_operations(name) if store is not None else []
             _add_operations(ops, name, durations=durations, totals=totals, running=running)
+            _add_repairs(ops, name, repairs=repairs)
+            service = store.service(name, "AutomaticRepairs") if store is not None else None
+            suspended.add_metric([name], 1.0 if service and service.state == "Suspended" else 0.0)
         yield from (capacity, generation, latest, instances, progress, status, latency, probed,
-                    durations, totals, running)
+                    durations, totals, running, repairs, suspended)
+
+
+def _add_repairs(ops: Iterable[OperationRecord], set_name: str, *,
+                 repairs: CounterMetricFamily) -> None:
+    counts: Counter[tuple[str, str]] = Counter()
+    for op in ops:
+        if op.kind != "repair" or op.status == "running":
+            continue
+        action = str(op.detail.get("action", "Replace"))
+        done = len(op.detail.get("repaired", []))
+        counts[(action, "repaired")] += done
+        counts[(action, "failed")] += len(op.detail.get("instances", [])) - done
+    for (action, result), count in sorted(counts.items()):
+        repairs.add_metric([set_name, action, result], float(count))
 
 
 def _add_operations(ops: Iterable[OperationRecord], set_name: str, *,

@@ -203,3 +203,19 @@ def test_no_state_database_is_made_for_metrics(tmp_path: Path, prom: Path, world
     assert not state.exists()
     m = Scrape(prom)
     assert "orch_instances" in m.families and m.values == {}
+
+
+def test_repairs_are_counted(cli: FakeCli, prom: Path) -> None:
+    world = cli.world
+    assert cli.run("vmss", "create", "--name", "web", "--image", "tiny:1", "--instance-count",
+                   "2", "--enable-automatic-repairs", "true", "--automatic-repairs-grace-period",
+                   "PT30S", "--automatic-repairs-action", "Restart")[0] == 0
+    world.prober.unhealthy.add("web-0")  # and it stays so: each repair fails
+    for _ in range(4):
+        cli.run("--metrics-file", str(prom), "controller", "run", "--once")  # exit 1: problems
+        world.clock.advance(31)
+    scrape = Scrape(prom)
+    assert scrape("orch_repairs_total", set="web", action="Restart", result="failed") == 3
+    assert scrape("orch_repairs_total", set="web", action="Restart", result="repaired") == 0
+    assert scrape("orch_operations_total", set="web", kind="repair", status="failed") == 3
+    assert scrape("orch_automatic_repairs_suspended", set="web") == 1  # the third suspended it

@@ -186,8 +186,8 @@ class TestFailureCarriesConsoleLines:
         block = error_block(err)
         assert block[0].startswith("error: create: 1 of 2 instances not healthy: web-1 Unhealthy")
         assert block[1:] == ["  web-1: last 4 console lines:",
-                             "    [    0.000000] Linux version 6.1.0-fake (orchestrator fake "
-                             "hypervisor)",
+                             ("    [    0.000000] Linux version 6.1.0-fake (orchestrator fake "
+                              "hypervisor)"),
                              "    [    0.000000] Command line: console=ttyS0 root=/dev/vda rw",
                              "    [    0.731337] Run /init as init process",
                              "    httpd: health endpoint failed (web-1)"]

@@ -4,15 +4,17 @@ Owned here: every error the product raises on purpose, and the exit code each ma
 Raised across the package; foreign errors (libvirt, asyncssh, sqlite, OSError, subprocess)
 are translated at the module that imports the foreign library, with ``raise ... from``.
 Turned into output in one place: ``cli.app.main``, which prints ``error: <message>`` on one
-line and exits with ``exit_code`` (docs/semantics.md#exit-codes); other modules catch them
-only to collect, record or translate them.
+line, then the error's ``details`` (evidence such as the console lines of the instances
+that failed, each line indented below it), and exits with ``exit_code``
+(docs/semantics.md#exit-codes); other modules catch them only to collect, record or
+translate them.
 Called by: cli.app, cli.controller, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld,
 engine.addresses, engine.context, engine.copies, engine.health, engine.hosts, engine.steps,
 hypervisor.base, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, images, lab,
-labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.controller,
-usecases.hosts, usecases.placement, usecases.recovery, usecases.removal, usecases.repairs,
-usecases.rolling, usecases.rollout, usecases.session, usecases.sets, usecases.updates,
-usecases.views, usecases.watch
+labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.bootdiag,
+usecases.controller, usecases.hosts, usecases.placement, usecases.recovery,
+usecases.removal, usecases.repairs, usecases.rolling, usecases.rollout, usecases.session,
+usecases.sets, usecases.updates, usecases.views, usecases.watch
 
     OrchError                       exit 1   base; "the operation ran and failed"
     ├── InvalidInput                exit 2   bad flags, names, specs, files; nothing was changed
@@ -40,6 +42,8 @@ pool) turns ``Gone`` into ``InvalidInput`` itself.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 
 class OrchError(Exception):
     """Base of every error orchestrator raises on purpose."""
@@ -47,10 +51,13 @@ class OrchError(Exception):
     exit_code: int = 1
     temporary: bool = False
 
-    def __init__(self, message: str, *, hint: str | None = None) -> None:
+    def __init__(self, message: str, *, hint: str | None = None,
+                 details: Sequence[str] = ()) -> None:
         super().__init__(message)
         self.message = message
         self.hint = hint
+        # shown after the one line, never in it: the line stays what scripts match on
+        self.details = tuple(details)
 
     def one_line(self) -> str:
         """The message as the CLI prints it: one line, hint appended."""

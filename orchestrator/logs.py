@@ -7,7 +7,8 @@ becomes a log record (``progress``): ``warning: ...`` and ``problem: ...`` lines
 warnings, the rest info; ``set`` comes from the scope and ``instance`` from a leading
 ``<set>-<instanceId>:``. Text is what ``orch`` always printed (a coloured line with the
 elapsed time on a terminal, ``[  12.3s] message`` otherwise); JSON is one object per line
-with ``time``, ``level``, ``message`` and, where known, ``set``, ``instance``, ``exitCode``.
+with ``time``, ``level``, ``message`` and, where known, ``set``, ``instance``, ``exitCode``
+(and an error's ``details``).
 
 Called by: cli.app, cli.hosts, cli.images, cli.vmss, output, usecases.controller
 ``cli.app`` calls ``configure`` from the global option and writes the error line of ``main``,
@@ -25,7 +26,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 
 from rich.console import Console
 
@@ -80,7 +81,7 @@ class JsonFormatter(logging.Formatter):
     """One JSON object per record: time (UTC, ms), level, message, then set, instance and
     exitCode when the record carries them."""
 
-    EXTRA_KEYS = ("set", "instance", "exitCode")
+    EXTRA_KEYS = ("set", "instance", "exitCode", "details")
 
     def format(self, record: logging.LogRecord) -> str:
         data: dict[str, object] = {
@@ -167,14 +168,19 @@ def warning(line: str) -> None:
     progress(line if line.startswith("warning: ") else f"warning: {line}")
 
 
-def error(message: str, *, exit_code: int) -> None:
-    """The one error line a failed command ends with."""
+def error(message: str, *, exit_code: int, details: Sequence[str] = ()) -> None:
+    """The one error line a failed command ends with, then its ``details`` (the console
+    lines of failed instances), each indented on a line of its own; in JSON, one object
+    whose ``details`` is the list of those lines."""
     if not _logger.handlers:
         configure(current_format())
     if current_format() == "json":
-        _logger.error(message, extra={**fields_of(message), "exitCode": exit_code})
+        extra: dict[str, object] = {**fields_of(message), "exitCode": exit_code}
+        if details:
+            extra["details"] = list(details)
+        _logger.error(message, extra=extra)
     else:
-        sys.stderr.write(f"error: {message}\n")
+        sys.stderr.write(f"error: {message}\n" + "".join(f"  {line}\n" for line in details))
         sys.stderr.flush()
 
 

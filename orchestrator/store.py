@@ -7,7 +7,7 @@ Owned here: the schema, its migrations, and typed rows (``ImageRecord``, ``SetRe
 host private keys.
 Called by: cli.app, dryrun.plan, dryrun.simworld, engine.addresses, engine.context,
 engine.copies, engine.hosts, engine.steps, engine.upgrade_state, images, metrics,
-usecases.hosts, usecases.recovery, usecases.removal, usecases.rolling, usecases.rollout,
+usecases.bootdiag, usecases.hosts, usecases.recovery, usecases.removal, usecases.rolling, usecases.rollout,
 usecases.session, usecases.sets, usecases.views, usecases.watch
 ``cli.app`` opens it; the others read and write records through it (``metrics`` and ``dryrun.plan``
 only read the real one; the dry run writes to a copy).

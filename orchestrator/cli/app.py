@@ -5,8 +5,9 @@ Owned here: global options and their environment variables (``--state-dir``,
 ``--log-format``), how a command reaches the use cases (``AppContext``), table columns, writing
 the metrics file once a command has ended (``AppContext.write_metrics``), the wiring of the
 use cases' collaborators (``AppContext.env``) and the one event loop of a command
-(``AppContext.run``), and the mapping of errors to one line on stderr plus an exit code
-(0 ok, 1 failed, 2 bad input, 3 conflict, 4 environment). ``main`` is the console script.
+(``AppContext.run``), and the mapping of errors to one line on stderr (then the error's
+details, indented) plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict, 4
+environment). ``main`` is the console script.
 
 Called by: cli, cli.controller, cli.hosts, cli.images, cli.labcmds, cli.vmss
 """
@@ -239,8 +240,8 @@ def install_common_options() -> None:
 
 
 # --- entry point ----------------------------------------------------------------------------
-def fail(message: str, code: int) -> NoReturn:
-    logs.error(" ".join(message.split()), exit_code=code)
+def fail(message: str, code: int, *, details: Sequence[str] = ()) -> NoReturn:
+    logs.error(" ".join(message.split()), exit_code=code, details=details)
     sys.exit(code)
 
 
@@ -259,7 +260,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     except click.ClickException as exc:
         fail(exc.format_message(), 2)
     except OrchError as exc:
-        fail(exc.one_line(), exc.exit_code)
+        fail(exc.one_line(), exc.exit_code, details=exc.details)
     except KeyboardInterrupt:
         fail("interrupted", 130)
     except BrokenPipeError:

@@ -2,7 +2,7 @@
 rolling upgrades, the journal and run-command (docs/semantics.md names them).
 
 Owned here: ``set_json``, ``instance_json``, ``instance_detail_json``, ``rolling_json``,
-``operation_json``, ``command_json``.
+``operation_json``, ``command_json``, ``boot_log_json``.
 
 Called by: cli.vmss
 """
@@ -14,6 +14,7 @@ from typing import Any
 
 from orchestrator.engine.upgrade_state import BatchRecord, RollingUpgrade
 from orchestrator.records import OsUpgradeRecord
+from orchestrator.usecases.bootdiag import BootLog
 from orchestrator.usecases.views import CommandResult, InstanceView, OperationView, SetView
 
 
@@ -61,11 +62,15 @@ def instance_json(view: InstanceView) -> dict[str, Any]:
 
 
 def instance_detail_json(view: InstanceView) -> dict[str, Any]:
-    """`get-instance-view`: the instance with its last probe and identity."""
+    """`get-instance-view`: the instance with its last probe and identity; one that is not
+    Healthy with its last console lines (``bootDiagnostics``; null for a Healthy one)."""
+    diag = view.boot_diagnostics
     return {**instance_json(view), "lastProbe": view.last_probe,
             "healthChangedAt": view.health_changed_at, "macAddress": view.mac_address,
             "network": view.network, "seedInstanceId": view.seed_instance_id,
-            "hostKey": view.host_key, "createdAt": view.created_at}
+            "hostKey": view.host_key, "createdAt": view.created_at,
+            "bootDiagnostics": None if diag is None else {
+                "consoleTail": list(diag.console_tail), "error": diag.error}}
 
 
 def _iso(ts: float | None) -> str | None:
@@ -106,6 +111,12 @@ def operation_json(op: OperationView) -> dict[str, Any]:
             "steps": [{"instance": st.instance, "step": st.step, "status": st.status,
                        "startedAt": st.started_at, "endedAt": st.ended_at,
                        "error": st.error} for st in op.steps]}
+
+
+def boot_log_json(found: BootLog) -> dict[str, Any]:
+    """`boot-diagnostics get-boot-log`."""
+    return {"name": found.name, "instanceId": found.instance_id, "host": found.host,
+            "log": found.log}
 
 
 def command_json(result: CommandResult) -> dict[str, Any]:

@@ -38,7 +38,7 @@ from orchestrator.model import (
     validate,
 )
 from orchestrator.output import render as render_table
-from orchestrator.usecases import osupgrades, repairs, rolling, sets, updates, views
+from orchestrator.usecases import bootdiag, osupgrades, repairs, rolling, sets, updates, views
 
 
 def _log_scope(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
@@ -461,9 +461,10 @@ def rolling_upgrade() -> None:
 @pass_app
 def rolling_upgrade_start(app: AppContext, name: str, allow_surge_fallback: bool) -> None:
     """Roll the latest model out in batches (instances already on it are skipped)."""
-    upgrade = app.run(rolling.start(app.env(), name, allow_surge_fallback=allow_surge_fallback))
+    env = app.env()
+    upgrade = app.run(rolling.start(env, name, allow_surge_fallback=allow_surge_fallback))
     app.show(render.rolling_json(upgrade))
-    rolling.raise_if_faulted(upgrade)
+    rolling.raise_if_faulted(upgrade, console=env.console_tails)
 
 
 @rolling_upgrade.command("cancel")
@@ -560,9 +561,37 @@ def vmss_list_operations(app: AppContext, name: str) -> None:
 @click.option("--instance-id", type=click.IntRange(min=0), required=True)
 @pass_app
 def vmss_get_instance_view(app: AppContext, name: str, instance_id: int) -> None:
-    """One instance in detail, with its last health probe."""
+    """One instance in detail, with its last health probe; one that is not Healthy also
+    with the last lines of its serial console (bootDiagnostics.consoleTail)."""
     app.show(render.instance_detail_json(app.run(views.instance_view(app.env(), name,
                                                                    instance_id))))
+
+
+@vmss.group("boot-diagnostics")
+def boot_diagnostics() -> None:
+    """The serial console output of instances, as their hosts' virtlogd keeps it."""
+
+
+@boot_diagnostics.command("get-boot-log")
+@_name_option
+@click.option("--instance-id", type=click.IntRange(min=0), required=True)
+@click.option("--tail-bytes", type=click.IntRange(1, bootdiag.MAX_TAIL_BYTES),
+              default=bootdiag.DEFAULT_TAIL_BYTES, show_default=True,
+              help="At most this many of the last bytes (across the rotated copies).")
+@pass_app
+def boot_diagnostics_get_boot_log(app: AppContext, name: str, instance_id: int,
+                                  tail_bytes: int) -> None:
+    """Print the serial console output of one instance, oldest first, read from its host
+    through libvirt (any host, remote ones too). Nothing yet: an empty log. -o json keys:
+    name, instanceId, host, log."""
+    found = app.run(bootdiag.boot_log(app.env(), name, instance_id, tail_bytes=tail_bytes))
+    if app.output != "table":
+        app.show(render.boot_log_json(found))
+        return
+    if not found.log:
+        app.progress(f"{found.name}: no console output yet")
+    sys.stdout.write(found.log if not found.log or found.log.endswith("\n")
+                     else found.log + "\n")
 
 
 def _power_command(action: str, doc: str) -> None:

@@ -6,8 +6,8 @@ Owned here: ``InstanceNames`` (every volume an instance owns is named after its 
 (``allocate``: the instance's row is written, status ``creating``, before anything exists
 in libvirt), and the free addresses of a network (``free_addresses``).
 
-Called by: dryrun.simworld, engine.steps, usecases.hosts, usecases.placement,
-usecases.rolling, usecases.sets
+Called by: dryrun.simworld, engine.steps, usecases.bootdiag, usecases.hosts,
+usecases.placement, usecases.rolling, usecases.sets
 """
 
 from __future__ import annotations

@@ -9,8 +9,8 @@ the ``connect`` function the caller gives: the real adapter in the product, fake
 With no host registered, everything runs on the implicit host ``local`` exactly as a
 single-host controller does; an instance records the host it lives on.
 
-Called by: cli.app, dryrun.simworld, engine.context, usecases.hosts, usecases.placement,
-usecases.rolling
+Called by: cli.app, dryrun.simworld, engine.context, usecases.bootdiag, usecases.hosts,
+usecases.placement, usecases.rolling
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ that cross the seam (``Ownership``, ``DomainInfo``, ``VolumeInfo``, ``Reservatio
 (``VERBS``) with the verbs that change something (``MUTATING_VERBS``), and the rules every
 adapter follows, stated once: ``check_volume_name``, ``check_backing_format``,
 ``UPLOAD_FORMATS`` / ``check_upload_format``, ``check_sha256``, ``upload_file_size``,
-``reservation_present`` and ``UNAVAILABLE_HINT`` (the hint of every
+``check_tail_bytes``, ``reservation_present`` and ``UNAVAILABLE_HINT`` (the hint of every
 ``HypervisorUnavailable``). Implemented by ``hypervisor.libvirt`` (the real daemon),
 ``hypervisor.fake`` (in memory, with fault injection) and ``hypervisor.retry`` (a wrapper);
 nothing above this seam imports libvirt.
@@ -54,6 +54,7 @@ __all__ = [
     "VolumeInfo",
     "check_backing_format",
     "check_sha256",
+    "check_tail_bytes",
     "check_upload_format",
     "check_volume_name",
     "reservation_present",
@@ -143,6 +144,13 @@ def upload_file_size(name: str, path: str) -> int:
     if not os.access(path, os.R_OK):
         raise InvalidInput(f"upload {name}: cannot read {path}: Permission denied")
     return st.st_size
+
+
+def check_tail_bytes(name: str, max_bytes: int) -> None:
+    """InvalidInput unless ``max_bytes`` (how much of a volume ``read_volume_tail`` may
+    bring back) is a positive integer."""
+    if isinstance(max_bytes, bool) or not isinstance(max_bytes, int) or max_bytes < 1:
+        raise InvalidInput(f"read {name}: max_bytes must be a positive integer, not {max_bytes!r}")
 
 
 def same_mac(a: str, b: str) -> bool:
@@ -278,6 +286,15 @@ class Hypervisor(Protocol):
         ...
 
     def list_volumes(self, pool: str) -> list[VolumeInfo]: ...
+
+    def read_volume_tail(self, pool: str, name: str, *, max_bytes: int) -> bytes:
+        """The last ``max_bytes`` bytes of a volume's file (all of it when smaller), streamed
+        down from its host through libvirt: a file on a remote host is read without any file
+        access of ours, and never more than ``max_bytes`` of it is held. A file the host
+        made in the pool since libvirt last looked (virtlogd's console logs) is found too.
+        ``Gone`` for a missing volume or pool; InvalidInput, before acting, for an unsafe
+        name or a ``max_bytes`` below 1."""
+        ...
 
     # --- network -----------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo: ...

@@ -19,11 +19,16 @@ Owned here: ``FakeHypervisor``. Used by unit tests (with ``clock.FakeClock``) an
   real upload streams it: a sha256 other than the one given leaves no volume and names both
   hashes; a volume of the name with that size and content is returned without reading the
   file (``uploads`` lists the files actually read).
+- a domain whose definition names a console log in a pool (``console_log``, as virtlogd
+  keeps it) gets that log as a volume of the pool, emptied at every ``start`` (``append``
+  off) and begun with a few kernel-like lines (``BOOT_LINES``); ``append_console`` adds what
+  the guest prints later. ``read_volume_tail`` reads the end of a volume's bytes.
 - reservations follow libvirt's matching rules: an identical entry again is a no-op, the same
   MAC, IP or name with a different partner is a conflict.
 
 Fault injection (``fail_next``, ``crash``, ``set_ignores_acpi``, ``set_unavailable``,
-``set_pool_capacity``, ``set_memory_available``, ``set_domain_types``) and introspection (``domains``, ``calls``, ``volume_backing``,
+``set_pool_capacity``, ``set_memory_available``, ``set_domain_types``), the guest's console
+(``append_console``) and introspection (``domains``, ``calls``, ``volume_backing``,
 ``volume_data``, ``volume_source``, ``uploads``) serve the tests. Everything is synchronous;
 time moves only with the clock.
 
@@ -52,6 +57,7 @@ from orchestrator.hypervisor.base import (
     VolumeInfo,
     check_backing_format,
     check_sha256,
+    check_tail_bytes,
     check_upload_format,
     check_volume_name,
     reservation_present,
@@ -61,8 +67,8 @@ from orchestrator.hypervisor.base import (
 from orchestrator.hypervisor.domainxml import Domain, Ownership, domain_files
 from orchestrator.hypervisor.sparse import file_sha256
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_NETWORKS", "DEFAULT_POOLS", "OVERLAY_ALLOCATION",
-           "FakeHypervisor"]
+__all__ = ["BOOT_LINES", "DEFAULT_HOST", "DEFAULT_NETWORKS", "DEFAULT_POOLS",
+           "OVERLAY_ALLOCATION", "FakeHypervisor"]
 
 GiB = 1024**3
 # What a fresh qcow2 overlay occupies on disk (header, L1 table, refcounts), roughly.
@@ -80,6 +86,13 @@ DEFAULT_POOLS: tuple[PoolInfo, ...] = (
 DEFAULT_HOST = HostInfo(hostname="fake", memory_bytes_total=24 * GiB, memory_bytes_free=23 * GiB,
                         memory_bytes_available=23 * GiB + 512 * 2**20, cpus=2,
                         domain_types=("qemu",))
+
+# What a fake guest prints on its serial console as it boots ({cmdline}: its kernel's).
+BOOT_LINES: tuple[str, ...] = (
+    "[    0.000000] Linux version 6.1.0-fake (orchestrator fake hypervisor)",
+    "[    0.000000] Command line: {cmdline}",
+    "[    0.731337] Run /init as init process",
+)
 
 # The methods ``fail_next`` may target: the protocol's verbs but ``close``, which never fails.
 _FAILABLE = frozenset(VERBS) - {"close"}
@@ -224,6 +237,12 @@ class FakeHypervisor:
         host that cannot run x86_64 guests)."""
         self._host = dataclasses.replace(self._host, domain_types=tuple(sorted(set(types))))
 
+    def append_console(self, name: str, text: str | bytes) -> None:
+        """The guest ``name`` prints ``text`` on its serial console: it goes to the end of
+        its console log (made if it is not there), as virtlogd would write it."""
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        self._write_console(self._record(name).definition, data, truncate=False)
+
     def add_external_file(self, path: str) -> None:
         """Declare a file outside every pool (an image's disk, kernel, initrd) as present."""
         self._external_files.add(path)
@@ -339,6 +358,23 @@ class FakeHypervisor:
             return True
         return any(v.path == path for p in self._pools.values() for v in p.volumes.values())
 
+    def _write_console(self, dom: Domain, data: bytes, *, truncate: bool) -> None:
+        """Write to ``dom``'s console log if it names one in a pool (elsewhere: a file of
+        the host's the fake does not model). Not refused for want of space: virtlogd's
+        writes are not the pool's to refuse, and a start must not fail on them."""
+        if not dom.console_log:
+            return
+        directory, _, name = dom.console_log.rpartition("/")
+        for p in self._pools.values():
+            if p.path.rstrip("/") == directory.rstrip("/"):
+                vol = p.volumes.get(name)
+                if vol is None or vol.data is None:
+                    vol = _Volume(name, dom.console_log, "raw", 0, 0, data=b"")
+                    p.volumes[name] = vol
+                vol.data = (b"" if truncate else (vol.data or b"")) + data
+                vol.capacity = vol.allocation = len(vol.data)
+                return
+
     def _check_bootable(self, dom: Domain) -> None:
         missing: list[str] = []
         for disk in dom.disks:
@@ -383,6 +419,10 @@ class FakeHypervisor:
         rec.started_at = self._clock.monotonic()
         rec.shutdown_requested_at = None
         rec.boot_id = f"{name}-boot-{next(self._boot_counter)}"
+        boot_of = rec.definition.boot
+        cmdline = (boot_of.cmdline or "") if boot_of is not None else ""
+        boot = "".join(line.format(cmdline=cmdline) + "\n" for line in BOOT_LINES)
+        self._write_console(rec.definition, boot.encode(), truncate=True)  # append='off'
 
     def shutdown(self, name: str) -> None:
         self._enter("shutdown", name)
@@ -510,6 +550,19 @@ class FakeHypervisor:
         self._enter("list_volumes", pool)
         p = self._pool(pool)
         return [p.volumes[n].info() for n in sorted(p.volumes)]
+
+    def read_volume_tail(self, pool: str, name: str, *, max_bytes: int) -> bytes:
+        self._enter("read_volume_tail", name)
+        check_volume_name(name)
+        check_tail_bytes(name, max_bytes)
+        vol = self._volume(pool, name)
+        if vol.data is not None:
+            return vol.data[-max_bytes:]
+        if vol.source is not None:  # a copy of a local file: its last bytes, never all of it
+            with open(vol.source, "rb") as f:
+                f.seek(max(0, vol.capacity - max_bytes))
+                return f.read(max_bytes)
+        return b""  # created empty: nothing was written into it here
 
     # --- network ---------------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo:

@@ -53,6 +53,7 @@ from orchestrator.hypervisor.base import (
     VolumeInfo,
     check_backing_format,
     check_sha256,
+    check_tail_bytes,
     check_upload_format,
     check_volume_name,
     reservation_present,
@@ -644,6 +645,50 @@ class LibvirtHypervisor:
             except Gone:
                 continue  # deleted while we were listing
         return sorted(out, key=lambda v: v.name)
+
+    @_storage
+    def read_volume_tail(self, pool: str, name: str, *, max_bytes: int) -> bytes:
+        check_volume_name(name)
+        check_tail_bytes(name, max_bytes)
+        p = self._pool(pool)
+        vol = self._volume_or_refresh(p, pool, name)
+        size = self._file_size(vol, name)  # re-read now: a log grows between two looks
+        offset = max(0, size - max_bytes)
+        length = size - offset
+        if length == 0:
+            return b""
+        chunks: list[bytes] = []
+        held = 0
+
+        def keep(_stream: Any, data: bytes, _opaque: None) -> int:
+            nonlocal held
+            # the stream ends after ``length`` bytes; the cut is a guard, not the bound
+            chunk = data[: length - held]
+            chunks.append(chunk)
+            held += len(chunk)
+            return len(data)
+
+        def receive(stream: Any) -> None:
+            vol.download(stream, offset, length, 0)
+            stream.recvAll(keep, None)
+
+        self._with_stream(f"download volume {name} from pool {pool}", receive)
+        return b"".join(chunks)
+
+    def _volume_or_refresh(self, p: Any, pool: str, name: str) -> Any:
+        """The volume ``name`` of ``p``; a file the host made since the pool was last
+        refreshed (libvirt does not watch a dir pool: virtlogd's new console log) is only
+        found after a refresh, so a miss refreshes once and looks again."""
+        try:
+            with self._errors(f"volume {name} in pool {pool}"):
+                return p.storageVolLookupByName(name)
+        except Gone:
+            pass
+        with self._errors(f"refresh storage pool {pool}"):
+            if p.isActive():
+                p.refresh(0)
+        with self._errors(f"volume {name} in pool {pool}"):
+            return p.storageVolLookupByName(name)
 
     # --- network ---------------------------------------------------------------------------
     def _network_xml(self, net: Any, *, inactive: bool) -> ET.Element:

@@ -127,6 +127,9 @@ class Retrying:
     def list_volumes(self, pool: str) -> list[VolumeInfo]:
         return self._call(self._inner.list_volumes, pool)
 
+    def read_volume_tail(self, pool: str, name: str, *, max_bytes: int) -> bytes:
+        return self._call(self._inner.read_volume_tail, pool, name, max_bytes=max_bytes)
+
     # --- network ---------------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo:
         return self._call(self._inner.network_info, network)

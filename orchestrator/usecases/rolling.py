@@ -15,7 +15,7 @@ usecases.repairs, usecases.updates
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 from orchestrator.engine import policy
 from orchestrator.engine.addresses import free_addresses
@@ -31,7 +31,7 @@ from orchestrator.engine.upgrade_state import (
 from orchestrator.errors import Conflict, InvalidInput, OperationFailed
 from orchestrator.model import RollingUpgradePolicy, ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord
-from orchestrator.usecases import placement, removal, rollout, sets, watch
+from orchestrator.usecases import bootdiag, placement, removal, rollout, sets, watch
 from orchestrator.usecases.recovery import command
 from orchestrator.usecases.session import Env, Session, lock_is_free, open_session
 
@@ -60,9 +60,14 @@ def status(env: Env, set_name: str) -> RollingUpgrade:
     return found
 
 
-def raise_if_faulted(upgrade: RollingUpgrade, *, prefix: str = "rolling upgrade") -> None:
+def raise_if_faulted(upgrade: RollingUpgrade, *, prefix: str = "rolling upgrade",
+                     console: Mapping[str, Sequence[str]] | None = None) -> None:
+    """OperationFailed if ``upgrade`` ended Faulted, with the last console lines of every
+    instance its batches left not Healthy (``console``: ``Env.console_tails`` of the
+    command; a failed surge replacement's were read before it was deleted) as details."""
     if upgrade.status is RollingStatus.FAULTED:
-        raise OperationFailed(f"{prefix} Faulted: {upgrade.error}")
+        raise OperationFailed(f"{prefix} Faulted: {upgrade.error}",
+                              details=bootdiag.error_details(console or {}))
 
 
 # --- start ---------------------------------------------------------------------------------

@@ -13,14 +13,14 @@ Called by: usecases.repairs, usecases.rolling, usecases.updates
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 from orchestrator.engine import steps
 from orchestrator.engine.health import HealthRecord, HealthState
 from orchestrator.errors import HypervisorUnavailable, OperationFailed, OrchError
 from orchestrator.store import InstanceRecord
-from orchestrator.usecases import watch
+from orchestrator.usecases import bootdiag, watch
 from orchestrator.usecases.session import Session
 
 
@@ -135,9 +135,14 @@ async def bring(session: Session, instances: Sequence[InstanceRecord], change: C
     return sorted(outcomes, key=lambda o: o.instance_id)
 
 
-def raise_failed(action: str, set_name: str, outcomes: Sequence[Outcome]) -> None:
-    """OperationFailed naming every instance of ``outcomes`` that did not end healthy."""
+def raise_failed(action: str, set_name: str, outcomes: Sequence[Outcome], *,
+                 console: Mapping[str, Sequence[str]] | None = None) -> None:
+    """OperationFailed naming every instance of ``outcomes`` that did not end healthy, with
+    the last console lines ``console`` (``Env.console_tails``) holds of them as details."""
     bad = [o for o in outcomes if not o.healthy]
     if bad:
         names = "; ".join(f"{set_name}-{o.instance_id} {o.error or 'unhealthy'}" for o in bad)
-        raise OperationFailed(f"{action}: {len(bad)} of {len(outcomes)} instances failed: {names}")
+        raise OperationFailed(
+            f"{action}: {len(bad)} of {len(outcomes)} instances failed: {names}",
+            details=bootdiag.error_details(console or {},
+                                           [f"{set_name}-{o.instance_id}" for o in bad]))

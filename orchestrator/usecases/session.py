@@ -1,7 +1,8 @@
 """A command's session on one scale set, and the collaborators every use case is handed.
 
 Owned here: ``Env`` (hypervisor, store, registry, clock and settings through the engine,
-the prober, the progress printer: wired once by the CLI, or by a test with fakes),
+the prober, the progress printer: wired once by the CLI, or by a test with fakes; the
+console tails of the command's failed instances),
 ``Session`` (what one command holds while it acts on a set: the set's lock, its operation
 in the journal, the set's spec, its admin key and the images it verified, each loaded
 once), ``open_session`` and ``lock_is_free``.
@@ -10,8 +11,8 @@ The lock is the witness of a live writer: the kernel frees it the moment its hol
 (also while the dead process lingers as a zombie), so an operation still marked
 ``running`` whose set lock is free was left by a killed process. No pid is trusted.
 
-Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.controller, usecases.hosts,
-usecases.images, usecases.osupgrades, usecases.placement, usecases.recovery,
+Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.bootdiag, usecases.controller,
+usecases.hosts, usecases.images, usecases.osupgrades, usecases.placement, usecases.recovery,
 usecases.removal, usecases.repairs, usecases.rolling, usecases.rollout, usecases.sets,
 usecases.updates, usecases.views, usecases.watch
 """
@@ -46,6 +47,9 @@ class Env:
     engine: Engine
     prober: Prober
     progress: Progress = field(default=lambda line: None)
+    # the console lines, as an error shows them, of the instances this command's health
+    # waits left not Healthy, by name (``usecases.bootdiag``); emptied by each command
+    console_tails: dict[str, tuple[str, ...]] = field(default_factory=dict)
 
     @property
     def store(self) -> Store:
@@ -189,6 +193,7 @@ async def open_session(env: Env, set_name: str, kind: str) -> AsyncIterator[Sess
     with locks.hold(env.lock_path(set_name), what=f"scale set {set_name}", purpose=kind):
         if env.engine.operation_id is None:
             env.engine.copies.forget()
+            env.console_tails.clear()  # an earlier command's failures are not this one's
         with journal(env, set_name, kind) as entry:
             yield Session(env=env, set_name=set_name, kind=kind, operation_id=entry.id)
 

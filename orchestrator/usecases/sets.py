@@ -113,7 +113,8 @@ async def scale_out(session: Session, image: Image, count: int, *, generation: i
 async def _wait_healthy(session: Session, instances: Sequence[InstanceRecord], *,
                         action: str) -> None:
     final = await watch.await_health(watch.session_probe(session), instances)
-    watch.raise_unhealthy(action, {i.name: final[i.instance_id] for i in instances})
+    watch.raise_unhealthy(action, {i.name: final[i.instance_id] for i in instances},
+                          console=session.env.console_tails)
 
 
 # --- protection ----------------------------------------------------------------------------

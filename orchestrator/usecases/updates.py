@@ -97,7 +97,7 @@ async def apply_spec(env: Env, new: ScaleSetSpec, *, wait: bool = True,
             elif rollout_kind == "rolling":
                 rolling.raise_if_faulted(
                     await rolling.start_in(session, allow_surge_fallback=allow_surge_fallback),
-                    prefix=f"rolling upgrade of {new.name}")
+                    prefix=f"rolling upgrade of {new.name}", console=env.console_tails)
     return views.show_set(env, new.name)
 
 
@@ -114,7 +114,7 @@ async def update_instances(env: Env, set_name: str,
         todo = policy.eligible(instances, session.record.generation)
         outcomes = await rollout.bring(session, [i for i in instances if i.instance_id in todo],
                                        rollout.ToLatest())
-    rollout.raise_failed("update-instances", set_name, outcomes)
+    rollout.raise_failed("update-instances", set_name, outcomes, console=env.console_tails)
     return await views.instance_views(env, set_name, [i.instance_id for i in instances])
 
 
@@ -130,7 +130,8 @@ async def upgrade_all_in(session: Session) -> None:
     session.progress(f"{session.set_name}: Automatic upgrade of {len(todo)} instances at once")
     outcomes = await rollout.bring(session, [i for i in instances if i.instance_id in todo],
                                    rollout.ToLatest())
-    rollout.raise_failed("automatic upgrade", session.set_name, outcomes)
+    rollout.raise_failed("automatic upgrade", session.set_name, outcomes,
+                         console=session.env.console_tails)
 
 
 async def reimage(env: Env, set_name: str, ids: Sequence[int] | None, *,
@@ -145,6 +146,7 @@ async def reimage(env: Env, set_name: str, ids: Sequence[int] | None, *,
         outcomes = await rollout.bring(session, instances, rollout.Reimage(all_disks), wait=wait)
     if wait:
         watch.raise_unhealthy("reimage", {f"{set_name}-{o.instance_id}": o.health
-                                          for o in outcomes if o.health is not None})
-    rollout.raise_failed("reimage", set_name, outcomes)
+                                          for o in outcomes if o.health is not None},
+                              console=env.console_tails)
+    rollout.raise_failed("reimage", set_name, outcomes, console=env.console_tails)
     return await views.instance_views(env, set_name, [i.instance_id for i in instances])

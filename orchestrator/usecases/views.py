@@ -4,7 +4,8 @@ store and libvirt's observed state (``cli.render`` turns them into output).
 Owned here: ``SetView``, ``InstanceView``, ``OperationView``/``StepView``, how an
 instance's power and health are shown (the store's intent statuses, deallocated, a domain
 not running has no health), and the read-only use cases ``show_set``, ``list_sets``,
-``list_instances`` (one probe round first), ``instance_view``, ``operations``,
+``list_instances`` (one probe round first), ``instance_view`` (with the last console lines
+of an instance that is not Healthy), ``operations``,
 ``endpoint`` and ``run_command``.
 
 Called by: cli.render, cli.vmss, usecases.repairs, usecases.sets, usecases.updates
@@ -12,6 +13,7 @@ Called by: cli.render, cli.vmss, usecases.repairs, usecases.sets, usecases.updat
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,7 +23,7 @@ from orchestrator.errors import OperationFailed
 from orchestrator.hypervisor.base import PowerState
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord, SetRecord
-from orchestrator.usecases import placement, watch
+from orchestrator.usecases import bootdiag, placement, watch
 from orchestrator.usecases.session import Env
 
 _INTENT_STATUSES = ("creating", "deleting", "reimaging", "reimaging-all-disks")
@@ -62,6 +64,8 @@ class InstanceView:
     seed_instance_id: str
     host_key: str
     created_at: str
+    # get-instance-view of an instance that is not Healthy only: its last console lines
+    boot_diagnostics: bootdiag.BootDiagnostics | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +177,14 @@ async def list_instances(env: Env, set_name: str) -> list[InstanceView]:
 
 async def instance_view(env: Env, set_name: str, instance_id: int, *,
                         refresh: bool = True) -> InstanceView:
-    return (await instance_views(env, set_name, [instance_id], refresh=refresh))[0]
+    """One instance; one that is not Healthy with its last console lines (read from its host
+    then: a Healthy one's view stays one probe and no download)."""
+    view = (await instance_views(env, set_name, [instance_id], refresh=refresh))[0]
+    if view.health_state == HealthState.HEALTHY.value:
+        return view
+    inst = env.instances(set_name, [instance_id])[0]
+    diag = await bootdiag.diagnostics(env, inst, reachable=view.power_state != "unknown")
+    return dataclasses.replace(view, boot_diagnostics=diag)
 
 
 def operations(env: Env, set_name: str) -> list[OperationView]:

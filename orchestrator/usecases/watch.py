@@ -4,8 +4,9 @@ the instances outside a batch current while the batch runs.
 
 Owned here: ``Probe`` (what probing a set needs, read once: settings, admin key, each
 instance's SSH user), ``record_boot``, ``await_health``, ``probe_round``, ``Monitor``,
-``raise_unhealthy``. Health records are persisted as they change. The state machine itself
-is ``engine.health``'s.
+``raise_unhealthy``. Health records are persisted as they change; the console lines of
+the instances a wait leaves not Healthy are kept for the error (``usecases.bootdiag``).
+The state machine itself is ``engine.health``'s.
 
 Called by: usecases.controller, usecases.recovery, usecases.repairs, usecases.rolling,
 usecases.rollout, usecases.sets, usecases.updates, usecases.views
@@ -15,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 from orchestrator import ssh
@@ -36,7 +37,7 @@ from orchestrator.hypervisor.base import PowerState
 from orchestrator.images import Image
 from orchestrator.model import Model
 from orchestrator.store import InstanceRecord, Store
-from orchestrator.usecases import placement
+from orchestrator.usecases import bootdiag, placement
 from orchestrator.usecases.session import Env, Session
 
 
@@ -145,6 +146,9 @@ async def await_health(probe: Probe, instances: Sequence[InstanceRecord]) -> dic
                                on_failed_fast=on_failed_fast)
     for name, rec in final.items():
         _persist(env, probe.set_name, by_name[name].instance_id, rec)
+    # their console's last lines, read now, for the error the command may end with
+    await bootdiag.remember_failures(env, [by_name[name] for name, rec in final.items()
+                                           if rec.state is not HealthState.HEALTHY])
     return {by_name[name].instance_id: rec for name, rec in final.items()}
 
 
@@ -218,12 +222,15 @@ async def monitoring(probe: Probe) -> AsyncIterator[Monitor]:
             await task
 
 
-def raise_unhealthy(action: str, final: dict[str, HealthRecord]) -> None:
-    """OperationFailed naming every instance of ``final`` that is not Healthy, if any."""
+def raise_unhealthy(action: str, final: dict[str, HealthRecord], *,
+                    console: Mapping[str, Sequence[str]] | None = None) -> None:
+    """OperationFailed naming every instance of ``final`` that is not Healthy, if any, with
+    their last console lines from ``console`` (``Env.console_tails``) as its details."""
     bad = [n for n, r in final.items() if r.state is not HealthState.HEALTHY]
     if bad:
         detail = "; ".join(f"{n} {final[n].state.value}{_why(final[n])}" for n in bad)
-        raise OperationFailed(f"{action}: {len(bad)} of {len(final)} instances not healthy: {detail}")
+        raise OperationFailed(f"{action}: {len(bad)} of {len(final)} instances not healthy: {detail}",
+                              details=bootdiag.error_details(console or {}, bad))
 
 
 def _why(rec: HealthRecord) -> str:

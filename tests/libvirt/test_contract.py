@@ -5,7 +5,8 @@ test driver: no daemon, no files, a fresh state per connection) and against ``Fa
 with a ``FakeClock``. Both sides get the same names: network ``default`` (192.168.122.0/24,
 the test driver's own) and ``orchlab`` (10.213.0.0/24), storage pool ``default``.
 Inherent differences (the fake's shutdown takes clock time, the test driver's is instant; the
-test driver cannot upload) are met by polling with a deadline or stated per implementation.
+test driver cannot upload or download) are met by polling with a deadline or stated per
+implementation.
 The libvirt adapter's streamed upload itself is held by tests/libvirt/test_upload_stream.py.
 """
 
@@ -339,6 +340,8 @@ def test_unsafe_volume_names_are_invalid_input(h: Harness, bad: str) -> None:
         h.hv.upload_file(POOL, name=bad, path=path, fmt="raw", sha256=sha)
     with pytest.raises(InvalidInput):
         h.hv.delete_volume(POOL, bad)
+    with pytest.raises(InvalidInput):
+        h.hv.read_volume_tail(POOL, bad, max_bytes=16)
 
 
 def test_upload_formats_and_backing_format_are_the_seams_rules(h: Harness) -> None:
@@ -364,6 +367,7 @@ def test_verbs_on_a_missing_pool_raise_gone(h: Harness) -> None:
         lambda: h.hv.upload_volume("nope", name="x.iso", data=b"x", fmt="iso"),
         lambda: h.hv.upload_file("nope", name="x.raw", path=path, fmt="raw", sha256=sha),
         lambda: h.hv.delete_volume("nope", "x.qcow2"),
+        lambda: h.hv.read_volume_tail("nope", "x-console.log", max_bytes=16),
     ]
     for call in calls:
         with pytest.raises(Gone) as info:
@@ -423,6 +427,42 @@ def test_upload_file(h: Harness) -> None:
     assert h.hv.list_volumes(POOL) == [info]
 
 
+# --- the end of a volume: read_volume_tail ----------------------------------------------------
+def test_read_volume_tail(h: Harness) -> None:
+    if h.kind == "libvirt":
+        # The test driver has no virStorageVolDownload: refused, saying so; neither Gone nor
+        # an empty read, which would pass for a console log with nothing in it yet. (The
+        # adapter's download: test_download_tail.py; real logs: tests/vm/test_boot_diagnostics.py)
+        h.hv.create_volume(POOL, name="web-1-console.log", capacity_bytes=4096)
+        with pytest.raises(HypervisorError, match="not supported") as info:
+            h.hv.read_volume_tail(POOL, "web-1-console.log", max_bytes=16)
+        assert not isinstance(info.value, Gone | InvalidInput)
+        return
+    log = b"".join(b"[%8.6f] line %d\n" % (i / 7, i) for i in range(200))
+    h.hv.upload_volume(POOL, name="web-1-console.log", data=log)
+    assert h.hv.read_volume_tail(POOL, "web-1-console.log", max_bytes=40) == log[-40:]
+    assert h.hv.read_volume_tail(POOL, "web-1-console.log", max_bytes=len(log)) == log
+    assert h.hv.read_volume_tail(POOL, "web-1-console.log", max_bytes=10 * len(log)) == log
+    h.hv.upload_volume(POOL, name="web-1-console.log.0", data=b"")
+    assert h.hv.read_volume_tail(POOL, "web-1-console.log.0", max_bytes=16) == b""
+
+
+def test_read_volume_tail_of_a_missing_volume_is_gone(h: Harness) -> None:
+    with pytest.raises(Gone) as info:
+        h.hv.read_volume_tail(POOL, "web-1-console.log", max_bytes=16)
+    assert not isinstance(info.value, InvalidInput) and info.value.exit_code == 1
+
+
+@pytest.mark.parametrize("bad", [0, -1, True, 1.5])
+def test_read_volume_tail_refuses_a_bound_below_one_before_acting(h: Harness,
+                                                                 bad: Any) -> None:
+    h.hv.create_volume(POOL, name="web-1-console.log", capacity_bytes=4096)
+    before = h.snapshot()
+    with pytest.raises(InvalidInput, match="max_bytes"):
+        h.hv.read_volume_tail(POOL, "web-1-console.log", max_bytes=bad)
+    assert h.snapshot() == before
+
+
 # --- which verbs change something: MUTATING_VERBS, checked both ways ----------------------
 def _populate(h: Harness) -> None:
     """A running and a stopped domain of ours, a data volume and a reservation."""
@@ -440,14 +480,27 @@ _READ_ARGS: dict[str, tuple[str, ...]] = {
 }
 
 
+# Read-only verbs whose arguments are not read off _READ_ARGS: the (args, kwargs) of each call.
+_READ_CALLS: dict[str, list[tuple[tuple[Any, ...], dict[str, Any]]]] = {
+    "read_volume_tail": [((POOL, "web-1-data0.qcow2"), {"max_bytes": 16}),
+                         ((POOL, "web-1-data0.qcow2"), {"max_bytes": 2 * MiB})],
+}
+
+
 # close ends the connection, and with it the test driver's objects: not a read to compare
 @pytest.mark.parametrize("verb", sorted(set(VERBS) - MUTATING_VERBS - {"close"}))
 def test_every_verb_not_in_mutating_verbs_only_reads(h: Harness, verb: str) -> None:
     _populate(h)
     before = h.snapshot()
     params = [p for p in inspect.signature(getattr(Hypervisor, verb)).parameters if p != "self"]
-    for args in itertools.product(*(_READ_ARGS[p] for p in params)):
-        getattr(h.hv, verb)(*args)
+    calls = _READ_CALLS.get(verb) or [
+        (args, {}) for args in itertools.product(*(_READ_ARGS[p] for p in params))]
+    for args, kwargs in calls:
+        if verb == "read_volume_tail" and h.kind == "libvirt":
+            with pytest.raises(HypervisorError, match="not supported"):  # no download there
+                getattr(h.hv, verb)(*args, **kwargs)
+        else:
+            getattr(h.hv, verb)(*args, **kwargs)
         assert h.snapshot() == before, f"{verb}{args} changed the hypervisor"
 
 

@@ -166,7 +166,8 @@ def check_invariants(w: World, name: str) -> None:
     assert {d for d in domains if d.startswith(f"{SET}-")} == names, (name, domains, names)
     assert reservations == names, (name, reservations)
     expected = {v for i in instances
-                for v in (i.os_volume, f"{i.name}-seed.iso", f"{i.name}-data0.qcow2")}
+                for v in (i.os_volume, f"{i.name}-seed.iso", f"{i.name}-data0.qcow2",
+                          f"{i.name}-console.log")}  # every instance has booted by now
     assert volumes == expected, (name, sorted(volumes ^ expected))
     for i in instances:
         assert i.status == "active", (name, i.name, i.status)

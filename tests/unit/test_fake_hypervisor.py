@@ -189,6 +189,45 @@ def test_overlay_and_upload_keep_what_tests_inspect(hv: FakeHypervisor) -> None:
                           capacity_bytes=MiB)
 
 
+# --- the serial console's log, as virtlogd keeps it ------------------------------------------
+def test_a_start_begins_the_console_log_in_the_pool_and_the_guest_appends(
+        hv: FakeHypervisor) -> None:
+    dom = dataclasses.replace(domain(hv), console_log="/var/lib/libvirt/images/web-1-console.log",
+                              boot=DirectKernelBoot(kernel=KERNEL, cmdline="console=ttyS0 quiet"))
+    hv.define_domain(dom)
+    with pytest.raises(Gone):  # defined, never started: no log yet
+        hv.read_volume_tail("default", "web-1-console.log", max_bytes=MiB)
+    hv.start("web-1")
+    log = hv.read_volume_tail("default", "web-1-console.log", max_bytes=MiB).decode()
+    assert log.startswith("[    0.000000] Linux version ")
+    assert "Command line: console=ttyS0 quiet\n" in log and len(log.splitlines()) == 3
+    hv.append_console("web-1", "orch-tiny: boot finished\n")
+    assert hv.read_volume_tail("default", "web-1-console.log", max_bytes=25) == \
+        b"orch-tiny: boot finished\n"
+    vol = {v.name: v for v in hv.list_volumes("default")}["web-1-console.log"]
+    assert vol.capacity_bytes == len(log) + 25  # a raw file of what was written
+    hv.destroy("web-1")
+    hv.start("web-1")  # append='off': each boot begins the log anew
+    again = hv.read_volume_tail("default", "web-1-console.log", max_bytes=MiB).decode()
+    assert again == log and "boot finished" not in again
+
+
+def test_a_console_log_outside_every_pool_is_not_a_volume(hv: FakeHypervisor) -> None:
+    hv.define_domain(dataclasses.replace(domain(hv), console_log="/var/log/web-1.log"))
+    hv.start("web-1")
+    hv.append_console("web-1", "x\n")
+    assert [v.name for v in hv.list_volumes("default")] == ["web-1-os.qcow2"]
+
+
+def test_read_volume_tail_of_a_copied_file_reads_only_its_end(hv: FakeHypervisor,
+                                                              tmp_path: Path) -> None:
+    path, sha = image(tmp_path, content=b"0123456789" * 100, hole=0)
+    hv.upload_file("default", name="tiny-1.raw", path=path, fmt="raw", sha256=sha)
+    assert hv.read_volume_tail("default", "tiny-1.raw", max_bytes=4) == b"6789"
+    hv.create_volume("default", name="a-data0.qcow2", capacity_bytes=MiB)
+    assert hv.read_volume_tail("default", "a-data0.qcow2", max_bytes=4) == b""
+
+
 # --- upload_file: a base image copied from a local file -------------------------------------
 def image(tmp_path: Path, content: bytes = b"disk" * 4096, hole: int = MiB) -> tuple[str, str]:
     """A local image file with a hole between two copies of ``content``: (path, sha256)."""

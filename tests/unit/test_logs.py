@@ -115,3 +115,26 @@ def test_fields_of_a_line() -> None:
     finally:
         logs.set_scope(None)
     assert logs.fields_of("web-0: creating") == {}
+
+
+def test_an_errors_details_follow_its_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    """Evidence such as failed instances' console lines: below the error line, indented, in
+    text; one ``details`` list in JSON. The error line itself stays one line."""
+    details = ["web-0: last 2 console lines:", "  [    0.000000] Linux version 6.1",
+               "  orch-tiny: boot finished"]
+    logs.configure("text", tty=False)
+    logs.error("create: 1 of 1 instances not healthy: web-0 Unhealthy", exit_code=1,
+               details=details)
+    assert capsys.readouterr().err == (
+        "error: create: 1 of 1 instances not healthy: web-0 Unhealthy\n"
+        "  web-0: last 2 console lines:\n"
+        "    [    0.000000] Linux version 6.1\n"
+        "    orch-tiny: boot finished\n")
+    logs.configure("json")
+    logs.error("create: 1 of 1 instances not healthy: web-0 Unhealthy", exit_code=1,
+               details=details)
+    logs.error("scale set nope not found", exit_code=2)
+    first, second = records(capsys.readouterr().err)
+    assert first["details"] == details and first["exitCode"] == 1
+    assert "details" not in second
+    logs.configure("text", tty=False)

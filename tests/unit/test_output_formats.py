@@ -28,6 +28,7 @@ SILENT = {"vmss delete", "image delete", "host remove"}
 # shown, and read-only: also checked in YAML, which must say the same as the JSON
 READ_ONLY = {"image list", "image show", "vmss list", "vmss show", "vmss list-instances",
              "vmss get-instance-view", "vmss list-operations", "vmss rolling-upgrade get-latest",
+             "vmss boot-diagnostics get-boot-log",
              "vmss plan", "lab status", "lab hosts", "host list", "host show"}
 
 
@@ -108,6 +109,8 @@ def test_every_showing_command_prints_json(cli: FakeCli, tmp_path: Path) -> None
     assert [i["healthState"] for i in show("vmss list-instances", "--name", "web")] == [
         "Healthy", "Healthy"]
     assert show("vmss get-instance-view", "--name", "web", "--instance-id", "0")["name"] == "web-0"
+    assert show("vmss boot-diagnostics get-boot-log", "--name", "web", "--instance-id", "0")[
+        "log"].startswith("[    0.000000] Linux version")
     assert show("vmss plan", "--name", "web", "--image", "tiny:2")["outcome"] == "Completed"
     assert show("vmss update", "--name", "web", "--image", "tiny:2")["generation"] == 2
     latest = show("vmss rolling-upgrade get-latest", "--name", "web")

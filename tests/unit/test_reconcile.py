@@ -178,7 +178,7 @@ def test_objects_of_the_set_no_instance_owns_are_removed(world: World,
                                                          upgrades: Upgrades) -> None:
     create(world)
     before = world.resources()
-    # what a lost store row leaves: instance 7's domain, disks and reservation
+    # what a lost store row leaves: instance 7's domain, disks, console log and reservation
     spec = world.service.spec_of(world.store.get_set("web"))
     image = world.registry.get("tiny:1")
     inst = run(addresses.allocate(world.service.engine, set_name="web", instance_id=7, model=spec.model,
@@ -190,7 +190,7 @@ def test_objects_of_the_set_no_instance_owns_are_removed(world: World,
     assert world.resources() != before
 
     report = Reconciler(upgrades).run_pass()
-    assert any("1 domain(s), 2 volume(s), 1 DHCP reservation(s)" in a
+    assert any("1 domain(s), 3 volume(s), 1 DHCP reservation(s)" in a
                for a in report.actions), report
     domains, volumes, reservations = world.resources()
     assert (domains, volumes - {"web-0-data-notes.qcow2"}, reservations) == before

@@ -40,7 +40,7 @@ class TestCreate:
             owner = world.hv.domain_owner(name)
             assert owner is not None and owner.set_name == "web" and owner.generation == 1
         assert volumes == {f"web-{i}-{kind}" for i in (0, 1)
-                           for kind in ("os0.qcow2", "seed.iso", "data0.qcow2")}
+                           for kind in ("os0.qcow2", "seed.iso", "data0.qcow2", "console.log")}
         assert reservations == {"web-0", "web-1"}
 
     def test_os_disk_is_an_overlay_with_pinned_backing_format(self, world: World) -> None:
@@ -177,7 +177,7 @@ class TestScale:
         assert [i.instance_id for i in world.store.list_instances("web")] == [0]
         domains, volumes, reservations = world.resources()
         assert domains == {"web-0"} and reservations == {"web-0"}
-        assert volumes == {"web-0-os0.qcow2", "web-0-seed.iso"}
+        assert volumes == {"web-0-os0.qcow2", "web-0-seed.iso", "web-0-console.log"}
         world.service.scale("web", 2)
         assert [i.instance_id for i in world.store.list_instances("web")] == [0, 3]
         assert world.service.set_view(world.store.get_set("web"))["capacity"] == 2
@@ -235,8 +235,9 @@ class TestDelete:
         world.service.create(spec(capacity=2))
         pool = world.hv.pool_info("default").path
         assert world.hv.domains["web-0"].console_log == f"{pool}/web-0-console.log"
-        for name in ("web-0-console.log", "web-0-console.log.0", "web-1-console.log"):
-            world.hv.create_volume("default", name=name, capacity_bytes=4096)  # as virtlogd would
+        assert {v.name for v in world.hv.list_volumes("default")
+                if "console" in v.name} == {"web-0-console.log", "web-1-console.log"}  # booted
+        world.hv.create_volume("default", name="web-0-console.log.0", capacity_bytes=4096)
         world.hv.create_volume("default", name="web-7-console.log", capacity_bytes=4096)
         world.service.delete_instances("web", [0])
         assert {v.name for v in world.hv.list_volumes("default")

@@ -81,10 +81,14 @@ def libvirt_objects(prefix: str) -> dict[str, list[str]]:
 
 def assert_exactly(set_name: str, ids: list[int]) -> None:
     """libvirt holds exactly the instances ``ids`` of the set: a domain, one OS volume, the
-    seed volume and one DHCP reservation each; nothing else with the set's prefix."""
+    seed volume and one DHCP reservation each, and the console logs virtlogd keeps of them;
+    nothing else with the set's prefix."""
     held = libvirt_objects(f"{set_name}-")
     names = [f"{set_name}-{i}" for i in ids]
     assert sorted(held["domains"]) == sorted(names), held
+    logs = [v for v in held["volumes"] if re.fullmatch(r".*-console\.log(\.\d+)?", v)]
+    assert all(re.sub(r"-console\.log(\.\d+)?$", "", v) in names for v in logs), logs
+    held["volumes"] = [v for v in held["volumes"] if v not in logs]
     for name in names:
         own = [v for v in held["volumes"] if v.startswith(f"{name}-")]
         assert len([v for v in own if re.fullmatch(rf"{re.escape(name)}-os\d+\.qcow2", v)]) == 1, own

@@ -97,11 +97,15 @@ async def repair(session: Session, ids: Sequence[int], report: PassReport) -> No
                     f"longer than {repairs.grace_period}")
     with journal(env, name, "repair") as entry:
         entry.detail.update(action=action, instances=list(ids))
+        seen = set(env.console_tails)
         try:
             failed = await _act(session, session.instances(list(ids)), action)
         except OrchError as exc:
             failed = {i: exc.one_line() for i in ids}
         entry.detail["repaired"] = [i for i in ids if i not in failed]
+        tails = {n: list(lines) for n, lines in env.console_tails.items() if n not in seen}
+        if tails:  # the last console lines of what did not become Healthy
+            entry.detail["consoleTails"] = tails
         if failed:
             entry.detail["error"] = "; ".join(
                 f"{name}-{i}: {action} did not make it Healthy ({why})"

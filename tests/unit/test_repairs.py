@@ -183,3 +183,14 @@ def test_across_hosts_a_replacement_stays_in_its_fault_domain_and_silent_hosts_w
     assert sick not in placed and silent in placed
     new = max(placed)
     assert placed[new] == "h2"  # the old instance's fault domain had room
+
+
+def test_a_failed_repair_keeps_the_console_lines_in_the_journal(world: World) -> None:
+    world.service.create(spec(1, action="Restart"))
+    sicken(world, 0)
+    world.clock.advance(GRACE + 1)
+    controller_pass(world)
+    [op] = repair_ops(world)
+    assert op.status == "failed"
+    tail = op.detail["consoleTails"]["web-0"]
+    assert tail and any("Linux" in line or "init" in line for line in tail), tail

@@ -8,6 +8,7 @@ test checks itself that libvirt holds nothing of it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -120,21 +121,46 @@ def record_boots(record_property: Callable[[str, object], None], stderr: str,
     return boots
 
 
-@pytest.fixture(scope="session")
-def orch() -> Iterator[Orch]:
+@contextlib.contextmanager
+def state_dir_with(*builds: tuple[str, ...], prefix: str = "orch-vmtest-") -> Iterator[Orch]:
+    """An `Orch` on a fresh state dir with the images ``builds`` names (each the arguments of
+    `image build`); the sets it made and the dir go afterwards."""
     if os.environ.get("ORCH_IN_LAB") != "1":
         pytest.fail("real-VM tests run inside the lab: `make test`, or "
                     "`.venv/bin/orch lab up && .venv/bin/orch lab exec -- .venv/bin/pytest tests/vm`")
     # not under /tmp/pytest-*: libvirt's qemu user must traverse to images and logs
-    state_dir = Path(tempfile.mkdtemp(prefix="orch-vmtest-", dir="/var/tmp"))
+    state_dir = Path(tempfile.mkdtemp(prefix=prefix, dir="/var/tmp"))
     os.chmod(state_dir, 0o711)
     o = Orch(state_dir)
-    o.run("image", "build", "tiny", "--version", "1")
-    o.run("image", "build", "tiny", "--version", "2")
-    o.run("image", "build", "tiny", "--version", "3", "--broken")  # health fails, SSH works
     try:
+        for build in builds:
+            o.run("image", "build", *build)
         yield o
     finally:
         for name in o.created:
             o.run("vmss", "delete", "--name", name, check=False)
         shutil.rmtree(state_dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def controller_running(orch: Orch, *, interval: float) -> Iterator[subprocess.Popen[str]]:
+    """`orch controller run --interval` in the background for as long as the block runs."""
+    proc = subprocess.Popen([ORCH, "--state-dir", str(orch.state_dir), "controller", "run",
+                             "--interval", str(interval)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        yield proc
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=120)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=30)
+
+
+@pytest.fixture(scope="session")
+def orch() -> Iterator[Orch]:
+    with state_dir_with(("tiny", "--version", "1"), ("tiny", "--version", "2"),
+                        ("tiny", "--version", "3", "--broken")) as o:  # 3: health fails, SSH works
+        yield o

@@ -11,10 +11,8 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from collections import Counter
@@ -23,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from .conftest import Orch
+from .conftest import Orch, state_dir_with
 
 pytestmark = pytest.mark.vm
 
@@ -58,20 +56,12 @@ def hosts() -> Iterator[list[dict[str, str]]]:
 
 @pytest.fixture
 def orch3(hosts: list[dict[str, str]]) -> Iterator[Orch]:
-    state_dir = Path(tempfile.mkdtemp(prefix="orch-vmhosts-", dir="/var/tmp"))
-    os.chmod(state_dir, 0o711)
-    o = Orch(state_dir)
-    try:
-        for v in ("1", "2"):
-            o.run("image", "build", "tiny", "--version", v)
+    with state_dir_with(("tiny", "--version", "1"), ("tiny", "--version", "2"),
+                        prefix="orch-vmhosts-") as o:
         for h in hosts:
             o.run("host", "add", "--name", h["name"], "--uri", h["uri"], "--fault-domain",
                   h["faultDomain"], "--network", h["network"], "--pool", h["pool"])
         yield o
-    finally:
-        for name in o.created:
-            o.run("vmss", "delete", "--name", name, check=False)
-        shutil.rmtree(state_dir, ignore_errors=True)
 
 
 def running_per_host(hosts: list[dict[str, str]], prefix: str) -> dict[str, int]:

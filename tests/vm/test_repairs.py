@@ -6,18 +6,15 @@ new Healthy instance in its place, Restart brings the same one back Healthy."""
 from __future__ import annotations
 
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 
-from .conftest import Orch
+from .conftest import Orch, controller_running
 
 pytestmark = pytest.mark.vm
 
-ORCH = str(Path(sys.executable).with_name("orch"))
 GRACE = 30  # PT30S, the shortest repair grace period
 INTERVAL = 5  # seconds between the controller's passes
 BOOT_MARGIN = 60  # a replacement or a restart boots and is probed Healthy under TCG
@@ -25,18 +22,8 @@ BOOT_MARGIN = 60  # a replacement or a restart boots and is probed Healthy under
 
 @pytest.fixture
 def controller(orch: Orch) -> Iterator[subprocess.Popen[str]]:
-    proc = subprocess.Popen([ORCH, "--state-dir", str(orch.state_dir), "controller", "run",
-                             "--interval", str(INTERVAL)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
+    with controller_running(orch, interval=INTERVAL) as proc:
         yield proc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=120)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
 
 
 def _create(orch: Orch, action: str) -> str:

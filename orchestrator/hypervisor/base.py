@@ -275,6 +275,11 @@ class Hypervisor(Protocol):
 
     def list_volumes(self, pool: str) -> list[VolumeInfo]: ...
 
+    def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
+        """The volume ``name`` of ``pool`` as ``list_volumes`` would show it, or None if the
+        pool has none of that name: one lookup, where a listing costs a call per volume."""
+        ...
+
     # --- network -----------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo: ...
 

@@ -481,6 +481,12 @@ class FakeHypervisor:
         p = self._pool(pool)
         return [p.volumes[n].info() for n in sorted(p.volumes)]
 
+    def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
+        self._enter("find_volume", name)
+        check_volume_name(name)
+        vol = self._pool(pool).volumes.get(name)
+        return vol.info() if vol is not None else None
+
     # --- network ---------------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo:
         self._enter("network_info", network)

@@ -127,6 +127,9 @@ class Retrying:
     def list_volumes(self, pool: str) -> list[VolumeInfo]:
         return self._call(self._inner.list_volumes, pool)
 
+    def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
+        return self._call(self._inner.find_volume, pool, name)
+
     # --- network ---------------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo:
         return self._call(self._inner.network_info, network)

@@ -117,15 +117,35 @@ class _Volume:
 
 @dataclass
 class _Pool:
+    """A pool's volumes, changed only through ``put`` and ``drop``: they keep the allocation
+    total and the index by path, so no question about one volume walks all of them."""
+
     name: str
     path: str
     capacity: int
     active: bool
     volumes: dict[str, _Volume] = field(default_factory=dict)
+    _allocated: int = 0
+    _by_path: dict[str, _Volume] = field(default_factory=dict)
 
     @property
     def available(self) -> int:
-        return max(0, self.capacity - sum(v.allocation for v in self.volumes.values()))
+        return max(0, self.capacity - self._allocated)
+
+    def put(self, vol: _Volume) -> None:
+        self.drop(vol.name)
+        self.volumes[vol.name] = vol
+        self._by_path[vol.path] = vol
+        self._allocated += vol.allocation
+
+    def drop(self, name: str) -> None:
+        vol = self.volumes.pop(name, None)
+        if vol is not None:
+            del self._by_path[vol.path]
+            self._allocated -= vol.allocation
+
+    def at_path(self, path: str) -> _Volume | None:
+        return self._by_path.get(path)
 
 
 @dataclass
@@ -308,7 +328,7 @@ class FakeHypervisor:
     def _path_exists(self, path: str) -> bool:
         if path in self._external_files:
             return True
-        return any(v.path == path for p in self._pools.values() for v in p.volumes.values())
+        return any(p.at_path(path) is not None for p in self._pools.values())
 
     def _check_bootable(self, dom: Domain) -> None:
         missing: list[str] = []
@@ -317,9 +337,9 @@ class FakeHypervisor:
                 missing.append(disk.path)
                 continue
             for pool in self._pools.values():
-                for vol in pool.volumes.values():
-                    if vol.path == disk.path and vol.backing and not self._path_exists(vol.backing[0]):
-                        missing.append(vol.backing[0])
+                vol = pool.at_path(disk.path)
+                if vol is not None and vol.backing and not self._path_exists(vol.backing[0]):
+                    missing.append(vol.backing[0])
         if dom.boot is not None:
             for path in (dom.boot.kernel, dom.boot.initrd):
                 if path and not self._path_exists(path):
@@ -417,7 +437,7 @@ class FakeHypervisor:
                 f"create volume {vol.name} in pool {pool}: no space left "
                 f"({vol.allocation} bytes wanted, {p.available} available)"
             )
-        p.volumes[vol.name] = vol
+        p.put(vol)
         return vol.info()
 
     def _path_in(self, pool: str, name: str) -> str:
@@ -445,7 +465,7 @@ class FakeHypervisor:
         self._enter("upload_volume", name)
         check_volume_name(name)
         check_upload_format(name, fmt)
-        self._pool(pool).volumes.pop(name, None)
+        self._pool(pool).drop(name)
         vol = _Volume(name, self._path_in(pool, name), fmt, len(data), len(data), data=bytes(data))
         return self._add_volume(pool, vol)
 
@@ -460,7 +480,7 @@ class FakeHypervisor:
         if have is not None:
             if have.capacity == size and have.content_sha256() == expected:
                 return have.info()  # the image is there already: nothing read, nothing sent
-            del p.volumes[name]  # other content: replaced
+            p.drop(name)  # other content: replaced
         self.uploads.append((name, path))
         arrived = file_sha256(path)
         if arrived != expected:
@@ -474,7 +494,7 @@ class FakeHypervisor:
     def delete_volume(self, pool: str, name: str) -> None:
         self._enter("delete_volume", name)
         check_volume_name(name)
-        self._pool(pool).volumes.pop(name, None)
+        self._pool(pool).drop(name)
 
     def list_volumes(self, pool: str) -> list[VolumeInfo]:
         self._enter("list_volumes", pool)

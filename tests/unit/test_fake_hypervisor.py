@@ -177,6 +177,16 @@ def test_volumes_take_space_and_a_full_pool_refuses(hv: FakeHypervisor) -> None:
     hv.create_volume("default", name="a-data1.qcow2", capacity_bytes=2 * MiB)
 
 
+def test_a_replaced_or_deleted_volume_gives_its_space_back(hv: FakeHypervisor) -> None:
+    hv.set_pool_capacity("default", 10 * MiB)
+    hv.upload_volume("default", name="a-seed.iso", data=b"x" * (4 * MiB), fmt="iso")
+    hv.upload_volume("default", name="a-seed.iso", data=b"x" * MiB, fmt="iso")  # replaced
+    assert hv.pool_info("default").available_bytes == 9 * MiB
+    hv.delete_volume("default", "a-seed.iso")
+    hv.delete_volume("default", "a-seed.iso")  # missing already: nothing given back twice
+    assert hv.pool_info("default").available_bytes == 10 * MiB
+
+
 def test_overlay_and_upload_keep_what_tests_inspect(hv: FakeHypervisor) -> None:
     hv.create_overlay("default", name="a-os.qcow2", backing_path=BASE, backing_format="qcow2",
                       capacity_bytes=MiB)

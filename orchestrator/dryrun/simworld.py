@@ -240,14 +240,17 @@ def build_world(source: Store, directory: Path, *, set_name: str, settings: Sett
     world = SimWorld(clock, hv, store, prober, Env(engine=engine, prober=prober, progress=note),
                      log, fakes)
     if observed is not None:
+        instances = store.list_instances(set_name)  # once, not once per host
         for host in observed:
             if host.observed is not None:
-                _mirror(world, set_name, host.name, host.observed)
+                _mirror(world, [i for i in instances if i.host == host.name], host.name,
+                        host.observed)
         world.clock.advance(timings.guest_boot_seconds)  # the guests that run have booted
     return world
 
 
-def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> None:
+def _mirror(world: SimWorld, instances: Sequence[InstanceRecord], host: str,
+            observed: Observed) -> None:
     hv = world.hosts[host]
     env = world.env
     network = observed.network.name
@@ -260,10 +263,8 @@ def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> No
             hv.add_reservation(network, reservation)
     for ip, mac in observed.leases.items():
         hv.add_lease(network, ip, mac)
-    for inst in env.store.list_instances(set_name):
-        if inst.host == host:
-            _mirror_instance(world, hv, inst,
-                             state=observed.power.get(inst.name, PowerState.MISSING))
+    for inst in instances:
+        _mirror_instance(world, hv, inst, state=observed.power.get(inst.name, PowerState.MISSING))
     pool = observed.pool.name
     info = hv.pool_info(pool)
     used = info.capacity_bytes - info.available_bytes

@@ -19,7 +19,7 @@ import contextlib
 import json
 import os
 import sqlite3
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -321,6 +321,14 @@ class Store:
         with self.transaction():
             self._db.execute("UPDATE instances SET health=? WHERE set_name=? AND instance_id=?",
                              (json.dumps(health), set_name, instance_id))
+
+    def set_healths(self, set_name: str, healths: Mapping[int, dict[str, Any]]) -> None:
+        """The health records of several instances (a probe round), in one statement."""
+        with self.transaction():
+            self._db.executemany(
+                "UPDATE instances SET health=? WHERE set_name=? AND instance_id=?",
+                [(json.dumps(health), set_name, instance_id)
+                 for instance_id, health in healths.items()])
 
     def find_instance(self, set_name: str, instance_id: int) -> InstanceRecord | None:
         row = self._one(

@@ -54,7 +54,6 @@ from orchestrator.hypervisor.base import (
     check_upload_format,
     check_volume_name,
     reservation_present,
-    same_mac,
     upload_file_size,
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership
@@ -150,9 +149,44 @@ class _Pool:
 
 @dataclass
 class _Network:
+    """A network's DHCP host entries, changed only through ``add`` and ``remove``: they keep
+    them indexed by MAC, IP and name, so a new entry is checked against the few that share
+    one of those (the only ones ``reservation_present`` can stop at), not against all."""
+
     info: NetworkInfo
     reservations: list[Reservation] = field(default_factory=list)
     leases: dict[str, str] = field(default_factory=dict)
+    _by_key: dict[tuple[str, str], list[Reservation]] = field(default_factory=dict)
+    _order: dict[Reservation, int] = field(default_factory=dict)
+    _added: int = 0
+
+    @staticmethod
+    def _keys(r: Reservation) -> list[tuple[str, str]]:
+        # as reservation_present compares: MACs in any case, a name only when there is one
+        keys = [("mac", r.mac.strip().lower()), ("ip", r.ip)]
+        if r.name:
+            keys.append(("name", r.name))
+        return keys
+
+    def add(self, reservation: Reservation, *, network: str) -> None:
+        near = {r for key in self._keys(reservation) for r in self._by_key.get(key, ())}
+        if reservation_present(sorted(near, key=self._order.__getitem__), reservation,
+                               network=network):
+            return
+        self.reservations.append(reservation)
+        for key in self._keys(reservation):
+            self._by_key.setdefault(key, []).append(reservation)
+        self._order[reservation] = self._added
+        self._added += 1
+
+    def remove(self, reservation: Reservation) -> None:
+        """Every entry of ``reservation``'s MAC and IP."""
+        for r in [r for r in self._by_key.get(self._keys(reservation)[0], ())
+                  if r.ip == reservation.ip]:
+            self.reservations.remove(r)
+            for key in self._keys(r):
+                self._by_key[key].remove(r)
+            del self._order[r]
 
 
 class FakeHypervisor:
@@ -526,17 +560,11 @@ class FakeHypervisor:
 
     def add_reservation(self, network: str, reservation: Reservation) -> None:
         self._enter("add_reservation", reservation.name)
-        net = self._network(network)
-        if not reservation_present(net.reservations, reservation, network=network):
-            net.reservations.append(reservation)
+        self._network(network).add(reservation, network=network)
 
     def remove_reservation(self, network: str, reservation: Reservation) -> None:
         self._enter("remove_reservation", reservation.name)
-        net = self._network(network)
-        net.reservations = [
-            r for r in net.reservations
-            if not (same_mac(r.mac, reservation.mac) and r.ip == reservation.ip)
-        ]
+        self._network(network).remove(reservation)
 
     # --- host ------------------------------------------------------------------------------
     def host_info(self) -> HostInfo:

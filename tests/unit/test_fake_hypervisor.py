@@ -335,6 +335,21 @@ def test_the_default_host_is_the_test_machine_with_emulation(hv: FakeHypervisor)
 
 
 # --- fault injection ------------------------------------------------------------------------
+def test_reservations_are_checked_in_the_order_they_were_added(hv: FakeHypervisor) -> None:
+    first = Reservation("52:54:00:00:00:01", "10.213.0.11", "web-1")
+    second = Reservation("52:54:00:00:00:02", "10.213.0.12", "web-2")
+    hv.add_reservation("orchlab", first)
+    hv.add_reservation("orchlab", second)
+    # conflicts with both (the IP of the first, the MAC of the second): the first is named,
+    # as libvirt's own list would be read
+    with pytest.raises(HypervisorError, match="existing 52:54:00:00:00:01 10.213.0.11 web-1"):
+        hv.add_reservation("orchlab", Reservation("52:54:00:00:00:02", "10.213.0.11", "web-9"))
+    hv.remove_reservation("orchlab", Reservation(first.mac.upper(), first.ip, ""))
+    hv.add_reservation("orchlab", Reservation("52:54:00:00:00:09", first.ip, first.name))
+    assert hv.list_reservations("orchlab") == [
+        second, Reservation("52:54:00:00:00:09", first.ip, first.name)]
+
+
 def test_fail_next_raises_exactly_count_times(hv: FakeHypervisor) -> None:
     hv.define_domain(domain(hv))
     hv.fail_next("start", HypervisorError("boom"), count=2)

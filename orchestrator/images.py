@@ -19,6 +19,7 @@ directories 0755 and files 0644 so that libvirt's qemu user can read them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -57,7 +58,8 @@ def recipes_dir() -> Path:
 
 @dataclass(frozen=True)
 class Image:
-    """A registered image, resolved to absolute paths."""
+    """A registered image, resolved to absolute paths (each made once per ``Image``: every
+    domain built from the image names them)."""
 
     record: ImageRecord
 
@@ -65,11 +67,11 @@ class Image:
     def ref(self) -> str:
         return self.record.ref
 
-    @property
+    @functools.cached_property
     def directory(self) -> Path:
         return Path(self.record.path)
 
-    @property
+    @functools.cached_property
     def disk(self) -> Path:
         return self.directory / str(self.record.manifest.get("disk", DISK_FILE))
 
@@ -77,11 +79,11 @@ class Image:
         value = self.record.manifest.get(key)
         return self.directory / str(value) if value else None
 
-    @property
+    @functools.cached_property
     def kernel(self) -> Path | None:
         return self._file("kernel")
 
-    @property
+    @functools.cached_property
     def initrd(self) -> Path | None:
         return self._file("initrd")
 

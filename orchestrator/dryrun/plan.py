@@ -19,7 +19,10 @@ Called by: cli.vmss
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -76,10 +79,28 @@ async def make_plan(env: Env, set_name: str, *, changes: dict[str, Any] | None,
                             settings=settings, now=now, timings=timings,
                             observed=observed, progress=warn)
         try:
-            return await _simulate(world, set_name, changes=changes, timings=timings,
-                                   allow_surge_fallback=allow_surge_fallback)
+            with _collector_spared():
+                return await _simulate(world, set_name, changes=changes, timings=timings,
+                                       allow_surge_fallback=allow_surge_fallback)
         finally:
             world.close()
+
+
+@contextlib.contextmanager
+def _collector_spared() -> Iterator[None]:
+    """While the upgrade is simulated, the objects that exist before it (the simulated world,
+    whatever the caller holds) are left out of the garbage collector's full passes. The
+    simulation allocates enough to start several, and each walked every one of them: about
+    a quarter of the time of a plan of 1000 instances. Objects made during the simulation
+    are collected as ever; nothing is changed if the heap is frozen already."""
+    if gc.get_freeze_count():
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
 
 
 async def _simulate(world: SimWorld, set_name: str, *, changes: dict[str, Any] | None,

@@ -44,7 +44,7 @@ from orchestrator.hypervisor.base import (
     Reservation,
 )
 from orchestrator.hypervisor.fake import DEFAULT_HOST, FakeHypervisor
-from orchestrator.images import Registry
+from orchestrator.images import Image, Registry
 from orchestrator.model import Model, validate
 from orchestrator.store import InstanceRecord, Store
 from orchestrator.usecases import placement
@@ -249,14 +249,17 @@ def build_world(source: Store, directory: Path, *, set_name: str, settings: Sett
     world = SimWorld(clock, hv, store, prober, Env(engine=engine, prober=prober, progress=note),
                      log, fakes)
     if observed is not None:
+        instances = store.list_instances(set_name)  # once, not once per host
         for host in observed:
             if host.observed is not None:
-                _mirror(world, set_name, host.name, host.observed)
+                _mirror(world, [i for i in instances if i.host == host.name], host.name,
+                        host.observed)
         world.clock.advance(timings.guest_boot_seconds)  # the guests that run have booted
     return world
 
 
-def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> None:
+def _mirror(world: SimWorld, instances: Sequence[InstanceRecord], host: str,
+            observed: Observed) -> None:
     hv = world.hosts[host]
     env = world.env
     network = observed.network.name
@@ -277,10 +280,10 @@ def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> No
             hv.add_reservation(network, reservation)
     for ip, mac in observed.leases.items():
         hv.add_lease(network, ip, mac)
-    for inst in env.store.list_instances(set_name):
-        if inst.host == host:
-            _mirror_instance(world, hv, inst,
-                             state=observed.power.get(inst.name, PowerState.MISSING))
+    known = _Known(world.env.engine)
+    for inst in instances:
+        _mirror_instance(world, hv, inst, state=observed.power.get(inst.name, PowerState.MISSING),
+                         known=known)
     pool = observed.pool.name
     info = hv.pool_info(pool)
     used = info.capacity_bytes - info.available_bytes
@@ -293,17 +296,37 @@ def _mirror(world: SimWorld, set_name: str, host: str, observed: Observed) -> No
         memory_bytes_available=real.memory_bytes_available + running))
 
 
+@dataclass
+class _Known:
+    """What the instances of one host's mirror share, looked up once for all of them."""
+
+    engine: Engine
+    images: dict[str, Image] = field(default_factory=dict)
+    models: dict[tuple[str, int], Model] = field(default_factory=dict)
+    reserved: dict[str, set[str]] = field(default_factory=dict)  # names, by network
+
+    def image(self, ref: str) -> Image:
+        if ref not in self.images:
+            self.images[ref] = self.engine.registry.get(ref)
+        return self.images[ref]
+
+    def model(self, set_name: str, generation: int) -> Model:
+        if (set_name, generation) not in self.models:
+            self.models[set_name, generation] = validate(
+                Model, self.engine.store.model_of_generation(set_name, generation))
+        return self.models[set_name, generation]
+
+
 def _mirror_instance(world: SimWorld, hv: FakeHypervisor, inst: InstanceRecord, *,
-                     state: PowerState) -> None:
+                     state: PowerState, known: _Known) -> None:
     """One instance in the fake hypervisor: its volumes and reservation, and its domain as
     defined for its own generation, started if libvirt runs it; unhealthy now (Unhealthy or
     Unknown in the store) and running: unhealthy in the simulation, also after an upgrade."""
     engine = world.env.engine
     pool = engine.at(inst.host).pool
     try:
-        image = engine.registry.get(inst.image)
-        model = validate(Model, engine.store.model_of_generation(inst.set_name,
-                                                                 inst.model_generation))
+        image = known.image(inst.image)
+        model = known.model(inst.set_name, inst.model_generation)
     except NotFound:
         return  # nothing to mirror it from: the simulated upgrade makes it anew
     names = InstanceNames(inst.name)
@@ -314,16 +337,19 @@ def _mirror_instance(world: SimWorld, hv: FakeHypervisor, inst: InstanceRecord, 
                       backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
     if inst.prev_os_volume:
         with contextlib.suppress(NotFound, Gone):
-            prev = engine.registry.get(inst.prev_image) if inst.prev_image else image
+            prev = known.image(inst.prev_image) if inst.prev_image else image
             hv.create_overlay(pool, name=inst.prev_os_volume, backing_path=str(prev.disk),
                               backing_format="qcow2", capacity_bytes=max(prev.virtual_size, 1))
     for disk in model.data_disks:
         hv.create_volume(pool, name=names.data_volume(disk.lun),
                          capacity_bytes=disk.size_gib * GIB)
     hv.upload_volume(pool, name=names.seed_volume, data=b"")
-    if not any(r.name == inst.name for r in hv.list_reservations(inst.network)):
+    if inst.network not in known.reserved:  # listed once, then kept up to date
+        known.reserved[inst.network] = {r.name for r in hv.list_reservations(inst.network)}
+    if inst.name not in known.reserved[inst.network]:
         with contextlib.suppress(HypervisorError):
             hv.add_reservation(inst.network, Reservation(inst.mac, inst.ip, inst.name))
+            known.reserved[inst.network].add(inst.name)
     if state is PowerState.MISSING:
         return
     hv.define_domain(build_domain(engine, inst, model, image, base=base,

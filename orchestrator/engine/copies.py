@@ -129,9 +129,9 @@ async def _present(engine: Engine, w: Where, f: _File) -> str | None:
     rec = engine.store.find_image_copy(w.name, f.sha256)
     if rec is None:
         return None
-    listed = {v.name: v for v in await engine.io(w.hv.list_volumes, w.pool)}
-    if rec.volume in listed:
-        return listed[rec.volume].path
+    found = await engine.io(w.hv.find_volume, w.pool, rec.volume)
+    if found is not None:
+        return found.path
     engine.store.forget_image_copy(w.name, f.sha256)
     return None
 

@@ -37,6 +37,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -400,21 +401,64 @@ async def probe_once(
     settings: ProbeSettings,
     clock: Clock,
 ) -> dict[str, HealthRecord]:
-    """One concurrent round of probes (``list-instances`` refresh); the updated records."""
+    """One concurrent round of probes (``list-instances`` refresh, a rolling upgrade's
+    monitor); the updated records, each advanced when its own outcome arrives.
+
+    The probes of a round start together, so one timer cuts them all at the probe time-out,
+    as ``_bounded_probe`` cuts one: a round over a large set is mostly event-loop work, and
+    a timer task and a wait per probe made it about half as much again."""
     result = _initial_records(targets, records, now=clock.monotonic())
-
-    async def once(target: ProbeTarget) -> None:
-        outcome = await _bounded_probe(
-            prober, target, settings=settings, clock=clock, deadline=None
-        )
-        if outcome is None:  # only a deadline cuts a probe without an outcome
-            return
-        now = clock.monotonic()
-        record = advance(result[target.name], outcome, settings=settings, now=now)
-        result[target.name] = settle(record, settings=settings, now=now)
-
+    if not targets:
+        return result
     loop = asyncio.get_running_loop()
-    await _run_all([loop.create_task(once(t)) for t in targets])
+    at = clock.now()
+    started = clock.monotonic()
+    answered = loop.create_future()  # every probe has answered, or one raised
+    recorded: set[int] = set()
+    failures: list[BaseException] = []
+    cutting = False
+
+    def record(index: int, task: asyncio.Task[ProbeOutcome]) -> None:
+        if task.cancelled():  # cut (by the timer, or on its own: as _bounded_probe says it)
+            outcome = _unreachable(
+                at, f"probe did not finish within {settings.timeout_seconds:g}s",
+                latency=clock.monotonic() - started)
+        elif (exc := task.exception()) is not None:
+            failures.append(exc)
+            return
+        else:
+            outcome = task.result()
+        now = clock.monotonic()
+        name = targets[index].name
+        result[name] = settle(advance(result[name], outcome, settings=settings, now=now),
+                              settings=settings, now=now)
+        recorded.add(index)
+
+    def answer(index: int, task: asyncio.Task[ProbeOutcome]) -> None:
+        if cutting:
+            return  # the round is over: what is left is recorded below
+        record(index, task)
+        if (failures or len(recorded) == len(targets)) and not answered.done():
+            answered.set_result(None)
+
+    probes = [loop.create_task(prober.probe(target, settings)) for target in targets]
+    for index, task in enumerate(probes):
+        task.add_done_callback(functools.partial(answer, index))
+    timer = loop.create_task(clock.sleep(settings.timeout_seconds))
+    try:
+        await asyncio.wait({answered, timer}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        cutting = True
+        unfinished: list[asyncio.Task[Any]] = [t for t in (timer, *probes) if not t.done()]
+        for pending in unfinished:
+            pending.cancel()
+        answered.cancel()
+        await asyncio.gather(*unfinished, return_exceptions=True)
+    for index, task in enumerate(probes):
+        if not failures and index not in recorded:
+            record(index, task)
+    if failures:
+        raise failures[0]  # SecurityError and the like, as a lone probe would raise it
     return result
 
 

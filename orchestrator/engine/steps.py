@@ -103,6 +103,11 @@ async def _volumes(engine: Engine, w: Where) -> set[str]:
     return {v.name for v in await engine.io(w.hv.list_volumes, w.pool)}
 
 
+async def _has_volume(engine: Engine, w: Where, name: str) -> bool:
+    # one lookup, not a listing: a step of one instance must not cost the whole pool
+    return await engine.io(w.hv.find_volume, w.pool, name) is not None
+
+
 # --- provisioning ------------------------------------------------------------------------
 async def provision(engine: Engine, inst: InstanceRecord, model: Model, image: Image,
                     *, admin_key: str, start: bool = True) -> None:
@@ -111,14 +116,13 @@ async def provision(engine: Engine, inst: InstanceRecord, model: Model, image: I
     w = engine.at(inst.host)
     hv, pool = w.hv, w.pool
     names = InstanceNames(inst.name)
-    existing = await _volumes(engine, w)
-    if inst.os_volume not in existing:
+    if not await _has_volume(engine, w, inst.os_volume):
         base = await copies.ensure(engine, w, image)
         await engine.io(hv.create_overlay, pool, name=inst.os_volume,
                         backing_path=base.disk, backing_format="qcow2",
                         capacity_bytes=max(image.virtual_size, 1))
     for dd in model.data_disks:
-        if names.data_volume(dd.lun) not in existing:
+        if not await _has_volume(engine, w, names.data_volume(dd.lun)):
             await engine.io(hv.create_volume, pool, name=names.data_volume(dd.lun),
                             capacity_bytes=dd.size_gib * GIB)
     seed = cloudinit.build_seed_iso(seed_content(inst, model, admin_key=admin_key))
@@ -269,7 +273,7 @@ async def _fresh_overlay(engine: Engine, w: Where, name: str, image: Image) -> N
     """A new overlay on ``image``; one left by an interrupted attempt is replaced."""
     hv, pool = w.hv, w.pool
     base = await copies.ensure(engine, w, image)
-    if name in await _volumes(engine, w):
+    if await _has_volume(engine, w, name):
         await engine.io(hv.delete_volume, pool, name)
     await engine.io(hv.create_overlay, pool, name=name, backing_path=base.disk,
                     backing_format="qcow2", capacity_bytes=max(image.virtual_size, 1))
@@ -280,9 +284,8 @@ async def _ensure_data_disks(engine: Engine, inst: InstanceRecord, model: Model)
     (a lun dropped from the model is detached, its volume kept until the instance goes)."""
     w = engine.at(inst.host)
     names = InstanceNames(inst.name)
-    existing = await _volumes(engine, w)
     for dd in model.data_disks:
-        if names.data_volume(dd.lun) not in existing:
+        if not await _has_volume(engine, w, names.data_volume(dd.lun)):
             await engine.io(w.hv.create_volume, w.pool,
                             name=names.data_volume(dd.lun), capacity_bytes=dd.size_gib * GIB)
 
@@ -344,7 +347,8 @@ async def adopt_generation(engine: Engine, inst: InstanceRecord, *, generation: 
     not there (then nothing is changed)."""
     changes = model_changes(inst, generation=generation, image=image)
     needed = {str(changes["os_volume"]), str(changes["prev_os_volume"])} - {""}
-    if not needed <= await _volumes(engine, engine.at(inst.host)):
+    w = engine.at(inst.host)
+    if not all([await _has_volume(engine, w, name) for name in sorted(needed)]):
         return None
     return engine.store.update_instance(inst, **changes)
 

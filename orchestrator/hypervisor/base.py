@@ -294,6 +294,10 @@ class Hypervisor(Protocol):
         made in the pool since libvirt last looked (virtlogd's console logs) is found too.
         ``Gone`` for a missing volume or pool; InvalidInput, before acting, for an unsafe
         name or a ``max_bytes`` below 1."""
+
+    def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
+        """The volume ``name`` of ``pool`` as ``list_volumes`` would show it, or None if the
+        pool has none of that name: one lookup, where a listing costs a call per volume."""
         ...
 
     # --- network -----------------------------------------------------------------------

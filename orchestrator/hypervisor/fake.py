@@ -61,7 +61,6 @@ from orchestrator.hypervisor.base import (
     check_upload_format,
     check_volume_name,
     reservation_present,
-    same_mac,
     upload_file_size,
 )
 from orchestrator.hypervisor.domainxml import Domain, Ownership, domain_files
@@ -132,22 +131,77 @@ class _Volume:
 
 @dataclass
 class _Pool:
+    """A pool's volumes, changed only through ``put`` and ``drop``: they keep the allocation
+    total and the index by path, so no question about one volume walks all of them."""
+
     name: str
     path: str
     capacity: int
     active: bool
     volumes: dict[str, _Volume] = field(default_factory=dict)
+    _allocated: int = 0
+    _by_path: dict[str, _Volume] = field(default_factory=dict)
 
     @property
     def available(self) -> int:
-        return max(0, self.capacity - sum(v.allocation for v in self.volumes.values()))
+        return max(0, self.capacity - self._allocated)
+
+    def put(self, vol: _Volume) -> None:
+        self.drop(vol.name)
+        self.volumes[vol.name] = vol
+        self._by_path[vol.path] = vol
+        self._allocated += vol.allocation
+
+    def drop(self, name: str) -> None:
+        vol = self.volumes.pop(name, None)
+        if vol is not None:
+            del self._by_path[vol.path]
+            self._allocated -= vol.allocation
+
+    def at_path(self, path: str) -> _Volume | None:
+        return self._by_path.get(path)
 
 
 @dataclass
 class _Network:
+    """A network's DHCP host entries, changed only through ``add`` and ``remove``: they keep
+    them indexed by MAC, IP and name, so a new entry is checked against the few that share
+    one of those (the only ones ``reservation_present`` can stop at), not against all."""
+
     info: NetworkInfo
     reservations: list[Reservation] = field(default_factory=list)
     leases: dict[str, str] = field(default_factory=dict)
+    _by_key: dict[tuple[str, str], list[Reservation]] = field(default_factory=dict)
+    _order: dict[Reservation, int] = field(default_factory=dict)
+    _added: int = 0
+
+    @staticmethod
+    def _keys(r: Reservation) -> list[tuple[str, str]]:
+        # as reservation_present compares: MACs in any case, a name only when there is one
+        keys = [("mac", r.mac.strip().lower()), ("ip", r.ip)]
+        if r.name:
+            keys.append(("name", r.name))
+        return keys
+
+    def add(self, reservation: Reservation, *, network: str) -> None:
+        near = {r for key in self._keys(reservation) for r in self._by_key.get(key, ())}
+        if reservation_present(sorted(near, key=self._order.__getitem__), reservation,
+                               network=network):
+            return
+        self.reservations.append(reservation)
+        for key in self._keys(reservation):
+            self._by_key.setdefault(key, []).append(reservation)
+        self._order[reservation] = self._added
+        self._added += 1
+
+    def remove(self, reservation: Reservation) -> None:
+        """Every entry of ``reservation``'s MAC and IP."""
+        for r in [r for r in self._by_key.get(self._keys(reservation)[0], ())
+                  if r.ip == reservation.ip]:
+            self.reservations.remove(r)
+            for key in self._keys(r):
+                self._by_key[key].remove(r)
+            del self._order[r]
 
 
 class FakeHypervisor:
@@ -356,7 +410,7 @@ class FakeHypervisor:
     def _path_exists(self, path: str) -> bool:
         if path in self._external_files:
             return True
-        return any(v.path == path for p in self._pools.values() for v in p.volumes.values())
+        return any(p.at_path(path) is not None for p in self._pools.values())
 
     def _write_console(self, dom: Domain, data: bytes, *, truncate: bool) -> None:
         """Write to ``dom``'s console log if it names one in a pool (elsewhere: a file of
@@ -367,12 +421,12 @@ class FakeHypervisor:
         directory, _, name = dom.console_log.rpartition("/")
         for p in self._pools.values():
             if p.path.rstrip("/") == directory.rstrip("/"):
-                vol = p.volumes.get(name)
-                if vol is None or vol.data is None:
-                    vol = _Volume(name, dom.console_log, "raw", 0, 0, data=b"")
-                    p.volumes[name] = vol
-                vol.data = (b"" if truncate else (vol.data or b"")) + data
-                vol.capacity = vol.allocation = len(vol.data)
+                old = p.volumes.get(name)
+                before = b"" if truncate or old is None else (old.data or b"")
+                content = before + data
+                # put anew, so that the pool's allocation total follows the log's growth
+                p.put(_Volume(name, dom.console_log, "raw", len(content), len(content),
+                              data=content))
                 return
 
     def _check_bootable(self, dom: Domain) -> None:
@@ -382,9 +436,9 @@ class FakeHypervisor:
                 missing.append(disk.path)
                 continue
             for pool in self._pools.values():
-                for vol in pool.volumes.values():
-                    if vol.path == disk.path and vol.backing and not self._path_exists(vol.backing[0]):
-                        missing.append(vol.backing[0])
+                vol = pool.at_path(disk.path)
+                if vol is not None and vol.backing and not self._path_exists(vol.backing[0]):
+                    missing.append(vol.backing[0])
         if dom.boot is not None:
             for path in (dom.boot.kernel, dom.boot.initrd):
                 if path and not self._path_exists(path):
@@ -487,7 +541,7 @@ class FakeHypervisor:
                 f"create volume {vol.name} in pool {pool}: no space left "
                 f"({vol.allocation} bytes wanted, {p.available} available)"
             )
-        p.volumes[vol.name] = vol
+        p.put(vol)
         return vol.info()
 
     def _path_in(self, pool: str, name: str) -> str:
@@ -515,7 +569,7 @@ class FakeHypervisor:
         self._enter("upload_volume", name)
         check_volume_name(name)
         check_upload_format(name, fmt)
-        self._pool(pool).volumes.pop(name, None)
+        self._pool(pool).drop(name)
         vol = _Volume(name, self._path_in(pool, name), fmt, len(data), len(data), data=bytes(data))
         return self._add_volume(pool, vol)
 
@@ -530,7 +584,7 @@ class FakeHypervisor:
         if have is not None:
             if have.capacity == size and have.content_sha256() == expected:
                 return have.info()  # the image is there already: nothing read, nothing sent
-            del p.volumes[name]  # other content: replaced
+            p.drop(name)  # other content: replaced
         self.uploads.append((name, path))
         arrived = file_sha256(path)
         if arrived != expected:
@@ -544,7 +598,7 @@ class FakeHypervisor:
     def delete_volume(self, pool: str, name: str) -> None:
         self._enter("delete_volume", name)
         check_volume_name(name)
-        self._pool(pool).volumes.pop(name, None)
+        self._pool(pool).drop(name)
 
     def list_volumes(self, pool: str) -> list[VolumeInfo]:
         self._enter("list_volumes", pool)
@@ -563,6 +617,12 @@ class FakeHypervisor:
                 f.seek(max(0, vol.capacity - max_bytes))
                 return f.read(max_bytes)
         return b""  # created empty: nothing was written into it here
+
+    def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
+        self._enter("find_volume", name)
+        check_volume_name(name)
+        vol = self._pool(pool).volumes.get(name)
+        return vol.info() if vol is not None else None
 
     # --- network ---------------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo:
@@ -583,17 +643,11 @@ class FakeHypervisor:
 
     def add_reservation(self, network: str, reservation: Reservation) -> None:
         self._enter("add_reservation", reservation.name)
-        net = self._network(network)
-        if not reservation_present(net.reservations, reservation, network=network):
-            net.reservations.append(reservation)
+        self._network(network).add(reservation, network=network)
 
     def remove_reservation(self, network: str, reservation: Reservation) -> None:
         self._enter("remove_reservation", reservation.name)
-        net = self._network(network)
-        net.reservations = [
-            r for r in net.reservations
-            if not (same_mac(r.mac, reservation.mac) and r.ip == reservation.ip)
-        ]
+        self._network(network).remove(reservation)
 
     # --- host ------------------------------------------------------------------------------
     def host_info(self) -> HostInfo:

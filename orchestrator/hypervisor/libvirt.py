@@ -690,6 +690,20 @@ class LibvirtHypervisor:
         with self._errors(f"volume {name} in pool {pool}"):
             return p.storageVolLookupByName(name)
 
+    def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
+        check_volume_name(name)
+        p = self._pool(pool)
+        with self._errors(f"look up volume {name} in pool {pool}"):
+            # refreshed as for list_volumes, so both see the same files (one made or
+            # removed behind libvirt's back)
+            if p.isActive():
+                p.refresh(0)
+        try:
+            with self._errors(f"volume {name} in pool {pool}"):
+                return self._volume_info(p.storageVolLookupByName(name))
+        except Gone:
+            return None
+
     # --- network ---------------------------------------------------------------------------
     def _network_xml(self, net: Any, *, inactive: bool) -> ET.Element:
         flags = (libvirt.VIR_NETWORK_XML_INACTIVE,) if inactive else ()

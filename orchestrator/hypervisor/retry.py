@@ -130,6 +130,9 @@ class Retrying:
     def read_volume_tail(self, pool: str, name: str, *, max_bytes: int) -> bytes:
         return self._call(self._inner.read_volume_tail, pool, name, max_bytes=max_bytes)
 
+    def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
+        return self._call(self._inner.find_volume, pool, name)
+
     # --- network ---------------------------------------------------------------------------
     def network_info(self, network: str) -> NetworkInfo:
         return self._call(self._inner.network_info, network)

@@ -161,13 +161,17 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
     async with watch.monitoring(probe) as monitor:
         monitor.watched = frozenset(i.instance_id for i in session.store.list_instances(name))
         await monitor.round()
+        # the set as read after the last batch, if nothing has awaited since: still current
+        unchanged: list[InstanceRecord] | None = None
         while True:
             upgrade = load(env, upgrade.id)
             if upgrade.cancel_requested:
                 return end(upgrade, RollingStatus.CANCELLED, None,
                            cancel_note="cancelled between batches: no batch was in flight")
             capacity = session.spec.capacity
-            instances = session.store.list_instances(name)  # once per batch: 1000s of rows
+            # once per batch: 1000s of rows
+            instances = unchanged if unchanged is not None else session.store.list_instances(name)
+            unchanged = None
             now_members = members(monitor, instances)
             host_of = {i.instance_id: i.host for i in instances}
             # instances on a host that does not answer wait for it (they count unhealthy)
@@ -233,13 +237,16 @@ async def roll(session: Session, upgrade: RollingUpgrade) -> RollingUpgrade:
                 return end(upgrade, RollingStatus.CANCELLED, None,
                            cancel_note=f"the in-flight batch {number} was completed; "
                                        "no new batch was started")
-            left = policy.pending(members(monitor, session.store.list_instances(name)), target,
-                                  frozenset(attempted))
+            done = session.store.list_instances(name)
+            left = policy.pending(members(monitor, done), target, frozenset(attempted))
             if rolling.pause_seconds > 0 and left:
                 session.progress(f"{name}: pausing {rolling.pause_time_between_batches}")
                 await env.clock.sleep(rolling.pause_seconds)
-            # the instances of the batch just done are watched from now on too
-            monitor.watched = frozenset(i.instance_id for i in session.store.list_instances(name))
+            else:
+                unchanged = done
+            # the instances of the batch just done are watched from now on too (a pause
+            # changes health only: the instances are this driver's while it holds the lock)
+            monitor.watched = frozenset(i.instance_id for i in done)
 
 
 async def surge_batch(session: Session, batch: Sequence[InstanceRecord]) -> list[rollout.Outcome]:

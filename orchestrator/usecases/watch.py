@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from orchestrator import ssh
 from orchestrator.clock import Clock
@@ -172,11 +173,12 @@ async def probe_round(probe: Probe, instances: Sequence[InstanceRecord], *,
     final = await probe_once([probe.target(i) for i in running], records, prober=env.prober,
                              settings=probe.settings, clock=env.clock)
     states: dict[int, HealthState] = {}
-    with env.store.transaction():  # one write for the whole round
-        for inst in running:
-            if inst.name in final:
-                _persist(env, probe.set_name, inst.instance_id, final[inst.name])
-                states[inst.instance_id] = final[inst.name].state
+    healths: dict[int, dict[str, Any]] = {}
+    for inst in running:
+        if inst.name in final:
+            healths[inst.instance_id] = record_to_json(final[inst.name], env.clock)
+            states[inst.instance_id] = final[inst.name].state
+    env.store.set_healths(probe.set_name, healths)  # one write for the whole round
     return states
 
 

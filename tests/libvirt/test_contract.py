@@ -323,6 +323,20 @@ def test_volumes_create_list_delete(h: Harness) -> None:
     assert h.hv.pool_info(POOL).available_bytes == before.available_bytes
 
 
+def test_find_volume_is_one_volume_as_listed(h: Harness) -> None:
+    h.hv.create_overlay(POOL, name="web-1-os.qcow2", backing_path=BASE_IMAGE,
+                        backing_format="qcow2", capacity_bytes=64 * MiB)
+    h.hv.create_volume(POOL, name="web-1-data0.qcow2", capacity_bytes=8 * MiB)
+    for listed in h.hv.list_volumes(POOL):
+        assert h.hv.find_volume(POOL, listed.name) == listed
+    assert h.hv.find_volume(POOL, "web-1-data1.qcow2") is None
+    assert h.hv.find_volume(POOL, "web-1-os") is None  # a name, not a prefix
+
+    h.hv.delete_volume(POOL, "web-1-os.qcow2")
+    assert h.hv.find_volume(POOL, "web-1-os.qcow2") is None
+    assert h.hv.find_volume(POOL, "web-1-data0.qcow2") is not None
+
+
 def test_creating_a_volume_twice_is_refused(h: Harness) -> None:
     h.hv.create_volume(POOL, name="web-1-data0.qcow2", capacity_bytes=MiB)
     with pytest.raises(HypervisorError):
@@ -342,6 +356,8 @@ def test_unsafe_volume_names_are_invalid_input(h: Harness, bad: str) -> None:
         h.hv.delete_volume(POOL, bad)
     with pytest.raises(InvalidInput):
         h.hv.read_volume_tail(POOL, bad, max_bytes=16)
+    with pytest.raises(InvalidInput):
+        h.hv.find_volume(POOL, bad)
 
 
 def test_upload_formats_and_backing_format_are_the_seams_rules(h: Harness) -> None:
@@ -361,6 +377,7 @@ def test_verbs_on_a_missing_pool_raise_gone(h: Harness) -> None:
     calls: list[Callable[[], object]] = [
         lambda: h.hv.pool_info("nope"),
         lambda: h.hv.list_volumes("nope"),
+        lambda: h.hv.find_volume("nope", "x.qcow2"),
         lambda: h.hv.create_volume("nope", name="x.qcow2", capacity_bytes=MiB),
         lambda: h.hv.create_overlay("nope", name="x.qcow2", backing_path=BASE_IMAGE,
                                     backing_format="qcow2", capacity_bytes=MiB),

@@ -178,6 +178,16 @@ def test_volumes_take_space_and_a_full_pool_refuses(hv: FakeHypervisor) -> None:
     hv.create_volume("default", name="a-data1.qcow2", capacity_bytes=2 * MiB)
 
 
+def test_a_replaced_or_deleted_volume_gives_its_space_back(hv: FakeHypervisor) -> None:
+    hv.set_pool_capacity("default", 10 * MiB)
+    hv.upload_volume("default", name="a-seed.iso", data=b"x" * (4 * MiB), fmt="iso")
+    hv.upload_volume("default", name="a-seed.iso", data=b"x" * MiB, fmt="iso")  # replaced
+    assert hv.pool_info("default").available_bytes == 9 * MiB
+    hv.delete_volume("default", "a-seed.iso")
+    hv.delete_volume("default", "a-seed.iso")  # missing already: nothing given back twice
+    assert hv.pool_info("default").available_bytes == 10 * MiB
+
+
 def test_overlay_and_upload_keep_what_tests_inspect(hv: FakeHypervisor) -> None:
     hv.create_overlay("default", name="a-os.qcow2", backing_path=BASE, backing_format="qcow2",
                       capacity_bytes=MiB)
@@ -383,6 +393,21 @@ def test_the_default_host_is_the_test_machine_with_emulation(hv: FakeHypervisor)
 
 
 # --- fault injection ------------------------------------------------------------------------
+def test_reservations_are_checked_in_the_order_they_were_added(hv: FakeHypervisor) -> None:
+    first = Reservation("52:54:00:00:00:01", "10.213.0.11", "web-1")
+    second = Reservation("52:54:00:00:00:02", "10.213.0.12", "web-2")
+    hv.add_reservation("orchlab", first)
+    hv.add_reservation("orchlab", second)
+    # conflicts with both (the IP of the first, the MAC of the second): the first is named,
+    # as libvirt's own list would be read
+    with pytest.raises(HypervisorError, match="existing 52:54:00:00:00:01 10.213.0.11 web-1"):
+        hv.add_reservation("orchlab", Reservation("52:54:00:00:00:02", "10.213.0.11", "web-9"))
+    hv.remove_reservation("orchlab", Reservation(first.mac.upper(), first.ip, ""))
+    hv.add_reservation("orchlab", Reservation("52:54:00:00:00:09", first.ip, first.name))
+    assert hv.list_reservations("orchlab") == [
+        second, Reservation("52:54:00:00:00:09", first.ip, first.name)]
+
+
 def test_fail_next_raises_exactly_count_times(hv: FakeHypervisor) -> None:
     hv.define_domain(domain(hv))
     hv.fail_next("start", HypervisorError("boom"), count=2)

@@ -507,3 +507,40 @@ def test_fail_fast_ends_the_wait_after_that_many_failed_probes_once_ssh_answers(
     # SSH answers at 20 s: Unhealthy at once, then two more failed probes 5 s apart
     assert 30 <= clock.monotonic() - t0 < 31
     assert [t for t in prober.calls["a"] if t >= 20] == pytest.approx([20, 25, 30], abs=0.5)
+
+def test_probe_once_cuts_a_hanging_probe_at_the_timeout_and_keeps_the_others() -> None:
+    clock = FakeClock()
+    t0 = clock.monotonic()
+    prober = ScriptedProber(clock, t0, {"a": lambda _: H, "b": lambda _: "hang"})
+    cfg = ProbeSettings(timeout_seconds=4, number_of_probes=1)
+
+    result = run(lambda: probe_once(targets("a", "b"), {}, prober=prober, settings=cfg, clock=clock))
+
+    assert result["a"].state is HEALTHY
+    assert result["a"].changed_at == pytest.approx(t0 + 0.05)  # when its own answer came
+    last = result["b"].last
+    assert result["b"].state is INIT and last is not None and last.kind == X
+    assert last.error == "probe did not finish within 4s"
+    assert last.latency == pytest.approx(4.0)
+    assert clock.monotonic() == pytest.approx(t0 + 4.0)  # the round ends at the cut
+
+
+def test_probe_once_of_no_target_returns_at_once() -> None:
+    clock = FakeClock()
+    prober = ScriptedProber(clock, clock.monotonic(), {})
+    before = clock.monotonic()
+
+    assert run(lambda: probe_once([], {}, prober=prober, settings=ProbeSettings(),
+                                  clock=clock)) == {}
+    assert clock.monotonic() == before
+
+
+def test_security_error_stops_the_round() -> None:
+    clock = FakeClock()
+    t0 = clock.monotonic()
+    prober = ScriptedProber(clock, t0, {"a": lambda _: "hang", "b": lambda _: "security"})
+
+    with pytest.raises(errors.SecurityError):
+        run(lambda: probe_once(targets("a", "b"), {}, prober=prober,
+                               settings=ProbeSettings(timeout_seconds=30), clock=clock))
+    assert clock.monotonic() - t0 < 1  # not held up by the hanging probe

@@ -5,6 +5,7 @@ changes nothing."""
 
 from __future__ import annotations
 
+import gc
 import itertools
 import json
 from pathlib import Path
@@ -12,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from orchestrator.dryrun import plan as planning
 from orchestrator.dryrun.simworld import measure_timings
 from orchestrator.errors import OperationFailed
 from orchestrator.hypervisor.base import MUTATING_VERBS
@@ -279,6 +281,28 @@ class TestChangesNothing:
         assert snapshot(world.state_dir) == before
         assert {d.name: d.state for d in world.hv.list_domains()} == domains
         assert world.store.latest_rolling_upgrade("web") is None
+
+    def test_the_garbage_collector_is_left_as_it_was(self, world: World, cli: FakeCli,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+        make_set(world)
+        frozen_while_simulating: list[int] = []
+        simulate = planning._simulate
+
+        async def watched(*args: Any, **kwargs: Any) -> dict[str, Any]:
+            frozen_while_simulating.append(gc.get_freeze_count())
+            return await simulate(*args, **kwargs)
+
+        monkeypatch.setattr(planning, "_simulate", watched)
+        assert gc.get_freeze_count() == 0
+        plan(cli, "--image", "tiny:2")
+        assert frozen_while_simulating[0] > 0 and gc.get_freeze_count() == 0
+        # a heap someone else froze stays frozen
+        gc.freeze()
+        try:
+            plan(cli, "--image", "tiny:2")
+            assert gc.get_freeze_count() > 0  # not unfrozen under its owner
+        finally:
+            gc.unfreeze()
 
     @pytest.mark.parametrize(("args", "problem"), [
         (("--name", "nope", "--image", "tiny:2"), "scale set nope not found"),

@@ -315,3 +315,19 @@ class TestJournal:
             ("create", "succeeded"), ("scale", "succeeded"), ("scale", "failed")]
         assert "web-2 Unhealthy" in ops[-1]["error"]
         assert all(o["endedAt"] for o in ops)
+
+
+class TestRefresh:
+    def test_a_probe_round_records_each_running_instance_and_no_other(self, world: World) -> None:
+        world.service.create(spec(capacity=3))
+        world.service.power("web", [2], "stop")
+        stopped = world.store.find_instance("web", 2)
+        assert stopped is not None
+        world.prober.unhealthy.add("web-1")
+        probes = validate(ScaleSetSpec, world.store.get_set("web").spec).model.health_probe
+        for _ in range(probes.number_of_probes):  # as many failures as make it Unhealthy
+            world.service.refresh_health("web")
+        health = {i.instance_id: i.health for i in world.store.list_instances("web")}
+        assert (health[0]["state"], health[1]["state"]) == ("Healthy", "Unhealthy")
+        assert health[1]["last"]["exitStatus"] == 1
+        assert health[2] == stopped.health  # not running: not probed, not written

@@ -1,4 +1,5 @@
-"""Fixtures for unit tests: the shared fake world (``tests.world``)."""
+"""Fixtures for unit tests: the shared fake world (``tests.world``) and the CLI run
+against it (``fakecli``)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,16 @@ import pytest
 
 from tests.world import World, make_world
 
+from .fakecli import FakeCli, install
+
 
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return make_world(tmp_path)
+
+
+@pytest.fixture
+def cli(world: World, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> FakeCli:
+    """`orch` run in-process against ``world``."""
+    return install(world, monkeypatch, capsys)

@@ -20,7 +20,7 @@ from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.usecases import bootdiag
 from tests.world import Upgrades, World
 
-from .fakecli import FakeCli, install
+from .fakecli import FakeCli
 
 ROLLING = ["--upgrade-policy-mode", "Rolling", "--max-batch-instance-percent", "34",
            "--max-unhealthy-instance-percent", "34"]
@@ -28,10 +28,9 @@ MiB = 1024 * 1024
 
 
 @pytest.fixture
-def cli(world: World, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> FakeCli:
-    world.register_image("tiny", "2")
-    return install(world, monkeypatch, capsys)
+def cli(cli: FakeCli) -> FakeCli:
+    cli.world.register_image("tiny", "2")
+    return cli
 
 
 @pytest.fixture

@@ -20,7 +20,7 @@ from orchestrator.usecases import images as images_usecase
 from tests.world import run
 
 from .conftest import World
-from .fakecli import FakeCli, install
+from .fakecli import FakeCli
 
 
 def spec(capacity: int, image: str = "tiny:1") -> ScaleSetSpec:
@@ -157,12 +157,6 @@ def test_copies_on_a_host_that_does_not_answer_stay_for_the_next_delete(world: W
     assert len(world.store.image_copies("h1")) == 3
     assert run(images_usecase.delete(world.env, "tiny:1")) == []  # any later delete prunes
     assert copy_names(h1) == set() and world.store.image_copies() == []
-
-
-@pytest.fixture
-def cli(world: World, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> FakeCli:
-    return install(world, monkeypatch, capsys)
 
 
 def test_image_delete_on_the_command_line_warns_of_a_silent_host(cli: FakeCli) -> None:

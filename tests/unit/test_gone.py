@@ -7,18 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 from orchestrator import errors
 
-from .conftest import World
-from .fakecli import FakeCli, install
-
-
-@pytest.fixture
-def cli(world: World, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> FakeCli:
-    return install(world, monkeypatch, capsys)
+from .fakecli import FakeCli
 
 
 def test_gone_is_a_hypervisor_error_not_bad_input() -> None:

@@ -9,15 +9,8 @@ from typing import Any
 import pytest
 
 from orchestrator import logs
-from tests.world import World
 
-from .fakecli import FakeCli, install
-
-
-@pytest.fixture
-def cli(world: World, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> FakeCli:
-    return install(world, monkeypatch, capsys)
+from .fakecli import FakeCli
 
 
 def records(err: str) -> list[dict[str, Any]]:

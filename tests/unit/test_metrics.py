@@ -21,10 +21,9 @@ ROLLING = ["--upgrade-policy-mode", "Rolling", "--max-batch-instance-percent", "
 
 
 @pytest.fixture
-def cli(world: World, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> FakeCli:
-    world.register_image("tiny", "2")
-    return install(world, monkeypatch, capsys)
+def cli(cli: FakeCli) -> FakeCli:
+    cli.world.register_image("tiny", "2")
+    return cli
 
 
 @pytest.fixture

@@ -24,12 +24,6 @@ from tests.world import Upgrades, World, make_world, snapshot
 from .fakecli import FakeCli, install
 
 
-@pytest.fixture
-def cli(world: World, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> FakeCli:
-    return install(world, monkeypatch, capsys)
-
-
 def make_set(world: World, *, mode: str = "Rolling", capacity: int = 5,
              **rolling: Any) -> Upgrades:
     """Set ``web`` of ``capacity`` healthy instances on tiny:1; tiny:2 registered."""

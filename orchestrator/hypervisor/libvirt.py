@@ -690,6 +690,7 @@ class LibvirtHypervisor:
         with self._errors(f"volume {name} in pool {pool}"):
             return p.storageVolLookupByName(name)
 
+    @_storage
     def find_volume(self, pool: str, name: str) -> VolumeInfo | None:
         check_volume_name(name)
         p = self._pool(pool)

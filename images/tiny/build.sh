@@ -22,7 +22,7 @@ readonly HERE
 readonly CACHE=${ORCH_CACHE_DIR:-/var/cache/orchestrator}/tiny
 readonly META_PACKAGE=linux-image-cloud-amd64
 readonly DISK_MIB=64
-readonly CMDLINE="console=ttyS0 root=LABEL=orch-root rw quiet"
+readonly CMDLINE="console=ttyS0 root=LABEL=orch-root rw loglevel=6"
 readonly HEALTH_COMMAND="wget -q -O - http://127.0.0.1/health | grep -qx ok"
 readonly MIN_MEMORY_MIB=128
 # Fixed so two builds of the same version give the same filesystem identity.

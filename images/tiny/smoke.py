@@ -183,7 +183,7 @@ async def reboot_and_check(guest: Guest, *, boot_id: str) -> float:
         str(result.stdout) == f"runcmd ran\n{HOSTNAME}\nx\n",
         "after reboot: runcmd not run again, hostname kept, OS disk data kept",
     )
-    # dmesg, not the console: `quiet` hides ext4's messages there.
+    # dmesg, not the console: loglevel=6 keeps ext4's info messages off it.
     result = await run(guest, "dmesg | grep -c 'recovery complete'")
     check(str(result.stdout).strip() == "0", "the reboot left the root filesystem clean")
     return elapsed

@@ -27,8 +27,9 @@ def test_the_boot_log_is_read_from_the_host_and_goes_with_the_instance(orch: Orc
     # virtlogd's file in the pool, a volume once libvirt looked again (the read made it look)
     assert f"{name}-0-console.log" in libvirt_objects(f"{name}-")["volumes"]
     assert_exactly(name, [0])
-    # tiny boots with `quiet`: the kernel prints nothing below warnings; the boot lines are
-    # its boot script's, from the seed to DHCP (the instance's own address) and on
+    # the kernel's own lines (tiny boots with loglevel=6: its notices and warnings), then
+    # the boot script's, from the seed to DHCP (the instance's own address) and on
+    assert "Linux version" in log and "Kernel command line: console=ttyS0" in log, log
     ip = orch.instances(name)[0]["ipAddress"]
     assert "nocloud: seed found on /dev/vd" in log, log
     lease = LEASE.search(log)

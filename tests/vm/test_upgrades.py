@@ -200,8 +200,17 @@ def test_plan_of_a_surge_in_the_lab_gives_its_verdict_and_changes_nothing(
     the lab (pool orchlab): the room for a surge batch is judged on the lab's own pool and
     network, and neither the state dir nor libvirt changes."""
     create(orch, set_name, 2, "--upgrade-policy-mode", "Rolling")
-    ids = [(i["instanceId"], i["image"]) for i in orch.instances(set_name)]
-    assert ids == [(0, "tiny:1"), (1, "tiny:1")]
+    # the plan simulates an instance recorded Unknown as unhealthy; list-instances records
+    # what it probes, and on a loaded machine one probe may time out: wait for two Healthy
+    deadline = time.monotonic() + 120
+    while True:
+        listed = orch.instances(set_name)
+        if all(i["healthState"] == "Healthy" for i in listed) or time.monotonic() > deadline:
+            break
+        time.sleep(2)
+    ids = [(i["instanceId"], i["image"], i["healthState"]) for i in listed]
+    assert ids == [(0, "tiny:1", "Healthy"), (1, "tiny:1", "Healthy")]
+
     def libvirt_now() -> dict[str, list[str]]:
         # virtlogd's console logs are files in the pool that libvirt lists once the pool is
         # refreshed, as the plan's read of its free space does: not made by the plan
@@ -229,7 +238,8 @@ def test_plan_of_a_surge_in_the_lab_gives_its_verdict_and_changes_nothing(
     shown = orch.json("vmss", "show", "--name", set_name)
     assert shown["generation"] == 1, shown
     assert shown["upgradePolicy"]["rollingUpgradePolicy"]["maxSurge"] is False, shown
-    assert [(i["instanceId"], i["image"]) for i in orch.instances(set_name)] == ids
+    assert [(i["instanceId"], i["image"]) for i in orch.instances(set_name)] == [
+        (i, image) for i, image, _ in ids]
 
 
 # --- Manual, then Automatic --------------------------------------------------------------

@@ -42,11 +42,13 @@ async def due(session: Session) -> Image | None:
         return None
     target = await session.image(session.spec.model.image)
     instances = session.store.list_instances(session.set_name)
-    newest = version_key(parse_image_ref(target.ref)[1])
-    older = [i for i in instances if i.image != target.ref and (
-        parse_image_ref(i.image)[0] != parse_image_ref(target.ref)[0]
-        or version_key(parse_image_ref(i.image)[1]) < newest)]
-    return target if older else None
+    newest = (target.record.name, version_key(target.record.version))
+
+    def older(ref: str) -> bool:
+        name, version = parse_image_ref(ref)
+        return name != newest[0] or version_key(version) < newest[1]
+
+    return target if any(older(i.image) for i in instances) else None
 
 
 def failed_generation(session: Session, generation: int) -> bool:

@@ -8,7 +8,8 @@ line, then the error's ``details`` (evidence such as the console lines of the in
 that failed, each line indented below it), and exits with ``exit_code``
 (docs/semantics.md#exit-codes); other modules catch them only to collect, record or
 translate them.
-Called by: cli.app, cli.controller, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld,
+Called by: api.app, api.auth, api.operations, api.routes, api.serve, cli.app,
+cli.controller, cli.serve, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld,
 engine.addresses, engine.context, engine.copies, engine.health, engine.hosts, engine.steps,
 hypervisor.base, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, images, lab,
 labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.bootdiag,

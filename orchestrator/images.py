@@ -6,9 +6,9 @@ downloaded disk (``import_image``), inspecting disk files with ``qemu-img info``
 pinned, no backing file or data-file inside; a raw file must carry a disk's signatures, as
 ``blkid -p`` finds them), verifying that a registered image has not
 changed (``verify``), and deleting.
-Called by: cli.app, dryrun.simworld, engine.addresses, engine.context, engine.copies,
-engine.steps, usecases.osupgrades, usecases.placement, usecases.session, usecases.sets,
-usecases.watch
+Called by: cli.app, cli.render, dryrun.simworld, engine.addresses, engine.context,
+engine.copies, engine.steps, usecases.osupgrades, usecases.placement, usecases.session,
+usecases.sets, usecases.watch
 ``cli.app`` hands the ``Registry`` to the image commands and the engine; the use cases resolve
 and verifies the model's image before any instance is touched.
 

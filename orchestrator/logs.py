@@ -10,7 +10,8 @@ elapsed time on a terminal, ``[  12.3s] message`` otherwise); JSON is one object
 with ``time``, ``level``, ``message`` and, where known, ``set``, ``instance``, ``exitCode``
 (and an error's ``details``).
 
-Called by: cli.app, cli.hosts, cli.images, cli.vmss, output, usecases.controller
+Called by: api.operations, api.serve, cli.app, cli.hosts, cli.images, cli.vmss, output,
+usecases.controller
 ``cli.app`` calls ``configure`` from the global option and writes the error line of ``main``,
 ``output.ProgressPrinter`` passes every progress line, ``cli.vmss`` and ``usecases.controller`` set the
 ``scope``.
@@ -20,6 +21,7 @@ What goes to stdout (tables, JSON, YAML results) never passes through here.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import datetime as _dt
 import json
 import logging
@@ -34,7 +36,9 @@ LOG_FORMATS = ("text", "json")
 LOGGER_NAME = "orchestrator"
 
 _logger = logging.getLogger(LOGGER_NAME)
-_state: dict[str, str | None] = {"format": "text", "set": None}
+_state: dict[str, str | None] = {"format": "text"}
+# the set of the work running in this thread or task: `orch serve` runs several at once
+_set: contextvars.ContextVar[str | None] = contextvars.ContextVar("orch_log_set", default=None)
 _INSTANCE_PREFIX = re.compile(r"^(?P<instance>[a-z][a-z0-9-]{0,39}-\d+):")
 
 
@@ -129,24 +133,23 @@ def current_format() -> str:
 
 def set_scope(set_name: str | None) -> None:
     """The scale set the rest of this command works on (its ``--name``)."""
-    _state["set"] = set_name
+    _set.set(set_name)
 
 
 @contextlib.contextmanager
 def scope(set_name: str) -> Iterator[None]:
     """Records logged inside carry ``set``: one set of a pass or of a multi-set file."""
-    before = _state["set"]
-    _state["set"] = set_name
+    token = _set.set(set_name)
     try:
         yield
     finally:
-        _state["set"] = before
+        _set.reset(token)
 
 
 def fields_of(line: str) -> dict[str, str]:
     """``set`` and ``instance`` of a progress line, as far as they are known."""
     fields: dict[str, str] = {}
-    set_name = _state["set"]
+    set_name = _set.get()
     if set_name is not None:
         fields["set"] = set_name
         match = _INSTANCE_PREFIX.match(line)

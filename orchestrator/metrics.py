@@ -5,7 +5,7 @@ Owned here: the metric names, their labels, how each figure is derived from the 
 (``StoreCollector``), the check of the path before a command runs (``check_path``) and the
 atomic write (``write``: a temporary file beside PATH, then rename). The only module importing
 ``prometheus_client``.
-Called by: cli.app (``AppContext.write_metrics``, after every command and after each pass of
+Called by: api.routes, cli.app
 ``orch controller run``)
 Only the store is read, never libvirt, so the figures are right after any command, even one
 that failed, and writing them cannot hang on a hypervisor.

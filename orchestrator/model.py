@@ -5,10 +5,10 @@ Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
 (docs/semantics.md#scale-sets), the declarative-file schema (docs/semantics.md#declarative-file,
 ``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
-Called by: cli.images, cli.vmss, dryrun.simworld, engine.addresses, engine.policy,
-engine.steps, images, usecases.hosts, usecases.osupgrades, usecases.placement,
-usecases.rolling, usecases.session, usecases.sets, usecases.updates, usecases.views,
-usecases.watch
+Called by: api.routes, cli.images, cli.vmss, dryrun.simworld, engine.addresses,
+engine.policy, engine.steps, images, usecases.hosts, usecases.osupgrades,
+usecases.placement, usecases.rolling, usecases.session, usecases.sets, usecases.updates,
+usecases.views, usecases.watch
 The CLI turns flags and files into specs; the use cases store them as JSON and
 read them back; the others read models, image references and rolling policies.
 
@@ -328,6 +328,17 @@ class ScaleSetDocument(_Base):
         check_set_name(self.metadata.name)
         return self
 
+    @classmethod
+    def of(cls, spec: ScaleSetSpec) -> dict[str, Any]:
+        """``spec`` as the document that declares it (the JSON of ``vmss apply -f``)."""
+        data = spec.to_json_dict()
+        return {"apiVersion": "orchestrator/v1", "kind": "ScaleSet",
+                "metadata": {"name": spec.name},
+                "spec": {**data["model"], "capacity": data["capacity"],
+                         "upgradePolicy": data["upgradePolicy"],
+                         "scaleInPolicy": data["scaleInPolicy"],
+                         "automaticRepairsPolicy": data["automaticRepairsPolicy"]}}
+
     def to_spec(self) -> ScaleSetSpec:
         model_fields = {k: getattr(self.spec, k) for k in Model.model_fields}
         return ScaleSetSpec(
@@ -396,3 +407,33 @@ def parse_yaml_documents(text: str, *, where: str) -> list[Any]:
         raise InvalidInput(f"{where}: not valid YAML: {' '.join(str(exc).split())}") from exc
     except RecursionError as exc:
         raise InvalidInput(f"{where}: YAML nested too deeply") from exc
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386 JSON merge patch: objects merge key by key, ``null`` removes a key, anything
+    else replaces (the HTTP API's PATCH of a set's spec)."""
+    if not isinstance(patch, dict):
+        return patch
+    merged = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            merged.pop(key, None)
+        else:
+            merged[key] = merge_patch(merged.get(key), value)
+    return merged
+
+
+def specs_from_documents(docs: list[Any], *, where: str,
+                         default_network: str | None) -> list[ScaleSetSpec]:
+    """The specs the §6 documents ``docs`` declare (``vmss apply -f``, ``PUT`` of the API);
+    a document that names no network gets ``default_network`` (the lab's), and a set named
+    twice is refused."""
+    for doc in docs:
+        if default_network and isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
+            doc["spec"].setdefault("network", default_network)
+    specs = [validate(ScaleSetDocument, d, where=f"{where}[{n}]").to_spec()
+             for n, d in enumerate(docs)]
+    names = [s.name for s in specs]
+    if len(set(names)) != len(names):
+        raise InvalidInput(f"{where}: a scale set is named twice")
+    return specs

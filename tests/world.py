@@ -231,6 +231,22 @@ class World:
         assert len(found) <= 1, f"{domain} is defined on {found}"
         return found[0].removeprefix("qemu+tcp://").removesuffix("/system") if found else None
 
+    @contextlib.contextmanager
+    def opened(self, progress: Callable[[str], None]) -> Iterator[Env]:
+        """Collaborators for one call of `orch serve` (``api.operations.Opener``): a store
+        connection of its own (calls run on threads of their own), this world's hosts."""
+        store = Store(self.store.path)
+        pool = self.env.engine.settings.pool
+        try:
+            engine = Engine(hv=self.hv, store=store, registry=Registry(store, self.state_dir),
+                            clock=self.clock, settings=self.env.engine.settings,
+                            log=progress, offload=inline,
+                            fleet=Fleet(store, local=self.hv, local_uri=self.hv.uri,
+                                        local_pool=pool, connect=self.connect))
+            yield Env(engine=engine, prober=self.prober, progress=progress)
+        finally:
+            store.close()
+
     @property
     def service(self) -> Commands:
         return Commands(self.env)

@@ -13,6 +13,7 @@ from orchestrator.cli import (  # noqa: F401 - registers the commands
     hosts,
     images,
     labcmds,
+    serve,
     vmss,
 )
 from orchestrator.cli.app import cli, install_common_options, main

@@ -9,7 +9,7 @@ use cases' collaborators (``AppContext.env``) and the one event loop of a comman
 details, indented) plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict, 4
 environment). ``main`` is the console script.
 
-Called by: cli, cli.controller, cli.hosts, cli.images, cli.labcmds, cli.vmss
+Called by: cli, cli.controller, cli.hosts, cli.images, cli.labcmds, cli.serve, cli.vmss
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ class AppContext:
     wait: bool
     verbose: int
     metrics_file: Path | None = None
-    progress: ProgressPrinter = field(default_factory=ProgressPrinter)
+    progress: Callable[[str], None] = field(default_factory=ProgressPrinter)
     _store: Store | None = None
 
     def ensure_state_dir(self) -> Path:

@@ -8,24 +8,16 @@ Called by: cli (importing it registers the commands)
 
 from __future__ import annotations
 
-from typing import Any
-
 import click
 
 from orchestrator import logs
+from orchestrator.cli import render
 from orchestrator.cli.app import AppContext, cli, pass_app
 from orchestrator.usecases import hosts as hosts_mod
 
 HOST_COLUMNS = [("name", "NAME"), ("uri", "URI"), ("faultDomain", "FAULT DOMAIN"),
                 ("state", "STATE"), ("instances", "INSTANCES"), ("memoryMiBFree", "MEM MiB FREE"),
                 ("poolBytesFree", "POOL BYTES FREE"), ("addressesFree", "ADDRESSES FREE")]
-
-
-def host_json(view: hosts_mod.HostView) -> dict[str, Any]:
-    return {"name": view.name, "uri": view.uri, "faultDomain": view.fault_domain,
-            "network": view.network, "pool": view.pool, "state": view.state,
-            "instances": view.instances, "memoryMiBFree": view.memory_mib_free,
-            "poolBytesFree": view.pool_bytes_free, "addressesFree": view.addresses_free}
 
 
 @cli.group()
@@ -52,14 +44,14 @@ def host_add(app: AppContext, name: str, uri: str, fault_domain: str | None, net
     otherwise)."""
     view = app.run(hosts_mod.add(app.env(), name=name, uri=uri, fault_domain=fault_domain,
                                  network=network, pool=pool))
-    app.show(host_json(view))
+    app.show(render.host_json(view))
 
 
 @host.command("list")
 @pass_app
 def host_list(app: AppContext) -> None:
     """The hosts with their state (Ready, Cordoned, Unreachable) and room."""
-    app.show([host_json(v) for v in app.run(hosts_mod.list_hosts(app.env()))],
+    app.show([render.host_json(v) for v in app.run(hosts_mod.list_hosts(app.env()))],
              columns=HOST_COLUMNS)
 
 
@@ -68,7 +60,7 @@ def host_list(app: AppContext) -> None:
 @pass_app
 def host_show(app: AppContext, name: str) -> None:
     """One host, its state and room."""
-    app.show(host_json(app.run(hosts_mod.show(app.env(), name))))
+    app.show(render.host_json(app.run(hosts_mod.show(app.env(), name))))
 
 
 @host.command("cordon")
@@ -76,7 +68,7 @@ def host_show(app: AppContext, name: str) -> None:
 @pass_app
 def host_cordon(app: AppContext, name: str) -> None:
     """No new instances go to the host; its instances stay."""
-    app.show(host_json(app.run(hosts_mod.set_cordoned(app.env(), name, True))))
+    app.show(render.host_json(app.run(hosts_mod.set_cordoned(app.env(), name, True))))
 
 
 @host.command("uncordon")
@@ -84,7 +76,7 @@ def host_cordon(app: AppContext, name: str) -> None:
 @pass_app
 def host_uncordon(app: AppContext, name: str) -> None:
     """The host takes new instances again."""
-    app.show(host_json(app.run(hosts_mod.set_cordoned(app.env(), name, False))))
+    app.show(render.host_json(app.run(hosts_mod.set_cordoned(app.env(), name, False))))
 
 
 @host.command("remove")

@@ -8,11 +8,11 @@ Called by: cli (importing it registers the commands)
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 
 from orchestrator import logs
+from orchestrator.cli import render
 from orchestrator.cli.app import (
     IMAGE_COLUMNS,
     AppContext,
@@ -32,18 +32,6 @@ def image() -> None:
     """Register, build and inspect base images (NAME:VERSION, immutable)."""
 
 
-def _image_view(img: Any) -> dict[str, Any]:
-    rec = img.record
-    return {
-        "ref": rec.ref, "name": rec.name, "version": rec.version, "sha256": rec.sha256,
-        "path": rec.path, "sizeMiB": round(img.disk.stat().st_size / 2**20, 1)
-        if img.disk.exists() else None,
-        "kernelBoot": img.kernel is not None, "sshUser": img.ssh_user,
-        "healthCommand": img.health_command, "createdAt": rec.created_at,
-        "manifest": rec.manifest,
-    }
-
-
 @image.command("build")
 @click.argument("recipe")
 @click.option("--version", "version", required=True, help="Version to register, e.g. 1.")
@@ -54,7 +42,7 @@ def image_build(app: AppContext, recipe: str, version: str, broken: bool) -> Non
     img = app.registry.build(recipe, version, broken=broken, progress=app.progress,
                              now=iso(RealClock().now()))
     app.progress(f"registered {img.ref} ({img.record.sha256[:12]})")
-    app.show(_image_view(img))
+    app.show(render.image_json(img))
 
 
 @image.command("import")
@@ -75,14 +63,14 @@ def image_import(app: AppContext, name: str, version: str, file: Path, kernel: P
     img = app.registry.import_image(name, version, file=file, kernel=kernel, initrd=initrd,
                                     cmdline=cmdline, ssh_user=ssh_user,
                                     health_command=health_command, now=iso(RealClock().now()))
-    app.show(_image_view(img))
+    app.show(render.image_json(img))
 
 
 @image.command("list")
 @pass_app
 def image_list(app: AppContext) -> None:
     """List registered images."""
-    app.show([_image_view(i) for i in app.registry.list()], columns=IMAGE_COLUMNS)
+    app.show([render.image_json(i) for i in app.registry.list()], columns=IMAGE_COLUMNS)
 
 
 @image.command("show")
@@ -90,7 +78,7 @@ def image_list(app: AppContext) -> None:
 @pass_app
 def image_show(app: AppContext, ref: str) -> None:
     """Show one image (NAME:VERSION)."""
-    app.show(_image_view(app.registry.get(ref)))
+    app.show(render.image_json(app.registry.get(ref)))
 
 
 @image.command("delete")

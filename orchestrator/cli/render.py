@@ -2,9 +2,10 @@
 rolling upgrades, the journal and run-command (docs/semantics.md names them).
 
 Owned here: ``set_json``, ``instance_json``, ``instance_detail_json``, ``rolling_json``,
-``operation_json``, ``command_json``, ``boot_log_json``.
+``operation_json``, ``command_json``, ``boot_log_json``, ``image_json``, ``host_json``: the
+CLI's ``-o json`` and the HTTP API's bodies are the same.
 
-Called by: cli.vmss
+Called by: api.routes, cli.hosts, cli.images, cli.vmss
 """
 
 from __future__ import annotations
@@ -13,8 +14,10 @@ from datetime import UTC, datetime
 from typing import Any
 
 from orchestrator.engine.upgrade_state import BatchRecord, RollingUpgrade
+from orchestrator.images import Image
 from orchestrator.records import OsUpgradeRecord
 from orchestrator.usecases.bootdiag import BootLog
+from orchestrator.usecases.hosts import HostView
 from orchestrator.usecases.views import CommandResult, InstanceView, OperationView, SetView
 
 
@@ -121,3 +124,22 @@ def boot_log_json(found: BootLog) -> dict[str, Any]:
 
 def command_json(result: CommandResult) -> dict[str, Any]:
     return {"exitStatus": result.exit_status, "stdout": result.stdout, "stderr": result.stderr}
+
+
+def image_json(img: Image) -> dict[str, Any]:
+    rec = img.record
+    return {
+        "ref": rec.ref, "name": rec.name, "version": rec.version, "sha256": rec.sha256,
+        "path": rec.path, "sizeMiB": round(img.disk.stat().st_size / 2**20, 1)
+        if img.disk.exists() else None,
+        "kernelBoot": img.kernel is not None, "sshUser": img.ssh_user,
+        "healthCommand": img.health_command, "createdAt": rec.created_at,
+        "manifest": rec.manifest,
+    }
+
+
+def host_json(view: HostView) -> dict[str, Any]:
+    return {"name": view.name, "uri": view.uri, "faultDomain": view.fault_domain,
+            "network": view.network, "pool": view.pool, "state": view.state,
+            "instances": view.instances, "memoryMiBFree": view.memory_mib_free,
+            "poolBytesFree": view.pool_bytes_free, "addressesFree": view.addresses_free}

@@ -31,10 +31,10 @@ from orchestrator.cli.app import (
 from orchestrator.errors import InvalidInput
 from orchestrator.model import (
     SET_NAME_RE,
-    ScaleSetDocument,
     ScaleSetSpec,
     check_set_name,
     parse_yaml_documents,
+    specs_from_documents,
     validate,
 )
 from orchestrator.output import render as render_table
@@ -245,17 +245,8 @@ def load_documents(path: Path) -> list[ScaleSetSpec]:
     docs = parse_yaml_documents(text, where=str(path))
     if not docs:
         raise InvalidInput(f"{path}: no documents")
-    network = os.environ.get("ORCH_NETWORK")
-    for doc in docs:
-        # in the lab, a document that names no network lands on the lab's network
-        if network and isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
-            doc["spec"].setdefault("network", network)
-    specs = [validate(ScaleSetDocument, d, where=f"{path}[{n}]").to_spec()
-             for n, d in enumerate(docs)]
-    names = [s.name for s in specs]
-    if len(set(names)) != len(names):
-        raise InvalidInput(f"{path}: a scale set is named twice")
-    return specs
+    return specs_from_documents(docs, where=str(path),
+                                default_network=os.environ.get("ORCH_NETWORK"))
 
 
 @vmss.command("apply")

@@ -95,6 +95,14 @@ class Engine:
             self.fleet = Fleet(self.store, local=self.hv, local_uri=self.hv.uri,
                                local_pool=self.settings.pool)
 
+    def close(self) -> None:
+        """Close the hypervisor connections and the store connection of this engine."""
+        assert self.fleet is not None
+        try:
+            self.fleet.close()
+        finally:
+            self.store.close()
+
     def at(self, host: str) -> Where:
         """Host ``host`` as a step sees it: its connection, pool and fault domain."""
         assert self.fleet is not None

@@ -92,6 +92,13 @@ class Fleet:
             raise NotFound(f"no way to reach {uri} in this world")
         return self._connect(uri)
 
+    def close(self) -> None:
+        """Close every connection this fleet opened, the local one too (``orch serve``
+        closes each call's)."""
+        for hv in self._open.values():
+            hv.close()
+        self._open = {}
+
     def forget(self, name: str) -> None:
         hv = self._open.pop(name, None)
         if hv is not None and name != LOCAL:

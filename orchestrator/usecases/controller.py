@@ -9,7 +9,7 @@ Owned here: ``run_pass`` and the order of those checks, ``commit_healthy``, and 
 for instances a killed command booted. Every action goes through the same use cases as
 the commands, in one session per set and pass.
 
-Called by: cli.controller
+Called by: api.serve, cli.controller
 """
 
 from __future__ import annotations

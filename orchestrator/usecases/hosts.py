@@ -6,7 +6,7 @@ there; nothing is recorded if any fails),
 the observed state of a host (Ready, Cordoned, or Unreachable when its daemon does not
 answer), its room (``HostView``), and the refusal to remove a host that holds instances.
 
-Called by: cli.hosts, cli.labcmds
+Called by: api.routes, cli.hosts, cli.labcmds, cli.render
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ runs, pause, cancel, rollback on breach), ``surge_batch``, ``surge_shortage`` an
 ``cancel``. Which instances a batch takes and when to stop is ``engine.policy``'s; the
 persisted state is ``engine.upgrade_state.RollingUpgrade``.
 
-Called by: cli.vmss, dryrun.plan, usecases.controller, usecases.osupgrades,
+Called by: api.routes, cli.vmss, dryrun.plan, usecases.controller, usecases.osupgrades,
 usecases.repairs, usecases.updates
 """
 
@@ -28,7 +28,7 @@ from orchestrator.engine.upgrade_state import (
     RollingStatus,
     RollingUpgrade,
 )
-from orchestrator.errors import Conflict, InvalidInput, OperationFailed
+from orchestrator.errors import Conflict, InvalidInput, NotFound, OperationFailed
 from orchestrator.model import RollingUpgradePolicy, ScaleSetSpec, validate
 from orchestrator.store import InstanceRecord
 from orchestrator.usecases import bootdiag, placement, removal, rollout, sets, watch
@@ -56,7 +56,7 @@ def status(env: Env, set_name: str) -> RollingUpgrade:
     env.store.get_set(set_name)
     found = latest(env, set_name)
     if found is None:
-        raise InvalidInput(f"scale set {set_name} has had no rolling upgrade")
+        raise NotFound(f"scale set {set_name} has had no rolling upgrade")
     return found
 
 

@@ -11,10 +11,11 @@ The lock is the witness of a live writer: the kernel frees it the moment its hol
 (also while the dead process lingers as a zombie), so an operation still marked
 ``running`` whose set lock is free was left by a killed process. No pid is trusted.
 
-Called by: cli.app, dryrun.plan, dryrun.simworld, usecases.bootdiag, usecases.controller,
-usecases.hosts, usecases.images, usecases.osupgrades, usecases.placement, usecases.recovery,
-usecases.removal, usecases.repairs, usecases.rolling, usecases.rollout, usecases.sets,
-usecases.updates, usecases.views, usecases.watch
+Called by: api.operations, api.routes, cli.app, cli.serve, dryrun.plan, dryrun.simworld,
+usecases.bootdiag, usecases.controller, usecases.hosts, usecases.images,
+usecases.osupgrades, usecases.placement, usecases.recovery, usecases.removal,
+usecases.repairs, usecases.rolling, usecases.rollout, usecases.sets, usecases.updates,
+usecases.views, usecases.watch
 """
 
 from __future__ import annotations

@@ -5,7 +5,7 @@ Owned here: the order of steps of each, what each refuses before it takes the lo
 input changes nothing), and ``scale_out`` (allocate, provision and boot new instances;
 all torn down if one fails), which rolling upgrades use for surge batches too.
 
-Called by: cli.vmss, usecases.controller, usecases.repairs, usecases.rolling,
+Called by: api.routes, cli.vmss, usecases.controller, usecases.repairs, usecases.rolling,
 usecases.updates
 """
 

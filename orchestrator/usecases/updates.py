@@ -7,7 +7,7 @@ capacity changes outside scale, a surge the host has no room for), recording it 
 change makes a new generation), and rolling it out as ``policy.rollout_of`` says — in the
 same session: one lock, one journal entry, one resume check, images verified once.
 
-Called by: cli.vmss, dryrun.plan, usecases.controller
+Called by: api.routes, cli.vmss, dryrun.plan, usecases.controller
 """
 
 from __future__ import annotations
@@ -30,8 +30,10 @@ async def apply(env: Env, spec: ScaleSetSpec, *, wait: bool = True) -> views.Set
     current = env.spec_of(spec.name)
     if spec.capacity != current.capacity:
         await sets.scale(env, spec.name, spec.capacity, wait=wait)
-    if (current.model, current.upgrade_policy, current.scale_in_policy) != (
-            spec.model, spec.upgrade_policy, spec.scale_in_policy):
+    if (current.model, current.upgrade_policy, current.scale_in_policy,
+            current.automatic_repairs_policy) != (spec.model, spec.upgrade_policy,
+                                                  spec.scale_in_policy,
+                                                  spec.automatic_repairs_policy):
         return await apply_spec(env, spec, wait=wait)
     return views.show_set(env, spec.name)
 

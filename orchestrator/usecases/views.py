@@ -8,7 +8,8 @@ not running has no health), and the read-only use cases ``show_set``, ``list_set
 of an instance that is not Healthy), ``operations``,
 ``endpoint`` and ``run_command``.
 
-Called by: cli.render, cli.vmss, usecases.repairs, usecases.sets, usecases.updates
+Called by: api.routes, cli.render, cli.vmss, usecases.repairs, usecases.sets,
+usecases.updates
 """
 
 from __future__ import annotations

@@ -22,7 +22,8 @@ from tests.world import World
 from .fakecli import FakeCli, install
 
 # commands whose stdout is not orch's to format: the guest's terminal, CMD's own output
-NOT_RUN = {"vmss ssh": "an interactive SSH session", "lab exec": "its output is CMD's"}
+NOT_RUN = {"vmss ssh": "an interactive SSH session", "lab exec": "its output is CMD's",
+           "serve": "a server: it shows nothing, it serves (tests/api)"}
 # commands that print nothing on stdout (a progress line on stderr): with -o json, nothing
 SILENT = {"vmss delete", "image delete", "host remove"}
 # shown, and read-only: also checked in YAML, which must say the same as the JSON

@@ -1,0 +1,357 @@
+"""The routes of the HTTP API (Azure's operation names), each one use case.
+
+Owned here: the paths, their request bodies (pydantic models, in the OpenAPI document),
+what each checks before it answers (names, ids, bodies, the set and instances existing, the
+set's lock being free: bad input gets 400/404/409 and changes nothing) and which use case
+it calls. Reads answer 200 with the CLI's ``-o json`` form; long work answers 202 with the
+operation (``Location: /v1/operations/{id}``), whose result is that form.
+
+Every route is a plain function: FastAPI runs it on a worker thread, where ``call`` gives it
+an ``Env`` and an event loop of its own, as a CLI command has.
+
+Called by: api.app
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Coroutine
+from typing import Annotated, Any, Literal, TypeVar
+
+from fastapi import APIRouter, Body, Query, Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from orchestrator import metrics
+from orchestrator.api.app import Backend
+from orchestrator.api.operations import OPERATION_ID_LENGTH, Operation, call
+from orchestrator.cli import render
+from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.model import (
+    MAX_CAPACITY,
+    ScaleSetDocument,
+    ScaleSetSpec,
+    check_set_name,
+    merge_patch,
+    specs_from_documents,
+    validate,
+)
+from orchestrator.usecases import hosts, rolling, sets, updates, views
+from orchestrator.usecases.session import Env, lock_is_free
+
+T = TypeVar("T")
+router = APIRouter()
+
+MAX_INSTANCE_ID = 999_999_999
+InstanceId = Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID, strict=True)]
+
+
+class _Body(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class InstanceIds(_Body):
+    """The instances an action is for; omitted: every instance (not for manualupgrade and
+    delete, which must name them)."""
+
+    instanceIds: list[InstanceId] | None = Field(default=None, max_length=MAX_CAPACITY)
+
+
+class Capacity(_Body):
+    capacity: int = Field(ge=0, le=MAX_CAPACITY, strict=True)
+
+
+class RunCommand(_Body):
+    script: str = Field(min_length=1, max_length=65536)
+    timeout: float = Field(default=300, ge=1, le=86400)
+
+
+Action = Literal["manualupgrade", "reimage", "reimageall", "start", "poweroff", "restart",
+                 "deallocate", "delete"]
+POWER_ACTIONS = {"start": "start", "poweroff": "stop", "restart": "restart",
+                 "deallocate": "deallocate"}
+
+
+def backend_of(request: Request) -> Backend:
+    backend: Backend = request.app.state.backend
+    return backend
+
+
+def _read(request: Request, work: Callable[[Env], Coroutine[Any, Any, T]], *,
+          scope: str | None = None) -> T:
+    return call(backend_of(request).opener, work, scope=scope)
+
+
+def _name(name: str) -> str:
+    check_set_name(name)
+    return name
+
+
+def _instance_id(value: str) -> int:
+    if not value.isdigit() or len(value) > 9:
+        raise InvalidInput(f"invalid instance id {value!r}: expected a non-negative integer")
+    return int(value)
+
+
+def _accepted(op: Operation) -> JSONResponse:
+    return JSONResponse(op.as_json(), status_code=202,
+                        headers={"Location": f"/v1/operations/{op.id}"})
+
+
+def _start(request: Request, name: str, kind: str,
+           work: Callable[[Env], Coroutine[Any, Any, T]], result: Callable[[T], Any], *,
+           check: Callable[[Env], None] | None = None, must_exist: bool = True) -> JSONResponse:
+    """Check what can be checked now (the set exists, ``check``, its lock is free), then
+    start ``work`` as an operation and answer 202."""
+    backend = backend_of(request)
+
+    async def precheck(env: Env) -> None:
+        if must_exist:
+            env.store.get_set(name)  # NotFound: 404
+        if check is not None:
+            check(env)
+        if not lock_is_free(env, name):
+            raise Conflict(f"scale set {name} is busy: another operation holds its lock",
+                           hint="wait for it, or see GET /v1/scaleSets/{name}/rollingUpgrades"
+                                "/latest")
+
+    call(backend.opener, precheck, scope=name)
+    return _accepted(backend.operations.start(kind=kind, scale_set=name, work=work,
+                                              result=result))
+
+
+def _document_schema() -> dict[str, Any]:
+    return {"requestBody": {"required": True, "content": {"application/json": {
+        "schema": ScaleSetDocument.model_json_schema(
+            by_alias=True, ref_template="#/components/schemas/{model}")}}}}
+
+
+# --- the service ------------------------------------------------------------------------------
+@router.get("/healthz", tags=["service"])
+def healthz(request: Request) -> dict[str, Any]:
+    """Whether the server runs, and its controller loop (no token needed)."""
+    return {"status": "ok", "controller": backend_of(request).controller.as_json()}
+
+
+@router.get("/metrics", tags=["service"], response_class=Response)
+def get_metrics(request: Request) -> Response:
+    """Prometheus metrics of every set, as the metrics file has them."""
+    from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+    async def text(env: Env) -> bytes:
+        return generate_latest(metrics.registry_of(env.store))
+
+    return Response(_read(request, text), media_type=CONTENT_TYPE_LATEST)
+
+
+@router.get("/v1/operations/{op_id}", tags=["service"])
+def get_operation(request: Request, op_id: str) -> dict[str, Any]:
+    """An operation this server started: status Running, Succeeded or Failed, its error
+    (code, message), its result and its last progress lines."""
+    if len(op_id) != OPERATION_ID_LENGTH or not all(c in "0123456789abcdef" for c in op_id):
+        raise InvalidInput(f"invalid operation id {op_id!r}")
+    return backend_of(request).operations.get(op_id).as_json()
+
+
+# --- images and hosts -------------------------------------------------------------------------
+@router.get("/v1/images", tags=["images"])
+def list_images(request: Request) -> list[dict[str, Any]]:
+    async def listed(env: Env) -> list[dict[str, Any]]:
+        return [render.image_json(i) for i in env.registry.list()]
+    return _read(request, listed)
+
+
+@router.get("/v1/hosts", tags=["hosts"])
+def list_hosts(request: Request) -> list[dict[str, Any]]:
+    async def listed(env: Env) -> list[dict[str, Any]]:
+        return [render.host_json(v) for v in await hosts.list_hosts(env)]
+    return _read(request, listed)
+
+
+# --- scale sets -------------------------------------------------------------------------------
+@router.get("/v1/scaleSets", tags=["scaleSets"])
+def list_sets(request: Request) -> list[dict[str, Any]]:
+    async def listed(env: Env) -> list[dict[str, Any]]:
+        return [render.set_json(v) for v in views.list_sets(env)]
+    return _read(request, listed)
+
+
+@router.get("/v1/scaleSets/{name}", tags=["scaleSets"])
+def get_set(request: Request, name: str) -> dict[str, Any]:
+    name = _name(name)
+
+    async def shown(env: Env) -> dict[str, Any]:
+        return render.set_json(views.show_set(env, name))
+    return _read(request, shown, scope=name)
+
+
+@router.put("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202,
+            openapi_extra=_document_schema())
+def put_set(request: Request, name: str,
+            document: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+    """`vmss apply` of one document whose metadata.name is {name}: creates the set, or
+    brings it to the document (capacity by scaling, the model by its upgrade policy)."""
+    name = _name(name)
+    spec = specs_from_documents([document], where="body",
+                                default_network=os.environ.get("ORCH_NETWORK"))[0]
+    if spec.name != name:
+        raise InvalidInput(f"body: metadata.name is {spec.name}, the path names {name}")
+    return _start(request, name, "apply", lambda env: updates.apply(env, spec),
+                  render.set_json, must_exist=False)
+
+
+@router.patch("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202)
+def patch_set(request: Request, name: str,
+              changes: Annotated[dict[str, Any], Body(
+                  examples=[{"image": "tiny:2"}, {"upgradePolicy": {"mode": "Rolling"}}])]
+              ) -> JSONResponse:
+    """`vmss update` with a partial spec of the declarative file (a JSON merge patch of
+    its `spec`, e.g. {"image": "tiny:2"}); a capacity in it scales the set."""
+    name = _name(name)
+    found: dict[str, ScaleSetSpec] = {}
+
+    def check(env: Env) -> None:
+        document = ScaleSetDocument.of(env.spec_of(name))
+        document["spec"] = merge_patch(document["spec"], changes)
+        found["spec"] = validate(ScaleSetDocument, document, where="body").to_spec()
+        if found["spec"] == env.spec_of(name):
+            raise InvalidInput("body: nothing to update: the set already has this spec")
+
+    return _start(request, name, "update", lambda env: updates.apply(env, found["spec"]),
+                  render.set_json, check=check)
+
+
+@router.delete("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202)
+def delete_set(request: Request, name: str) -> JSONResponse:
+    """Delete the set and everything it owns."""
+    name = _name(name)
+    return _start(request, name, "delete", lambda env: sets.delete(env, name),
+                  lambda _: None)
+
+
+@router.get("/v1/scaleSets/{name}/virtualMachines", tags=["virtualMachines"])
+def list_instances(request: Request, name: str,
+                   refresh: Annotated[bool, Query()] = True) -> list[dict[str, Any]]:
+    """The instances; ``refresh`` (default, as `list-instances`) probes their health
+    first, ``refresh=false`` shows what is recorded (quick: for polling)."""
+    name = _name(name)
+
+    async def listed(env: Env) -> list[dict[str, Any]]:
+        return [render.instance_json(v)
+                for v in await views.instance_views(env, name, refresh=refresh)]
+    return _read(request, listed, scope=name)
+
+
+@router.get("/v1/scaleSets/{name}/virtualMachines/{instance_id}", tags=["virtualMachines"])
+def get_instance(request: Request, name: str, instance_id: str) -> dict[str, Any]:
+    """The instance view (`get-instance-view`)."""
+    name, iid = _name(name), _instance_id(instance_id)
+
+    async def shown(env: Env) -> dict[str, Any]:
+        return render.instance_detail_json(await views.instance_view(env, name, iid))
+    return _read(request, shown, scope=name)
+
+
+@router.post("/v1/scaleSets/{name}/virtualMachines/{instance_id}/runCommand",
+             tags=["virtualMachines"], status_code=202)
+def run_command(request: Request, name: str, instance_id: str,
+                body: RunCommand) -> JSONResponse:
+    """Run a script in the instance over SSH; the result has exitStatus, stdout, stderr."""
+    name, iid = _name(name), _instance_id(instance_id)
+
+    def check(env: Env) -> None:
+        env.instances(name, [iid])
+
+    backend = backend_of(request)
+    call(backend.opener, _checked(name, check), scope=name)
+    # runs beside whatever holds the set's lock, as `run-command invoke` does
+    return _accepted(backend.operations.start(
+        kind="runCommand", scale_set=name,
+        work=lambda env: views.run_command(env, name, iid, body.script, timeout=body.timeout),
+        result=render.command_json))
+
+
+def _checked(name: str, check: Callable[[Env], None]) -> Callable[[Env], Coroutine[Any, Any, None]]:
+    async def run(env: Env) -> None:
+        env.store.get_set(name)
+        check(env)
+    return run
+
+
+@router.post("/v1/scaleSets/{name}/scale", tags=["scaleSets"], status_code=202)
+def scale(request: Request, name: str, body: Capacity) -> JSONResponse:
+    """`vmss scale --new-capacity`."""
+    name = _name(name)
+    return _start(request, name, "scale", lambda env: sets.scale(env, name, body.capacity),
+                  render.set_json)
+
+
+@router.post("/v1/scaleSets/{name}/osRollingUpgrade", tags=["rollingUpgrades"],
+             status_code=202)
+def os_rolling_upgrade(request: Request, name: str) -> JSONResponse:
+    """`rolling-upgrade start`: the latest model in batches; the result is the upgrade's
+    status (a Faulted upgrade ends the operation Failed)."""
+    name = _name(name)
+
+    async def start(env: Env) -> Any:
+        upgrade = await rolling.start(env, name)
+        rolling.raise_if_faulted(upgrade, console=env.console_tails)
+        return upgrade
+
+    return _start(request, name, "osRollingUpgrade", start, render.rolling_json)
+
+
+@router.post("/v1/scaleSets/{name}/rollingUpgrades/cancel", tags=["rollingUpgrades"])
+def cancel_rolling_upgrade(request: Request, name: str) -> dict[str, Any]:
+    """Stop the running rolling upgrade after its in-flight batch."""
+    name = _name(name)
+
+    async def cancel(env: Env) -> dict[str, Any]:
+        return render.rolling_json(await rolling.cancel(env, name))
+    return _read(request, cancel, scope=name)
+
+
+@router.get("/v1/scaleSets/{name}/rollingUpgrades/latest", tags=["rollingUpgrades"])
+def latest_rolling_upgrade(request: Request, name: str) -> dict[str, Any]:
+    """`rolling-upgrade get-latest`: status, progress and batches."""
+    name = _name(name)
+
+    async def latest(env: Env) -> dict[str, Any]:
+        return render.rolling_json(rolling.status(env, name))
+    return _read(request, latest, scope=name)
+
+
+@router.post("/v1/scaleSets/{name}/{action}", tags=["virtualMachines"], status_code=202)
+def instance_action(request: Request, name: str, action: Action,
+                    body: InstanceIds | None = None) -> JSONResponse:
+    """An action on instances: manualupgrade (`update-instances`), reimage, reimageall
+    (reimage with the data disks), start, poweroff, restart, deallocate, delete
+    (`delete-instances`)."""
+    name = _name(name)
+    ids = None if body is None or body.instanceIds is None else list(body.instanceIds)
+    if action in ("manualupgrade", "delete") and not ids:
+        raise InvalidInput(f"body: {action} needs instanceIds")
+
+    def check(env: Env) -> None:
+        env.instances(name, ids)  # NotFound: 404, before the lock
+
+    work: Callable[[Env], Coroutine[Any, Any, Any]]
+    result: Callable[[Any], Any]
+    if action == "manualupgrade":
+        work, result = (lambda env: updates.update_instances(env, name, ids)), _instances
+    elif action in ("reimage", "reimageall"):
+        work, result = (lambda env: updates.reimage(
+            env, name, ids, all_disks=action == "reimageall")), _instances
+    elif action == "delete":
+        assert ids is not None
+        work, result = (lambda env: sets.delete_instances(env, name, ids)), render.set_json
+    else:
+        def power(env: Env) -> Coroutine[Any, Any, Any]:
+            every = ids if ids is not None else [i.instance_id for i in env.instances(name, None)]
+            return sets.power(env, name, every, POWER_ACTIONS[action])
+        work, result = power, _instances
+    return _start(request, name, action, work, result, check=check)
+
+
+def _instances(listed: list[views.InstanceView]) -> list[dict[str, Any]]:
+    return [render.instance_json(v) for v in listed]

@@ -21,6 +21,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import BaseRoute, Match, Route
 
 from orchestrator.api.operations import Opener, Operations, error_json
 from orchestrator.errors import Conflict, InvalidInput, NotFound, OrchError
@@ -78,18 +79,32 @@ def error_response(status: int, code: str, message: str, *,
                         status_code=status, headers=headers)
 
 
-def _validation_message(exc: RequestValidationError) -> str:
-    first = exc.errors()[0] if exc.errors() else {}
-    where = ".".join(str(p) for p in first.get("loc", ()) if p != "body")
-    text = str(first.get("msg", "invalid request"))
+def validation_message(exc: RequestValidationError) -> str:
+    """The first problem of a request, on one line, named by where it is as the CLI names a
+    file's (``body.instanceIds.0: ...``, ``query.refresh: ...``, ``body: ...`` for the body
+    as a whole)."""
+    errors = exc.errors()
+    if not errors:
+        return "invalid request"
+    first = errors[0]
     if first.get("type") == "json_invalid":
-        return "the request body is not valid JSON"
-    return f"{where}: {text}" if where else text
+        reason = (first.get("ctx") or {}).get("error")
+        return "the request body is not valid JSON" + (f" ({reason})" if reason else "")
+    where = ".".join(str(p) for p in first.get("loc", ()))
+    if where == "body" and first.get("type") == "missing":
+        return "body: a JSON body is required"
+    text = ("unknown key" if first.get("type") == "extra_forbidden"
+            else str(first.get("msg", "invalid")).removeprefix("Value error, "))
+    more = (f" (and {len(errors) - 1} more problem{'s' if len(errors) > 2 else ''})"
+            if len(errors) > 1 else "")
+    return f"{where}: {text}{more}" if where else f"{text}{more}"
 
 
 class BodyLimit:
-    """Refuse a request body larger than ``limit`` bytes with 413, before a route reads it
-    (by its Content-Length) or while it arrives (a chunked body)."""
+    """Refuse a request body larger than ``limit`` bytes with 413 before any route sees it:
+    by its Content-Length, or while it arrives (a chunked body). The body (at most ``limit``
+    bytes) is read here and handed on whole, so that a route's own body parsing never meets
+    the limit (FastAPI would turn an error raised while it reads into a 400)."""
 
     def __init__(self, app: ASGIApp, *, limit: int = MAX_BODY_BYTES) -> None:
         self.app = app
@@ -101,30 +116,44 @@ class BodyLimit:
             return
         headers = dict(scope.get("headers") or [])
         length = headers.get(b"content-length")
-        too_large = error_response(413, "PayloadTooLarge",
-                                   f"the request body is larger than {self.limit} bytes")
-        if length is not None and (not length.isdigit() or int(length) > self.limit):
-            await too_large(scope, receive, send)
+        if length is not None and not length.isdigit():
+            await error_response(400, "InvalidInput", "the Content-Length header is not a "
+                                 "number", headers={"Connection": "close"})(scope, receive, send)
             return
+        if length is not None and int(length) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        chunks: list[bytes] = []
         seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
+        while True:
             message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return message
+            if message["type"] != "http.request":  # the client went away
+                return
+            chunk = message.get("body", b"")
+            seen += len(chunk)
+            if seen > self.limit:
+                await self._refuse(scope, receive, send)
+                return
+            chunks.append(chunk)
+            if not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        handed = False
 
-        try:
-            await self.app(scope, limited, send)
-        except _TooLarge:
-            await too_large(scope, receive, send)
+        async def replay() -> Message:
+            nonlocal handed
+            if not handed:
+                handed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()  # after the body: the disconnect, when it comes
 
+        await self.app(scope, replay, send)
 
-class _TooLarge(Exception):
-    pass
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # the rest of the body is not read: the server closes the connection after this
+        await error_response(413, "PayloadTooLarge",
+                             f"the request body is larger than {self.limit} bytes",
+                             headers={"Connection": "close"})(scope, receive, send)
 
 
 def create_app(backend: Backend) -> FastAPI:
@@ -157,14 +186,21 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.exception_handler(RequestValidationError)
     async def invalid_request(request: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(400, "InvalidInput", _validation_message(exc))
+        return error_response(400, "InvalidInput", validation_message(exc))
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
-        codes = {404: "NotFound", 405: "MethodNotAllowed"}
-        message = (f"no route {request.method} {request.url.path}" if exc.status_code in codes
-                   else str(exc.detail))
-        return error_response(exc.status_code, codes.get(exc.status_code, "HttpError"), message)
+        method, path = request.method, request.url.path
+        if exc.status_code == 404:
+            return error_response(404, "NotFound", f"no route {method} {path}")
+        if exc.status_code == 405:
+            allowed = _allowed_methods([*routes.router.routes, *app.router.routes],
+                                       request.scope)
+            return error_response(405, "MethodNotAllowed",
+                                  f"{method} is not allowed on {path} (allowed: {allowed})",
+                                  headers={"Allow": allowed})
+        return error_response(exc.status_code, "HttpError", str(exc.detail),
+                              headers=dict(exc.headers or {}))
 
     @app.exception_handler(Exception)
     async def internal(request: Request, exc: Exception) -> JSONResponse:
@@ -182,6 +218,17 @@ def create_app(backend: Backend) -> FastAPI:
         _static(app, name, media)
     app.add_middleware(BodyLimit)
     return app
+
+
+def _allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
+    """The methods of the routes whose path matches the request's (Starlette's own 405
+    names only the first such route's)."""
+    methods: set[str] = set()
+    for route in routes:
+        if isinstance(route, Route) and route.methods and \
+                route.matches({**scope, "method": "GET"})[0] is not Match.NONE:
+            methods |= route.methods - {"HEAD"}
+    return ", ".join(sorted(methods))
 
 
 def _static(app: FastAPI, name: str, media: str) -> None:

@@ -1,9 +1,10 @@
 """The routes of the HTTP API (Azure's operation names), each one use case.
 
 Owned here: the paths, their request bodies (pydantic models, in the OpenAPI document),
-what each checks before it answers (names, ids, bodies, the set and instances existing, the
-set's lock being free: bad input gets 400/404/409 and changes nothing) and which use case
-it calls. Reads answer 200 with the CLI's ``-o json`` form; long work answers 202 with the
+what each checks before it answers (names, ids, bodies, the set and instances existing, a
+new model's image registered and given its memory, the set's lock being free, libvirt
+answering: bad input gets 400/404, a busy set 409, libvirt down 503, and none changes
+anything) and which use case it calls. Reads answer 200 with the CLI's ``-o json`` form; long work answers 202 with the
 operation (``Location: /v1/operations/{id}``), whose result is that form.
 
 Every route is a plain function: FastAPI runs it on a worker thread, where ``call`` gives it
@@ -16,27 +17,27 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Coroutine
-from typing import Annotated, Any, Literal, TypeVar
+from typing import Annotated, Any, Literal, TypeVar, get_args
 
 from fastapi import APIRouter, Body, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.convertors import Convertor, register_url_convertor
 
 from orchestrator import metrics
 from orchestrator.api.app import Backend
 from orchestrator.api.operations import OPERATION_ID_LENGTH, Operation, call
 from orchestrator.cli import render
-from orchestrator.errors import Conflict, InvalidInput
+from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.model import (
     MAX_CAPACITY,
     ScaleSetDocument,
     ScaleSetSpec,
     check_set_name,
     merge_patch,
-    specs_from_documents,
     validate,
 )
-from orchestrator.usecases import hosts, rolling, sets, updates, views
+from orchestrator.usecases import hosts, placement, rolling, sets, updates, views
 from orchestrator.usecases.session import Env, lock_is_free
 
 T = TypeVar("T")
@@ -47,14 +48,16 @@ InstanceId = Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID, strict=True)]
 
 
 class _Body(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # strict: "1" is no instance id and "5" no timeout, as on the command line
+    model_config = ConfigDict(extra="forbid", strict=True)
 
 
 class InstanceIds(_Body):
     """The instances an action is for; omitted: every instance (not for manualupgrade and
     delete, which must name them)."""
 
-    instanceIds: list[InstanceId] | None = Field(default=None, max_length=MAX_CAPACITY)
+    instanceIds: list[InstanceId] | None = Field(default=None, min_length=1,
+                                                 max_length=MAX_CAPACITY)
 
 
 class Capacity(_Body):
@@ -68,6 +71,22 @@ class RunCommand(_Body):
 
 Action = Literal["manualupgrade", "reimage", "reimageall", "start", "poweroff", "restart",
                  "deallocate", "delete"]
+
+
+class _ActionConvertor(Convertor[str]):
+    """``{action:action}`` matches the actions only: another word after a set's name is no
+    route (404), and the 405 of a route beside it names only that route's methods."""
+
+    regex = "|".join(get_args(Action))
+
+    def convert(self, value: str) -> str:
+        return value
+
+    def to_string(self, value: str) -> str:
+        return value
+
+
+register_url_convertor("action", _ActionConvertor())
 POWER_ACTIONS = {"start": "start", "poweroff": "stop", "restart": "restart",
                  "deallocate": "deallocate"}
 
@@ -114,10 +133,38 @@ def _start(request: Request, name: str, kind: str,
             raise Conflict(f"scale set {name} is busy: another operation holds its lock",
                            hint="wait for it, or see GET /v1/scaleSets/{name}/rollingUpgrades"
                                 "/latest")
+        await _reachable(env)
 
     call(backend.opener, precheck, scope=name)
     return _accepted(backend.operations.start(kind=kind, scale_set=name, work=work,
                                               result=result))
+
+
+async def _reachable(env: Env) -> None:
+    """HypervisorUnavailable (503) now rather than an operation that fails with it: one
+    question to every host, as a read asks (with hosts registered, one that does not answer
+    is the use case's to handle, as the CLI's)."""
+    await placement.list_domains(env)
+
+
+def _check_model(env: Env, spec: ScaleSetSpec, *, where: str) -> None:
+    """What ``updates.apply`` refuses before it takes the lock, checked before the 202 (bad
+    input in a body changes nothing): a new network, an image not registered, too little
+    memory for the image. ``where``: how the body names the model (``body.spec``)."""
+    current = env.spec_of(spec.name) if env.store.find_set(spec.name) else None
+    if current is not None and spec.model.network != current.model.network:
+        raise InvalidInput(f"{where}.network: changing the network of an existing scale set "
+                           "is not supported")
+    if current is not None and spec.model == current.model:
+        return
+    try:
+        image = env.registry.get(spec.model.image)
+    except NotFound as exc:
+        raise InvalidInput(f"{where}.image: {exc.message}") from exc
+    try:
+        image.check_memory(spec.model.memory_mib)
+    except InvalidInput as exc:
+        raise InvalidInput(f"{where}.memoryMiB: {exc.message}") from exc
 
 
 def _document_schema() -> dict[str, Any]:
@@ -192,12 +239,16 @@ def put_set(request: Request, name: str,
     """`vmss apply` of one document whose metadata.name is {name}: creates the set, or
     brings it to the document (capacity by scaling, the model by its upgrade policy)."""
     name = _name(name)
-    spec = specs_from_documents([document], where="body",
-                                default_network=os.environ.get("ORCH_NETWORK"))[0]
+    network = os.environ.get("ORCH_NETWORK")  # the lab's, as `vmss apply -f` takes it
+    if network and isinstance(document.get("spec"), dict):
+        document["spec"].setdefault("network", network)
+    spec = validate(ScaleSetDocument, document, where="body").to_spec()
     if spec.name != name:
-        raise InvalidInput(f"body: metadata.name is {spec.name}, the path names {name}")
+        raise InvalidInput(f"body.metadata.name: {spec.name} is not the name in the path, "
+                           f"{name}")
     return _start(request, name, "apply", lambda env: updates.apply(env, spec),
-                  render.set_json, must_exist=False)
+                  render.set_json, must_exist=False,
+                  check=lambda env: _check_model(env, spec, where="body.spec"))
 
 
 @router.patch("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202)
@@ -211,11 +262,20 @@ def patch_set(request: Request, name: str,
     found: dict[str, ScaleSetSpec] = {}
 
     def check(env: Env) -> None:
-        document = ScaleSetDocument.of(env.spec_of(name))
+        current = env.spec_of(name)
+        document = ScaleSetDocument.of(current)
         document["spec"] = merge_patch(document["spec"], changes)
-        found["spec"] = validate(ScaleSetDocument, document, where="body").to_spec()
-        if found["spec"] == env.spec_of(name):
+        try:
+            spec = validate(ScaleSetDocument, document).to_spec()
+        except InvalidInput as exc:
+            # the body is the document's spec: name the body's keys, not the document's
+            where, sep, rest = exc.message.partition("spec")
+            raise InvalidInput(f"body{rest}" if sep and not where
+                               else f"body: {exc.message}") from exc
+        if spec == current:
             raise InvalidInput("body: nothing to update: the set already has this spec")
+        _check_model(env, spec, where="body")
+        found["spec"] = spec
 
     return _start(request, name, "update", lambda env: updates.apply(env, found["spec"]),
                   render.set_json, check=check)
@@ -275,6 +335,7 @@ def _checked(name: str, check: Callable[[Env], None]) -> Callable[[Env], Corouti
     async def run(env: Env) -> None:
         env.store.get_set(name)
         check(env)
+        await _reachable(env)
     return run
 
 
@@ -321,7 +382,7 @@ def latest_rolling_upgrade(request: Request, name: str) -> dict[str, Any]:
     return _read(request, latest, scope=name)
 
 
-@router.post("/v1/scaleSets/{name}/{action}", tags=["virtualMachines"], status_code=202)
+@router.post("/v1/scaleSets/{name}/{action:action}", tags=["virtualMachines"], status_code=202)
 def instance_action(request: Request, name: str, action: Action,
                     body: InstanceIds | None = None) -> JSONResponse:
     """An action on instances: manualupgrade (`update-instances`), reimage, reimageall

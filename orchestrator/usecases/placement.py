@@ -7,7 +7,7 @@ the set's model: the memory its libvirt says new guests can have, pool space, fr
 addresses, the set's instances there) and ``choose_hosts`` (``policy.place`` on them).
 With no host registered every instance goes to the implicit host, as on one machine.
 
-Called by: dryrun.simworld, usecases.controller, usecases.recovery, usecases.repairs,
+Called by: api.routes, dryrun.simworld, usecases.controller, usecases.recovery, usecases.repairs,
 usecases.rolling, usecases.sets, usecases.views, usecases.watch
 """
 

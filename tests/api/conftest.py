@@ -5,6 +5,7 @@ CLI on the same world (``cli``, as tests/unit has it) to compare the API's answe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Iterator
@@ -16,12 +17,19 @@ import httpx
 import pytest
 from fastapi.testclient import TestClient
 
+from orchestrator import ssh
 from orchestrator.api.app import Backend, create_app
 from orchestrator.api.operations import Operations
+from orchestrator.errors import Unreachable
 from tests.unit.fakecli import FakeCli, install
 from tests.world import World, make_world, snapshot
 
 TOKEN = "test-token-0123456789"
+# the fake hypervisor's calls that change nothing
+HYPERVISOR_READS = frozenset({
+    "list_domains", "domain_state", "domain_owner", "pool_info", "list_volumes", "find_volume",
+    "read_volume_tail", "network_info", "list_reservations", "leased_addresses", "host_info",
+    "close"})
 
 
 @dataclass
@@ -56,11 +64,14 @@ class Api:
         assert op["status"] == "Succeeded", op
         return op
 
-    def state(self) -> tuple[dict[str, str], dict[str, str]]:
+    def state(self) -> tuple[dict[str, str], list[Any]]:
         """What a refused request must leave as it was: every file of the state dir (the
-        store by its content) and the fake host's domains with their power states."""
-        domains = {d.name: d.state.value for d in self.world.hv.list_domains()}
-        return snapshot(self.world.state_dir), domains
+        store by its content), every fake host's domain definitions and the calls that
+        change a host made so far (read from the fakes, not through libvirt's protocol, so
+        that it also works while a fake is unavailable)."""
+        hosts = [self.world.hv, *self.world.fakes.values()]
+        return snapshot(self.world.state_dir), [
+            (hv.domains, [c for c in hv.calls if c[0] not in HYPERVISOR_READS]) for hv in hosts]
 
 
 def error_of(answer: httpx.Response, status: int) -> dict[str, str]:
@@ -81,6 +92,17 @@ def cli_json(cli: FakeCli, *args: str) -> Any:
     return json.loads(out)
 
 
+@pytest.fixture(autouse=True)
+def no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No test reaches a real guest over SSH: a test that runs a command stands in for
+    ``ssh.run_command`` itself."""
+
+    async def unreachable(endpoint: ssh.Endpoint, command: str, **kw: Any) -> ssh.CommandResult:
+        raise Unreachable(f"ssh {endpoint.host}: the API tests reach no guest")
+
+    monkeypatch.setattr(ssh, "run_command", unreachable)
+
+
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     return make_world(tmp_path)
@@ -93,8 +115,9 @@ def cli(world: World, monkeypatch: pytest.MonkeyPatch,
     return install(world, monkeypatch, capsys)
 
 
-@pytest.fixture
-def api(world: World) -> Iterator[Api]:
+@contextlib.contextmanager
+def serving(world: World) -> Iterator[Api]:
+    """The app of `orch serve` on ``world``; every operation must have ended at the end."""
     backend = Backend(opener=world.opened, operations=Operations(world.opened), token=TOKEN)
     app = create_app(backend)
     with TestClient(app, headers={"Authorization": f"Bearer {TOKEN}"},
@@ -102,3 +125,9 @@ def api(world: World) -> Iterator[Api]:
             TestClient(app, raise_server_exceptions=False) as anonymous:
         yield Api(world, backend, http, anonymous)
         assert not backend.operations.join(30), "operations still running after the test"
+
+
+@pytest.fixture
+def api(world: World) -> Iterator[Api]:
+    with serving(world) as served:
+        yield served

@@ -1,5 +1,6 @@
-"""The routes SPEC §10 fixes, as (method, path template), shared by the tests that check
-every route (the token, the OpenAPI document)."""
+"""The routes the HTTP API promises (`orch serve`: these names are fixed), as (method,
+path template), shared by the tests that check every route (the token, the OpenAPI
+document)."""
 
 from __future__ import annotations
 

@@ -131,3 +131,14 @@ def serving(world: World) -> Iterator[Api]:
 def api(world: World) -> Iterator[Api]:
     with serving(world) as served:
         yield served
+
+
+@pytest.fixture(scope="module")
+def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """The app on a world with the set web of two instances, and an image big:1 that needs
+    more memory than the set's model gives: one for a module whose requests are refused (each
+    test checks that its request changed nothing)."""
+    with serving(make_world(tmp_path_factory.mktemp("web"))) as served:
+        served.create("web", count=2)
+        served.world.register_image("big", "1", minMemoryMiB=512)
+        yield served

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 
 from orchestrator.api.app import MAX_BODY_BYTES
-from tests.api.conftest import Api, error_of, serving
-from tests.world import make_world
+from tests.api.conftest import Api, error_of
 
 DOC = {"apiVersion": "orchestrator/v1", "kind": "ScaleSet", "metadata": {"name": "web"},
        "spec": {"image": "tiny:1", "capacity": 2}}
@@ -21,17 +20,6 @@ DOC = {"apiVersion": "orchestrator/v1", "kind": "ScaleSet", "metadata": {"name":
 
 def doc(**spec: Any) -> dict[str, Any]:
     return {**DOC, "spec": {**DOC["spec"], **spec}}
-
-
-@pytest.fixture(scope="module")
-def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """The app on a world with the set web of two instances, and an image big:1 that needs
-    more memory than the set's model gives: one for the module, as every request here but
-    those that say otherwise is refused, and each test checks that it changed nothing."""
-    with serving(make_world(tmp_path_factory.mktemp("web"))) as api:
-        api.create("web", count=2)
-        api.world.register_image("big", "1", minMemoryMiB=512)
-        yield api
 
 
 @pytest.fixture

@@ -4,8 +4,9 @@ Owned here: ``create_app`` and ``Backend`` (what every route is handed: the ``Op
 operations, the token, the controller's state), the mapping of errors to HTTP answers
 (``{"error": {"code", "message"}}``: 400 bad input, 404 not found, 409 conflict, 503
 environment, 401 no or wrong token, 413 body too large, 500 a failure), the body size limit
-(checked while the body arrives, so a body without a length is bounded too), and the
-bearer-token check on every route but ``GET /healthz`` and the portal's static page.
+(checked while the body arrives, so a body without a length is bounded too), the
+bearer-token check on every route but ``GET /healthz`` and the portal's static page, and
+the OpenAPI document (``openapi_document``: FastAPI's, made to say what the API answers).
 
 Called by: api.routes, api.serve
 """
@@ -19,11 +20,18 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.openapi.utils import get_openapi
 from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Route
 
-from orchestrator.api.operations import Opener, Operations, error_json
+from orchestrator.api.operations import (
+    ERROR_SCHEMA,
+    OPERATION_SCHEMA,
+    Opener,
+    Operations,
+    error_json,
+)
 from orchestrator.errors import Conflict, InvalidInput, NotFound, OrchError
 
 MAX_BODY_BYTES = 65536  # as the CLI's -f and --custom-data files
@@ -163,7 +171,8 @@ def create_app(backend: Backend) -> FastAPI:
     app = FastAPI(title="orchestrator", version="1",
                   description="Scale sets of QEMU/KVM virtual machines on libvirt, upgraded "
                               "the way Azure Virtual Machine Scale Sets are.",
-                  docs_url=None, redoc_url=None, openapi_url=None)
+                  docs_url=None, redoc_url=None, openapi_url=None,
+                  generate_unique_id_function=lambda route: route.name)
     app.state.backend = backend
 
     @app.middleware("http")
@@ -211,13 +220,71 @@ def create_app(backend: Backend) -> FastAPI:
 
     @app.get("/openapi.json", include_in_schema=False)
     def openapi() -> dict[str, Any]:
-        return app.openapi()
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_document(app)
+        return app.openapi_schema
 
     for name, media in (("index.html", "text/html"), ("portal.js", "text/javascript"),
                         ("portal.css", "text/css")):
         _static(app, name, media)
     app.add_middleware(BodyLimit)
     return app
+
+
+REFUSALS = {
+    "400": "Bad input: a name, an id or the body is not valid; nothing was changed.",
+    "401": "No bearer token, or not the server's.",
+    "404": "The scale set, instance, operation or route does not exist.",
+    "409": "The scale set is busy: another operation holds its lock; nothing was changed.",
+    "413": f"The request body is larger than {MAX_BODY_BYTES} bytes.",
+    "503": "libvirt does not answer; nothing was changed.",
+}
+_ERROR = {"$ref": "#/components/schemas/Error"}
+_OPERATION = {"$ref": "#/components/schemas/Operation"}
+
+
+def openapi_document(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's document, made true to how the API answers: refusals are the error shape
+    (400 where FastAPI would say 422; 401 on every route but the public ones, 413 on every
+    one that takes a body), 202 answers are the operation with its Location, and the models
+    the routes refer to by hand (the PUT body's) are components."""
+    from orchestrator.api import routes
+    doc = get_openapi(title=app.title, version=app.version, description=app.description,
+                      routes=app.routes)
+    schemas = doc.setdefault("components", {}).setdefault("schemas", {})
+    for unused in ("HTTPValidationError", "ValidationError"):  # FastAPI's 422 body
+        schemas.pop(unused, None)
+    schemas["Error"] = {"type": "object", "required": ["error"], "additionalProperties": False,
+                        "properties": {"error": ERROR_SCHEMA}}
+    schemas["Operation"] = OPERATION_SCHEMA
+    schemas.update(routes.components())
+    for path, item in doc["paths"].items():
+        for method, op in item.items():
+            for content in op.get("requestBody", {}).get("content", {}).values():
+                if "$ref" in content.get("schema", {}):
+                    # a body a route describes by reference (openapi_extra), without what
+                    # FastAPI merged beside it from the parameter's own type
+                    content["schema"] = {"$ref": content["schema"]["$ref"]}
+            responses = op["responses"]
+            if responses.pop("422", None) is not None or "{" in path:
+                responses.setdefault("400", {})
+            if "{" in path:
+                responses.setdefault("404", {})
+            if path not in PUBLIC_PATHS:
+                responses.setdefault("401", {})
+            if method != "get":
+                responses.setdefault("413", {})
+            for status, answer in responses.items():
+                if status[0] in "45":
+                    answer.setdefault("description", REFUSALS.get(status, "Refused."))
+                    answer["content"] = {"application/json": {"schema": _ERROR}}
+            if "202" in responses:
+                responses["202"] = {
+                    "description": "Started: the operation, to be polled at its Location.",
+                    "headers": {"Location": {"description": "/v1/operations/{id}",
+                                             "schema": {"type": "string"}}},
+                    "content": {"application/json": {"schema": _OPERATION}}}
+    return doc
 
 
 def _allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:

@@ -3,7 +3,8 @@
 Owned here: ``Opener`` (how a call gets its collaborators: an ``Env`` with a store
 connection and hypervisor connections of its own, closed when the call ends), ``call`` (one
 use case run the way the CLI runs a command: one event loop, one ``Env``), ``Operation``
-(the resource ``GET /v1/operations/{id}`` shows) and ``Operations`` (starts each in a thread
+(the resource ``GET /v1/operations/{id}`` shows; its JSON schema, ``OPERATION_SCHEMA``, and
+that of an error, ``ERROR_SCHEMA``) and ``Operations`` (starts each in a thread
 of its own, keeps the last ones, says which still run when the server stops).
 
 An operation is the API's handle on one use-case call; the set's journal (``vmss
@@ -63,6 +64,33 @@ def error_json(exc: BaseException) -> dict[str, str]:
     if isinstance(exc, OrchError):
         return {"code": type(exc).__name__, "message": exc.one_line()}
     return {"code": "InternalError", "message": f"{type(exc).__name__}: {exc}"}
+
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["code", "message"], "additionalProperties": False,
+    "properties": {
+        "code": {"type": "string", "description": "The error's class, e.g. InvalidInput, "
+                 "NotFound, Conflict, HypervisorUnavailable, OperationFailed."},
+        "message": {"type": "string", "description": "One line, as the CLI prints it."}}}
+
+# the JSON schema of ``Operation.as_json`` (the OpenAPI document's Operation)
+OPERATION_SCHEMA: dict[str, Any] = {
+    "type": "object", "additionalProperties": False,
+    "required": ["id", "kind", "scaleSet", "status", "startedAt", "endedAt", "error", "result",
+                 "progress"],
+    "properties": {
+        "id": {"type": "string", "pattern": f"^[0-9a-f]{{{OPERATION_ID_LENGTH}}}$"},
+        "kind": {"type": "string", "description": "What was asked: apply, update, delete, "
+                 "scale, osRollingUpgrade, runCommand or an instance action."},
+        "scaleSet": {"type": "string"},
+        "status": {"enum": ["Running", "Succeeded", "Failed"]},
+        "startedAt": {"type": "string", "format": "date-time"},
+        "endedAt": {"anyOf": [{"type": "string", "format": "date-time"}, {"type": "null"}]},
+        "error": {"anyOf": [ERROR_SCHEMA, {"type": "null"}]},
+        "result": {"description": "Succeeded: what the CLI prints with -o json for the same "
+                   "command (null for a deleted set)."},
+        "progress": {"type": "array", "items": {"type": "string"},
+                     "maxItems": PROGRESS_LINES, "description": "The last progress lines."}}}
 
 
 @dataclass

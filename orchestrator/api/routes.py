@@ -19,7 +19,7 @@ import os
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
-from fastapi import APIRouter, Body, Query, Request
+from fastapi import APIRouter, Body, Path, Query, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import Convertor, register_url_convertor
@@ -45,6 +45,9 @@ router = APIRouter()
 
 MAX_INSTANCE_ID = 999_999_999
 InstanceId = Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID, strict=True)]
+# `{id}` in the paths, as the API names them; a string here, checked as the CLI checks an id
+InstanceIdParam = Annotated[str, Path(alias="id", description="An instance id: 0 to 999999999.")]
+OperationIdParam = Annotated[str, Path(alias="id", description="An operation id: 32 hex digits.")]
 
 
 class _Body(BaseModel):
@@ -89,6 +92,12 @@ class _ActionConvertor(Convertor[str]):
 register_url_convertor("action", _ActionConvertor())
 POWER_ACTIONS = {"start": "start", "poweroff": "stop", "restart": "restart",
                  "deallocate": "deallocate"}
+
+
+# the refusals a route may answer besides FastAPI's own (app.openapi_document describes them
+# all with the error shape): long work checks the lock and asks libvirt first
+LONG_WORK: dict[int | str, dict[str, Any]] = {409: {}, 503: {}}
+ASKS_LIBVIRT: dict[int | str, dict[str, Any]] = {503: {}}
 
 
 def backend_of(request: Request) -> Backend:
@@ -169,8 +178,16 @@ def _check_model(env: Env, spec: ScaleSetSpec, *, where: str) -> None:
 
 def _document_schema() -> dict[str, Any]:
     return {"requestBody": {"required": True, "content": {"application/json": {
-        "schema": ScaleSetDocument.model_json_schema(
-            by_alias=True, ref_template="#/components/schemas/{model}")}}}}
+        "schema": {"$ref": "#/components/schemas/ScaleSetDocument"}}}}}
+
+
+def components() -> dict[str, Any]:
+    """The schemas of the OpenAPI document that FastAPI does not make itself: the PUT body,
+    ScaleSetDocument, and the models it refers to, each exactly as pydantic gives it (FastAPI
+    would drop its ``default: null``s)."""
+    schema = ScaleSetDocument.model_json_schema(by_alias=True,
+                                                ref_template="#/components/schemas/{model}")
+    return {**schema.pop("$defs"), "ScaleSetDocument": schema}
 
 
 # --- the service ------------------------------------------------------------------------------
@@ -191,8 +208,10 @@ def get_metrics(request: Request) -> Response:
     return Response(_read(request, text), media_type=CONTENT_TYPE_LATEST)
 
 
-@router.get("/v1/operations/{op_id}", tags=["service"])
-def get_operation(request: Request, op_id: str) -> dict[str, Any]:
+@router.get("/v1/operations/{id}", tags=["service"], response_model=None,
+            responses={200: {"content": {
+    "application/json": {"schema": {"$ref": "#/components/schemas/Operation"}}}}})
+def get_operation(request: Request, op_id: OperationIdParam) -> dict[str, Any]:
     """An operation this server started: status Running, Succeeded or Failed, its error
     (code, message), its result and its last progress lines."""
     if len(op_id) != OPERATION_ID_LENGTH or not all(c in "0123456789abcdef" for c in op_id):
@@ -232,10 +251,11 @@ def get_set(request: Request, name: str) -> dict[str, Any]:
     return _read(request, shown, scope=name)
 
 
-@router.put("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202,
+@router.put("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202, responses=LONG_WORK,
             openapi_extra=_document_schema())
 def put_set(request: Request, name: str,
-            document: Annotated[dict[str, Any], Body()]) -> JSONResponse:
+            # described by hand (_document_schema): validated below as `vmss apply -f` does
+            document: Annotated[dict[str, Any], Body(include_in_schema=False)]) -> JSONResponse:
     """`vmss apply` of one document whose metadata.name is {name}: creates the set, or
     brings it to the document (capacity by scaling, the model by its upgrade policy)."""
     name = _name(name)
@@ -251,7 +271,8 @@ def put_set(request: Request, name: str,
                   check=lambda env: _check_model(env, spec, where="body.spec"))
 
 
-@router.patch("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202)
+@router.patch("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202,
+             responses=LONG_WORK)
 def patch_set(request: Request, name: str,
               changes: Annotated[dict[str, Any], Body(
                   examples=[{"image": "tiny:2"}, {"upgradePolicy": {"mode": "Rolling"}}])]
@@ -281,7 +302,8 @@ def patch_set(request: Request, name: str,
                   render.set_json, check=check)
 
 
-@router.delete("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202)
+@router.delete("/v1/scaleSets/{name}", tags=["scaleSets"], status_code=202,
+             responses=LONG_WORK)
 def delete_set(request: Request, name: str) -> JSONResponse:
     """Delete the set and everything it owns."""
     name = _name(name)
@@ -289,7 +311,8 @@ def delete_set(request: Request, name: str) -> JSONResponse:
                   lambda _: None)
 
 
-@router.get("/v1/scaleSets/{name}/virtualMachines", tags=["virtualMachines"])
+@router.get("/v1/scaleSets/{name}/virtualMachines", tags=["virtualMachines"],
+            responses=ASKS_LIBVIRT)
 def list_instances(request: Request, name: str,
                    refresh: Annotated[bool, Query()] = True) -> list[dict[str, Any]]:
     """The instances; ``refresh`` (default, as `list-instances`) probes their health
@@ -302,8 +325,9 @@ def list_instances(request: Request, name: str,
     return _read(request, listed, scope=name)
 
 
-@router.get("/v1/scaleSets/{name}/virtualMachines/{instance_id}", tags=["virtualMachines"])
-def get_instance(request: Request, name: str, instance_id: str) -> dict[str, Any]:
+@router.get("/v1/scaleSets/{name}/virtualMachines/{id}", tags=["virtualMachines"],
+            responses=ASKS_LIBVIRT)
+def get_instance(request: Request, name: str, instance_id: InstanceIdParam) -> dict[str, Any]:
     """The instance view (`get-instance-view`)."""
     name, iid = _name(name), _instance_id(instance_id)
 
@@ -312,9 +336,9 @@ def get_instance(request: Request, name: str, instance_id: str) -> dict[str, Any
     return _read(request, shown, scope=name)
 
 
-@router.post("/v1/scaleSets/{name}/virtualMachines/{instance_id}/runCommand",
-             tags=["virtualMachines"], status_code=202)
-def run_command(request: Request, name: str, instance_id: str,
+@router.post("/v1/scaleSets/{name}/virtualMachines/{id}/runCommand",
+             tags=["virtualMachines"], status_code=202, responses=ASKS_LIBVIRT)
+def run_command(request: Request, name: str, instance_id: InstanceIdParam,
                 body: RunCommand) -> JSONResponse:
     """Run a script in the instance over SSH; the result has exitStatus, stdout, stderr."""
     name, iid = _name(name), _instance_id(instance_id)
@@ -339,7 +363,8 @@ def _checked(name: str, check: Callable[[Env], None]) -> Callable[[Env], Corouti
     return run
 
 
-@router.post("/v1/scaleSets/{name}/scale", tags=["scaleSets"], status_code=202)
+@router.post("/v1/scaleSets/{name}/scale", tags=["scaleSets"], status_code=202,
+             responses=LONG_WORK)
 def scale(request: Request, name: str, body: Capacity) -> JSONResponse:
     """`vmss scale --new-capacity`."""
     name = _name(name)
@@ -348,7 +373,7 @@ def scale(request: Request, name: str, body: Capacity) -> JSONResponse:
 
 
 @router.post("/v1/scaleSets/{name}/osRollingUpgrade", tags=["rollingUpgrades"],
-             status_code=202)
+             status_code=202, responses=LONG_WORK)
 def os_rolling_upgrade(request: Request, name: str) -> JSONResponse:
     """`rolling-upgrade start`: the latest model in batches; the result is the upgrade's
     status (a Faulted upgrade ends the operation Failed)."""
@@ -382,7 +407,8 @@ def latest_rolling_upgrade(request: Request, name: str) -> dict[str, Any]:
     return _read(request, latest, scope=name)
 
 
-@router.post("/v1/scaleSets/{name}/{action:action}", tags=["virtualMachines"], status_code=202)
+@router.post("/v1/scaleSets/{name}/{action:action}", tags=["virtualMachines"], status_code=202,
+             responses=LONG_WORK)
 def instance_action(request: Request, name: str, action: Action,
                     body: InstanceIds | None = None) -> JSONResponse:
     """An action on instances: manualupgrade (`update-instances`), reimage, reimageall

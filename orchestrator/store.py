@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import sqlite3
 from collections.abc import Iterator, Mapping
 from dataclasses import replace
@@ -101,6 +102,9 @@ CREATE TABLE IF NOT EXISTS events (
 """
 
 
+# the tables and indexes _SCHEMA makes
+_SCHEMA_OBJECTS = tuple(re.findall(r"CREATE (?:TABLE|INDEX) IF NOT EXISTS (\w+)", _SCHEMA))
+
 _ADDED_INSTANCE_COLUMNS = (
     ("os_volume", "TEXT NOT NULL DEFAULT ''"),
     ("prev_os_volume", "TEXT NOT NULL DEFAULT ''"),
@@ -152,11 +156,29 @@ class Store:
         self._db.execute("PRAGMA synchronous=FULL" if durable else "PRAGMA synchronous=OFF")
         self._db.execute("PRAGMA foreign_keys=ON")
         self._depth = 0
+        if self._up_to_date():
+            return
         with self.transaction():
             for stmt in _SCHEMA.split(";"):
                 if stmt.strip():
                     self._db.execute(stmt)
             self._migrate()
+
+    def _up_to_date(self) -> bool:
+        """Whether the database has this version's schema already, found by reading only.
+        The usual case, and then opening takes no write lock and writes nothing: `orch serve`
+        opens a connection per request, and concurrent opens that each took the write lock
+        (and synced a commit) queued behind each other."""
+        try:
+            row = self._one("SELECT value FROM meta WHERE key='schema_version'", ())
+            if row is None or row["value"] != str(SCHEMA_VERSION):
+                return False
+            present = {r["name"] for r in self._db.execute("SELECT name FROM sqlite_master")}
+            columns = {r["name"] for r in self._db.execute("PRAGMA table_info(instances)")}
+        except sqlite3.OperationalError:  # no meta table: a new database
+            return False
+        return (set(_SCHEMA_OBJECTS) <= present
+                and {column for column, _ in _ADDED_INSTANCE_COLUMNS} <= columns)
 
     def _migrate(self) -> None:
         """Bring a database made by an older version up to ``SCHEMA_VERSION``."""

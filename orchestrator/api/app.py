@@ -25,6 +25,7 @@ from fastapi.responses import JSONResponse, Response
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import BaseRoute, Match, Route
 
+from orchestrator.api.auth import token_matches
 from orchestrator.api.operations import (
     ERROR_SCHEMA,
     OPERATION_SCHEMA,
@@ -164,6 +165,28 @@ class BodyLimit:
                              headers={"Connection": "close"})(scope, receive, send)
 
 
+class BearerToken:
+    """Refuse with 401 a request to any path but the public ones that does not carry the
+    server's bearer token. A plain ASGI middleware: Starlette's ``BaseHTTPMiddleware``
+    would pass every answer through a stream and a task of its own."""
+
+    def __init__(self, app: ASGIApp, *, token: str) -> None:
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] not in PUBLIC_PATHS:
+            header = next((value.decode("latin-1") for key, value in scope["headers"]
+                           if key == b"authorization"), None)
+            if not token_matches(header, self.token):
+                await error_response(
+                    401, "Unauthorized", "a valid bearer token is required (Authorization: "
+                    "Bearer TOKEN; the token is in the file orch serve printed)",
+                    headers={"WWW-Authenticate": "Bearer"})(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+
 def create_app(backend: Backend) -> FastAPI:
     """The application: routes, error handlers, token check, body limit."""
     from orchestrator.api import routes  # the routes import this module's helpers
@@ -174,19 +197,6 @@ def create_app(backend: Backend) -> FastAPI:
                   docs_url=None, redoc_url=None, openapi_url=None,
                   generate_unique_id_function=lambda route: route.name)
     app.state.backend = backend
-
-    @app.middleware("http")
-    async def bearer_token(request: Request,
-                           call_next: Callable[[Request], Awaitable[Response]]) -> Response:
-        from orchestrator.api.auth import token_matches
-
-        if request.url.path not in PUBLIC_PATHS and not token_matches(
-                request.headers.get("authorization"), backend.token):
-            return error_response(401, "Unauthorized",
-                                  "a valid bearer token is required (Authorization: Bearer "
-                                  "TOKEN; the token is in the file orch serve printed)",
-                                  headers={"WWW-Authenticate": "Bearer"})
-        return await call_next(request)
 
     @app.exception_handler(OrchError)
     async def orch_error(request: Request, exc: OrchError) -> JSONResponse:
@@ -228,6 +238,8 @@ def create_app(backend: Backend) -> FastAPI:
                         ("portal.css", "text/css")):
         _static(app, name, media)
     app.add_middleware(BodyLimit)
+    # the outermost: a request without the token is refused before its body is read
+    app.add_middleware(BearerToken, token=backend.token)
     return app
 
 

@@ -156,14 +156,19 @@ async function loadAll(epoch) {
   const sets = (await api("GET", "/v1/scaleSets")).data;
   const reads = sets.map(async (s) => {
     const base = "/v1/scaleSets/" + enc(s.name);
-    const [instances, upgrade] = await Promise.all([
-      api("GET", base + "/virtualMachines?refresh=false").then((r) => r.data),
-      api("GET", base + "/rollingUpgrades/latest").then((r) => r.data, (err) => {
-        if (err instanceof ApiError && err.status === 404) return null;  // none yet
-        throw err;
-      }),
-    ]);
-    return {set: s, instances, upgrade};
+    try {
+      const [instances, upgrade] = await Promise.all([
+        api("GET", base + "/virtualMachines?refresh=false").then((r) => r.data),
+        api("GET", base + "/rollingUpgrades/latest").then((r) => r.data, (err) => {
+          if (err instanceof ApiError && err.status === 404) return null;  // none yet
+          throw err;
+        }),
+      ]);
+      return {set: s, instances, upgrade, error: null};
+    } catch (err) {
+      if (err instanceof ApiError && err.status === 401) throw err;
+      return {set: s, instances: null, upgrade: null, error: err};  // the others still show
+    }
   });
   const loaded = await Promise.all(reads);
   const opsRunning = await pollOperations();
@@ -254,8 +259,15 @@ function setView(name) {
   return view;
 }
 
-function renderSet(view, {set, instances, upgrade}) {
+function renderSet(view, {set, instances, upgrade, error}) {
   const q = (sel) => view.root.querySelector(sel);
+  const problem = q(".set-error");
+  problem.textContent = error ? "Could not read this set: " + error.message : "";
+  problem.hidden = !error;
+  if (error) {  // keep what was shown last
+    instances = view.instances;
+    upgrade = view.upgrade;
+  }
   view.set = set;
   view.instances = instances;
   view.upgrade = upgrade;
@@ -531,6 +543,14 @@ function start() {
     if (token) login(token);
   });
   $("logout").addEventListener("click", () => showLogin("Logged out."));
+  // the portal link opened in a tab that shows the page already: no reload, a new fragment
+  window.addEventListener("hashchange", () => {
+    const token = tokenFromFragment();
+    if (token) {
+      showLogin("");
+      login(token);
+    }
+  });
   const token = tokenFromFragment() || sessionStorage.getItem(TOKEN_KEY);
   if (token) login(token); else showLogin("");
 }

@@ -4,7 +4,8 @@ prober (``Env``). ``Commands``, ``Upgrades`` and ``Reconciler`` call the use cas
 CLI does (one ``asyncio.run`` per command, records rendered to their ``-o json`` form), so
 tests read like the commands a user types.
 
-Used by tests/unit, tests/property and tests/libvirt.
+Used by tests/unit, tests/property, tests/libvirt, tests/api and tests/browser (there on
+the real clock: ``make_world(..., clock=RealClock())``).
 """
 
 from __future__ import annotations

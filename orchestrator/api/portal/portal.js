@@ -71,6 +71,7 @@ function tokenFromFragment() {
 
 function showLogin(message) {
   stopPolling();
+  state.again = false;
   state.token = null;
   sessionStorage.removeItem(TOKEN_KEY);
   state.epoch += 1;
@@ -122,22 +123,24 @@ async function refresh() {
   const epoch = state.epoch;
   state.busy = true;
   let active = false;
+  let unauthorized = false;
   try {
     active = await loadAll(epoch);
     if (epoch === state.epoch) setStatus("Updated " + new Date().toLocaleTimeString());
   } catch (err) {
-    if (epoch !== state.epoch) return;
-    if (err instanceof ApiError && err.status === 401) {
-      state.busy = false;
-      refused();
-      return;
+    if (epoch === state.epoch) {
+      if (err instanceof ApiError && err.status === 401) unauthorized = true;
+      else setStatus(err.message + "; retrying", true);
     }
-    setStatus(err.message + "; retrying", true);
   } finally {
     state.busy = false;
   }
-  if (epoch !== state.epoch || state.token === null) return;
-  if (state.again) {
+  if (unauthorized) {
+    refused();
+    return;
+  }
+  if (state.token === null) return;
+  if (state.again || epoch !== state.epoch) {  // asked for meanwhile, or a new log-in
     state.again = false;
     refresh();
     return;

@@ -132,7 +132,8 @@ def browser(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Any]:
     its page goes to the test's tmp dir."""
     missing = [str(p) for p in (CHROMIUM, CHROMEDRIVER) if not p.exists()]
     if missing:
-        pytest.skip(f"needs Debian's chromium and chromium-driver ({', '.join(missing)} "
+        # a failure, not a skip: a skipped test must not count as a passed one
+        pytest.fail(f"needs Debian's chromium and chromium-driver ({', '.join(missing)} "
                     "missing; `make test-packages` installs them)")
     driver = chromium()
     driver.set_page_load_timeout(60)

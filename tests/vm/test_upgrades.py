@@ -196,9 +196,6 @@ def test_rolling_surge_replaces_instances_and_leaves_nothing(orch: Orch, set_nam
     assert libvirt_objects(f"{set_name}-") == NOTHING
 
 
-# Fails in the full CI run (the plan predicts Faulted instead of Completed; passes when run
-# alone): not yet understood, so it runs with the nightly suite until it is.
-@pytest.mark.nightly
 def test_plan_of_a_surge_in_the_lab_gives_its_verdict_and_changes_nothing(
         orch: Orch, set_name: str) -> None:
     """`vmss plan --max-surge true` of a set made without MaxSurge, as a new user runs it in

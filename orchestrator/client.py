@@ -19,8 +19,7 @@ The seam for tests is ``transport`` (any ``httpx.BaseTransport``), the one httpx
 the client stays the production client, only the bytes' way changes (in process to the ASGI
 app, or a mock answering fixed bodies).
 
-Called by: nobody inside the package (users' scripts and tests: ``from orchestrator.client
-import Client``)
+Called by: testing (and users' scripts: ``from orchestrator.client import Client``)
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ Called by: api.app, api.auth, api.operations, api.routes, api.serve, cli.app, cl
 cli.controller, cli.serve, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld,
 engine.addresses, engine.context, engine.copies, engine.health, engine.hosts, engine.steps,
 hypervisor.base, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, images, lab,
-labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.bootdiag,
+labconfig, labhosts, labsys, locks, metrics, model, ssh, store, testing, usecases.bootdiag,
 usecases.controller, usecases.hosts, usecases.placement, usecases.recovery,
 usecases.removal, usecases.repairs, usecases.rolling, usecases.rollout, usecases.session,
 usecases.sets, usecases.updates, usecases.views, usecases.watch

@@ -17,7 +17,6 @@ import pytest
 from orchestrator import ssh
 from orchestrator.errors import Conflict
 from orchestrator.store import Store
-from orchestrator.testing import retrying_conflicts
 
 from .conftest import TOKEN, Api
 from .inprocess import served
@@ -218,6 +217,9 @@ def test_locks_its_set(held, scale_set):
 
 
 def test_retrying_conflicts_until_the_deadline() -> None:
+    # imported here: a module-level import would precede pytest's own import of the plugin
+    from orchestrator.testing import retrying_conflicts
+
     answers: list[Exception | str] = [Conflict("busy"), Conflict("busy"), "done"]
 
     def call() -> str:

@@ -24,6 +24,7 @@ Called by: testing (and users' scripts: ``from orchestrator.client import Client
 
 from __future__ import annotations
 
+import functools
 import ssl
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -312,19 +313,24 @@ def _error_of_answer(answer: httpx.Response) -> OrchError:
     return exc
 
 
-def _parser(kind: Any) -> Callable[[Any], Any]:
-    adapter: TypeAdapter[Any] = TypeAdapter(kind)
+@functools.cache
+def _adapter(kind: Any) -> TypeAdapter[Any]:
+    return TypeAdapter(kind)  # built once per record type: building is the costly part
 
+
+def _parser(kind: Any) -> Callable[[Any], Any]:
+    """How an answer becomes ``kind`` (a record, or a list of them); an answer that is not
+    one raises EnvironmentProblem (a server of another version, or not orch serve)."""
     def parse(value: Any) -> Any:
         try:
-            return adapter.validate_python(value)
+            return _adapter(kind).validate_python(value)
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(p) for p in first["loc"])
             raise EnvironmentProblem(
                 f"the server's answer is not a {getattr(kind, '__name__', kind)}: "
-                f"{where}: {first['msg']}",
-                hint="is the client as new as the server (orch --version)?") from exc
+                + (f"{where}: " if where else "") + first["msg"],
+                hint="are the client and the server of the same orchestrator version?") from exc
     return parse
 
 

@@ -13,6 +13,7 @@ Called by: cli.serve
 from __future__ import annotations
 
 import asyncio
+import signal
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -106,6 +107,13 @@ def serve(config: ServeConfig, opener: Opener, *,
     logs.progress(f"orch serve: API on {portal_link(config).split('/#')[0]}/v1, token in "
                   f"{config.token_file}")
     logs.progress(f"orch serve: portal {portal_link(config)}")
+    # uvicorn handles SIGTERM itself, then restores the handler it found and raises the
+    # signal again once it has stopped; with the default handler found, that would kill
+    # the process before the stop below. The handler it finds is this one, which only asks
+    # the server to exit (a SIGTERM before uvicorn listens for it stops it too): the
+    # signal again is then a no-op, the stop runs and the process exits 0.
+    previous = signal.signal(signal.SIGTERM,
+                             lambda sig, frame: setattr(server, "should_exit", True))
     try:
         asyncio.run(server.serve())
     finally:
@@ -118,3 +126,4 @@ def serve(config: ServeConfig, opener: Opener, *,
             logs.warning(f"orch serve: operation {op.id} ({op.kind} {op.scale_set}) still "
                          "running; left to the journal: the next controller pass resumes it")
         logs.progress("orch serve: stopped")
+        signal.signal(signal.SIGTERM, previous)

@@ -1,4 +1,4 @@
-"""The Python client of `orch serve`'s HTTP API (docs: SPEC §10; paths in ``api.routes``).
+"""The Python client of `orch serve`'s HTTP API (its routes: ``api.routes``, `GET /openapi.json`).
 
 Owned here: ``Client`` (one typed method per route, over a synchronous ``httpx.Client``),
 the records its methods return (pydantic models whose fields are the ``-o json`` keys, as
@@ -606,7 +606,8 @@ class Client:
             name, "virtualMachines", str(int(instance_id))))
         return found
 
-    def _action(self, name: str, action: str, ids: Sequence[int] | None) -> Operation[list[Instance]]:
+    def _action(self, name: str, action: str,
+                ids: Sequence[int] | None) -> Operation[list[Instance]]:
         return self._start("POST", self._set_path(name, action), _ids(ids),
                            _parser(list[Instance]))
 

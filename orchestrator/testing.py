@@ -110,8 +110,8 @@ class Settings:
                       verify=self.ca_file if self.ca_file is not None else True)
 
 
-def _default_token_file() -> Path:
-    state = os.environ.get("ORCH_STATE_DIR")
+def _default_token_file(env: Mapping[str, str]) -> Path:
+    state = env.get("ORCH_STATE_DIR")
     if state:
         return Path(state) / "api-token"
     from orchestrator.cli.app import default_state_dir  # what orch itself defaults to
@@ -134,7 +134,7 @@ def settings_of(config: pytest.Config, environ: Mapping[str, str] | None = None)
     elif env.get("ORCH_TOKEN"):
         token = env["ORCH_TOKEN"].strip()
     else:
-        token = read_token(_default_token_file())
+        token = read_token(_default_token_file(env))
     timeout = pick("orch_timeout", "ORCH_TIMEOUT")
     try:
         seconds = DEFAULT_TIMEOUT if timeout is None else float(timeout)

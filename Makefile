@@ -13,9 +13,10 @@ DEB_PACKAGES := qemu-system-x86 qemu-utils libvirt-daemon-system libvirt-clients
 	pkg-config dnsmasq-base genisoimage busybox-static dropbear-bin cpio e2fsprogs iproute2 \
 	iptables python3-venv python3-dev gcc \
 	mmdebstrap dosfstools mtools syslinux syslinux-common fdisk util-linux
-# only for the tests: `vagrant validate` of the test bed's Vagrantfile (tests/tooling), and
-# shellcheck of the image recipes (tests/unit/test_images.py)
-TEST_DEB_PACKAGES := vagrant vagrant-libvirt shellcheck
+# only for the tests: `vagrant validate` of the test bed's Vagrantfile (tests/tooling),
+# shellcheck of the image recipes (tests/unit/test_images.py), and the headless browser and
+# its driver for the portal's test (tests/browser)
+TEST_DEB_PACKAGES := vagrant vagrant-libvirt shellcheck chromium chromium-driver
 
 # Installs the Debian packages named in $(1) that are missing, without recommends.
 define apt_install_missing
@@ -78,11 +79,17 @@ test-fast: venv test-packages
 	@$(VENV)/bin/pytest -q -m "not vm and not nightly" tests
 
 # The long real-VM suite: every test marked `vm` or `nightly`, in the lab. Writes JUnit XML
-# and a Markdown summary to reports/ (also when tests fail); exits with pytest's status.
+# and a Markdown summary to reports/ (also when tests fail), and a screenshot of the portal in
+# mid-upgrade (the browser test, on a fake world) to reports/portal.png; exits non-zero if
+# either failed.
 NIGHTLY_MARK ?= vm or nightly
 nightly: setup test-packages debian-cache lab
 	@mkdir -p reports
-	@rc=0; $(ORCH) lab exec -- $(VENV)/bin/pytest -q -p no:cacheprovider -m "$(NIGHTLY_MARK)" \
+	@rm -f reports/portal.png; rc=0; \
+	ORCH_SCREENSHOT_DIR=reports $(VENV)/bin/pytest -q -p no:cacheprovider -m browser \
+		tests/browser || rc=$$?; \
+	test -f reports/portal.png && echo "portal screenshot: reports/portal.png"; \
+	$(ORCH) lab exec -- $(VENV)/bin/pytest -q -p no:cacheprovider -m "$(NIGHTLY_MARK)" \
 		--junitxml=reports/nightly-junit.xml tests || rc=$$?; \
 	$(PY) scripts/nightly_report.py reports/nightly-junit.xml -o reports/nightly.md \
 		&& echo "report: reports/nightly.md (JUnit XML: reports/nightly-junit.xml)"; \

@@ -8,11 +8,11 @@ line, then the error's ``details`` (evidence such as the console lines of the in
 that failed, each line indented below it), and exits with ``exit_code``
 (docs/semantics.md#exit-codes); other modules catch them only to collect, record or
 translate them.
-Called by: api.app, api.auth, api.operations, api.routes, api.serve, cli.app,
+Called by: api.app, api.auth, api.operations, api.routes, api.serve, cli.app, client,
 cli.controller, cli.serve, cli.vmss, cloudinit, dryrun.plan, dryrun.simworld,
 engine.addresses, engine.context, engine.copies, engine.health, engine.hosts, engine.steps,
 hypervisor.base, hypervisor.fake, hypervisor.libvirt, hypervisor.retry, images, lab,
-labconfig, labhosts, labsys, locks, metrics, model, ssh, store, usecases.bootdiag,
+labconfig, labhosts, labsys, locks, metrics, model, ssh, store, testing, usecases.bootdiag,
 usecases.controller, usecases.hosts, usecases.placement, usecases.recovery,
 usecases.removal, usecases.repairs, usecases.rolling, usecases.rollout, usecases.session,
 usecases.sets, usecases.updates, usecases.views, usecases.watch
@@ -25,6 +25,7 @@ usecases.sets, usecases.updates, usecases.views, usecases.watch
     ├── EnvironmentProblem          exit 4   libvirt unreachable, a tool missing; has a hint
     ├── OperationFailed             exit 1   ran and failed (unhealthy after create, ...)
     ├── SecurityError               exit 1   host key mismatch, unsafe file; never retried
+    │   └── Unauthorized            exit 1   the HTTP API refused the bearer token (client)
     ├── HypervisorError             exit 1   libvirt refused an action (Permanent)
     │   ├── Gone                    exit 1   a domain, pool, network or volume is not there
     │   │                                    (hypervisor adapters; may vanish mid-operation)
@@ -91,6 +92,11 @@ class OperationFailed(OrchError):
 
 class SecurityError(OrchError):
     exit_code = 1
+
+
+class Unauthorized(SecurityError):
+    """`orch serve` answered 401: no token, or not its token (raised by ``client``; the
+    server's error code of the same name)."""
 
 
 class HypervisorError(OrchError):

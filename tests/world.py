@@ -4,7 +4,8 @@ prober (``Env``). ``Commands``, ``Upgrades`` and ``Reconciler`` call the use cas
 CLI does (one ``asyncio.run`` per command, records rendered to their ``-o json`` form), so
 tests read like the commands a user types.
 
-Used by tests/unit, tests/property and tests/libvirt.
+Used by tests/unit, tests/property, tests/libvirt, tests/api and tests/browser (there on
+the real clock: ``make_world(..., clock=RealClock())``).
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, TypeVar
 
 from orchestrator import locks
 from orchestrator.cli import render
-from orchestrator.clock import FakeClock
+from orchestrator.clock import Clock, FakeClock
 from orchestrator.engine.context import Engine, Settings, inline
 from orchestrator.engine.copies import is_copy
 from orchestrator.engine.hosts import Fleet
@@ -183,7 +184,7 @@ class Reconciler:
 
 @dataclass
 class World:
-    clock: FakeClock
+    clock: Clock  # a FakeClock unless make_world was given another
     hv: FakeHypervisor
     store: Store
     registry: Registry
@@ -283,11 +284,13 @@ class World:
 
 
 def make_world(tmp_path: Path, *, boot_seconds: float = 6.5,
-               shutdown_seconds: float = 1.5, pool: str = "default") -> World:
+               shutdown_seconds: float = 1.5, pool: str = "default",
+               clock: Clock | None = None) -> World:
     """A fresh fake world in ``tmp_path`` with image tiny:1 registered. ``pool``: the one
     storage pool of the implicit host, and the configured one (the lab's is ``orchlab``,
-    from ORCH_POOL)."""
-    clock = FakeClock()
+    from ORCH_POOL). ``clock``: a ``FakeClock`` unless told (``RealClock``: guests boot and
+    upgrades run in real time, for a browser watching them, tests/browser)."""
+    clock = FakeClock() if clock is None else clock
     hv = FakeHypervisor(clock=clock, boot_seconds=boot_seconds,
                         shutdown_seconds=shutdown_seconds,
                         pools=[dataclasses.replace(DEFAULT_POOLS[0], name=pool)])

@@ -13,11 +13,15 @@ Called by: cli.serve
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import signal
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+
+import uvicorn
 
 from orchestrator import logs
 from orchestrator.api.app import Backend, ControllerState, create_app
@@ -80,6 +84,25 @@ class ControllerLoop:
         return not self._thread.is_alive()
 
 
+def _server(config: uvicorn.Config) -> uvicorn.Server:
+    class Server(uvicorn.Server):
+        """uvicorn's server, whose SIGTERM/SIGINT only ask it to stop: uvicorn's own raises
+        the signal again once it has stopped, which would kill the process before the
+        controller and the running operations are given their time."""
+
+        @contextlib.contextmanager
+        def capture_signals(self) -> Iterator[None]:
+            before = {sig: signal.signal(sig, self.handle_exit)
+                      for sig in (signal.SIGINT, signal.SIGTERM)}
+            try:
+                yield
+            finally:
+                for sig, handler in before.items():
+                    signal.signal(sig, handler)
+
+    return Server(config)
+
+
 def portal_link(config: ServeConfig) -> str:
     scheme = "https" if config.tls_cert else "http"
     host = f"[{config.host}]" if ":" in config.host else config.host
@@ -89,14 +112,12 @@ def portal_link(config: ServeConfig) -> str:
 def serve(config: ServeConfig, opener: Opener, *,
           after_pass: Callable[[], None] = lambda: None) -> None:
     """Serve until SIGTERM or SIGINT, then stop as the module docstring says."""
-    import uvicorn
-
     operations = Operations(opener)
     backend = Backend(opener=opener, operations=operations, token=config.token)
     app = create_app(backend)
     loop = ControllerLoop(opener, backend.controller, interval=config.interval,
                           after_pass=after_pass)
-    server = uvicorn.Server(uvicorn.Config(
+    server = _server(uvicorn.Config(
         app, host=config.host, port=config.port, log_level="warning", access_log=False,
         ssl_certfile=str(config.tls_cert) if config.tls_cert else None,
         ssl_keyfile=str(config.tls_key) if config.tls_key else None,

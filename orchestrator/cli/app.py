@@ -9,7 +9,8 @@ use cases' collaborators (``AppContext.env``) and the one event loop of a comman
 details, indented) plus an exit code (0 ok, 1 failed, 2 bad input, 3 conflict, 4
 environment). ``main`` is the console script.
 
-Called by: cli, cli.controller, cli.hosts, cli.images, cli.labcmds, cli.serve, cli.vmss
+Called by: cli, cli.controller, cli.hosts, cli.images, cli.labcmds, cli.serve, cli.vmss,
+testing
 """
 
 from __future__ import annotations

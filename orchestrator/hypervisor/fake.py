@@ -345,7 +345,9 @@ class FakeHypervisor:
         return (
             rec.state is PowerState.RUNNING
             and rec.started_at is not None
-            and self._clock.monotonic() - rec.started_at >= self.boot_seconds
+            # start + boot, as a clock moved on by the boot time reads it: now - start
+            # rounds below the boot time about every other time
+            and self._clock.monotonic() >= rec.started_at + self.boot_seconds
         )
 
     def boot_id(self, name: str) -> str | None:
@@ -396,7 +398,7 @@ class FakeHypervisor:
         if (
             rec.state is PowerState.SHUTTING_DOWN
             and rec.shutdown_requested_at is not None
-            and self._clock.monotonic() - rec.shutdown_requested_at >= self.shutdown_seconds
+            and self._clock.monotonic() >= rec.shutdown_requested_at + self.shutdown_seconds
         ):
             self._power_off(rec, PowerState.STOPPED)
 

@@ -84,6 +84,22 @@ def test_boot_seconds_is_configurable(clock: FakeClock) -> None:
     assert hv.guest_ready("web-1")
 
 
+@pytest.mark.parametrize("start", [1796148957.123, 1796148957.5, 1.7e9 + 0.1])
+@pytest.mark.parametrize("boot", [3.76, 4.26, 6.5, 0.3])
+def test_guest_is_ready_exactly_boot_seconds_after_start_at_any_wall_time(
+        start: float, boot: float) -> None:
+    """`vmss plan` starts its clock at the wall time and moves it by exactly the boot time:
+    the guest must be ready then, whatever the rounding of start + boot (it was not, about
+    every other run, and the plan predicted every instance unhealthy: Faulted)."""
+    clock = FakeClock(start=start)
+    hv = FakeHypervisor(clock=clock, boot_seconds=boot)
+    hv.add_external_file(BASE)
+    hv.add_external_file(KERNEL)
+    running(hv)
+    clock.advance(boot)
+    assert hv.guest_ready("web-1")
+
+
 def test_acpi_shutdown_takes_shutdown_seconds(hv: FakeHypervisor, clock: FakeClock) -> None:
     running(hv)
     clock.advance(10)

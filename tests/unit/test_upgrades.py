@@ -378,3 +378,12 @@ class TestBadUpdates:
         data["capacity"] = 4
         up.apply(validate(ScaleSetSpec, data))
         assert {g for g, _ in gens(world).values()} == {2} and len(gens(world)) == 4
+
+    def test_apply_of_only_an_automatic_repairs_change_records_it(self, world: World) -> None:
+        up = make_set(world)
+        data = world.service.spec_of(world.store.get_set("web")).to_json_dict()
+        data["automaticRepairsPolicy"] = {"enabled": True, "gracePeriod": "PT30S",
+                                          "repairAction": "Restart"}
+        view = up.apply(validate(ScaleSetSpec, data))
+        assert view["automaticRepairsPolicy"] == data["automaticRepairsPolicy"]
+        assert view["generation"] == 1  # a policy change, not a model change

@@ -81,7 +81,7 @@ def test_healthz_metrics_openapi(client: Client, web: ScaleSet) -> None:
     assert health.status == "ok" and health.controller.running is False
     assert 'orch_set_capacity{set="web"} 2.0' in client.metrics()
     paths = client.openapi()["paths"]
-    assert "/v1/scaleSets/{name}/virtualMachines/{instance_id}/runCommand" in paths
+    assert "/v1/scaleSets/{name}/virtualMachines/{id}/runCommand" in paths
 
 
 def test_images_and_hosts(client: Client) -> None:

@@ -126,7 +126,7 @@ def test_sets_are_deleted_after_passing_and_failing_tests(
     result = pytester.runpytest(*server.args())
     result.assert_outcomes(passed=1, failed=3)
     result.stdout.fnmatch_lines(["*this inner test fails on purpose*",
-                                 "*OperationFailed*broken*", "*NotFound*nosuch*"])
+                                 "*OperationFailed*broken*", "*InvalidInput*nosuch*"])
     defined = server.defined()
     assert {"kept-0", "broken-0"} <= set(defined)  # made, then deleted
     assert any(name.startswith("pytest-") for name in defined)

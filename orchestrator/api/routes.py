@@ -280,25 +280,27 @@ def patch_set(request: Request, name: str,
     """`vmss update` with a partial spec of the declarative file (a JSON merge patch of
     its `spec`, e.g. {"image": "tiny:2"}); a capacity in it scales the set."""
     name = _name(name)
-    found: dict[str, ScaleSetSpec] = {}
 
-    def check(env: Env) -> None:
-        current = env.spec_of(name)
-        document = ScaleSetDocument.of(current)
+    def patched(env: Env) -> ScaleSetSpec:
+        document = ScaleSetDocument.of(env.spec_of(name))
         document["spec"] = merge_patch(document["spec"], changes)
         try:
-            spec = validate(ScaleSetDocument, document).to_spec()
+            return validate(ScaleSetDocument, document).to_spec()
         except InvalidInput as exc:
             # the body is the document's spec: name the body's keys, not the document's
             where, sep, rest = exc.message.partition("spec")
             raise InvalidInput(f"body{rest}" if sep and not where
                                else f"body: {exc.message}") from exc
-        if spec == current:
+
+    def check(env: Env) -> None:
+        spec = patched(env)
+        if spec == env.spec_of(name):
             raise InvalidInput("body: nothing to update: the set already has this spec")
         _check_model(env, spec, where="body")
-        found["spec"] = spec
 
-    return _start(request, name, "update", lambda env: updates.apply(env, found["spec"]),
+    # merged again when the work starts: into the set as it is then, so that a change that
+    # ended since the check is kept, not undone
+    return _start(request, name, "update", lambda env: updates.apply(env, patched(env)),
                   render.set_json, check=check)
 
 

@@ -5,6 +5,7 @@ last ones it started."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Iterator
 from typing import Any
@@ -15,6 +16,7 @@ from orchestrator.api import operations
 from orchestrator.api.operations import Operations
 from orchestrator.errors import NotFound
 from orchestrator.hypervisor.base import Domain
+from orchestrator.usecases import updates
 from orchestrator.usecases.session import Env
 from tests.api.conftest import Api, cli_json, error_of
 from tests.unit.fakecli import FakeCli
@@ -183,3 +185,21 @@ def _found(ops: Operations, op_id: str) -> bool:
     except NotFound:
         return False
     return True
+
+
+def test_a_patch_merges_into_the_set_as_it_is_when_its_work_starts(
+        api: Api, monkeypatch: pytest.MonkeyPatch) -> None:
+    api.create("web", count=1)
+    start = api.backend.operations.start
+
+    def after_another_update(**kw: Any) -> Any:
+        # another command changed the set between the PATCH's checks and its work
+        with api.world.opened(lambda line: None) as env:  # a store connection of its own
+            asyncio.run(updates.update(env, "web", {"model": {"tags": {"team": "a"}}}))
+        return start(**kw)
+
+    monkeypatch.setattr(api.backend.operations, "start", after_another_update)
+    result = api.succeeded(api.http.patch("/v1/scaleSets/web",
+                                          json={"healthProbe": {"port": 2222}}))
+    assert result["model"]["healthProbe"]["port"] == 2222
+    assert result["model"]["tags"] == {"team": "a"}  # kept, not undone by the PATCH

@@ -1,9 +1,10 @@
 """Advisory locks between orch processes: one writer per scale set, one per image registry.
 
 Owned here: ``hold``, an exclusive, non-blocking ``flock`` on a lock file that records who
-holds it; ``try_take``/``release``, the same lock for a caller that waits for it itself. The kernel drops a lock when its process dies, so a lock of a killed process is
+holds it; ``try_take``/``release``, the same lock for a caller that waits for it itself;
+``holder``, who the file names. The kernel drops a lock when its process dies, so a lock of a killed process is
 taken over by the next one without any clean-up.
-Called by: engine.copies, images, usecases.session
+Called by: api.routes, engine.copies, images, usecases.session
 """
 
 from __future__ import annotations
@@ -47,6 +48,16 @@ def try_take(path: Path, *, purpose: str) -> int | str:
     os.ftruncate(fd, 0)
     os.pwrite(fd, f"{os.getpid()} ({purpose})".encode(), 0)
     return fd
+
+
+def holder(path: Path) -> str | None:
+    """Who took the lock at ``path`` last (``pid (purpose)``), as its file says; whether
+    the lock is held now is for ``flock`` to say, not this."""
+    try:
+        with path.open("rb") as fh:
+            return fh.read(128).decode(errors="replace").strip() or None
+    except OSError:
+        return None
 
 
 def release(fd: int) -> None:

@@ -36,7 +36,7 @@ from orchestrator.api.operations import (
 from orchestrator.errors import Conflict, InvalidInput, NotFound, OrchError
 
 MAX_BODY_BYTES = 65536  # as the CLI's -f and --custom-data files
-PUBLIC_PATHS = frozenset({"/healthz", "/", "/portal.js", "/portal.css"})
+PUBLIC_PATHS = frozenset({"/healthz", "/", "/portal.js", "/portal.css", "/favicon.svg"})
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -235,7 +235,7 @@ def create_app(backend: Backend) -> FastAPI:
         return app.openapi_schema
 
     for name, media in (("index.html", "text/html"), ("portal.js", "text/javascript"),
-                        ("portal.css", "text/css")):
+                        ("portal.css", "text/css"), ("favicon.svg", "image/svg+xml")):
         _static(app, name, media)
     app.add_middleware(BodyLimit)
     # the outermost: a request without the token is refused before its body is read

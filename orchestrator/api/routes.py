@@ -15,7 +15,9 @@ Called by: api.app
 
 from __future__ import annotations
 
+import asyncio
 import os
+import time
 from collections.abc import Callable, Coroutine
 from typing import Annotated, Any, Literal, TypeVar, get_args
 
@@ -24,7 +26,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.convertors import Convertor, register_url_convertor
 
-from orchestrator import metrics
+from orchestrator import locks, metrics
 from orchestrator.api.app import Backend
 from orchestrator.api.operations import OPERATION_ID_LENGTH, Operation, call
 from orchestrator.cli import render
@@ -37,11 +39,13 @@ from orchestrator.model import (
     merge_patch,
     validate,
 )
+from orchestrator.usecases import controller as controller_mod
 from orchestrator.usecases import hosts, placement, rolling, sets, updates, views
 from orchestrator.usecases.session import Env, lock_is_free
 
 T = TypeVar("T")
 router = APIRouter()
+OWN_PASS_WAIT = 30.0  # seconds a write waits for this server's controller pass on its set
 
 MAX_INSTANCE_ID = 999_999_999
 InstanceId = Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID, strict=True)]
@@ -138,15 +142,26 @@ def _start(request: Request, name: str, kind: str,
             env.store.get_set(name)  # NotFound: 404
         if check is not None:
             check(env)
-        if not lock_is_free(env, name):
-            raise Conflict(f"scale set {name} is busy: another operation holds its lock",
-                           hint="wait for it, or see GET /v1/scaleSets/{name}/rollingUpgrades"
-                                "/latest")
+        await _lock_free_soon(env, name)
         await _reachable(env)
 
     call(backend.opener, precheck, scope=name)
     return _accepted(backend.operations.start(kind=kind, scale_set=name, work=work,
                                               result=result))
+
+
+async def _lock_free_soon(env: Env, name: str) -> None:
+    """Conflict (409) if the set's lock is held; held by this server's own controller pass
+    (which holds each set's lock for the seconds its pass over the set takes), waited for
+    up to ``OWN_PASS_WAIT`` seconds first: the server should not refuse a call for itself."""
+    deadline = time.monotonic() + OWN_PASS_WAIT
+    own_pass = f"{os.getpid()} ({controller_mod.PURPOSE})"
+    while not lock_is_free(env, name):
+        if locks.holder(env.lock_path(name)) != own_pass or time.monotonic() > deadline:
+            raise Conflict(f"scale set {name} is busy: another operation holds its lock",
+                           hint="wait for it, or see GET /v1/scaleSets/{name}/rollingUpgrades"
+                                "/latest")
+        await asyncio.sleep(0.05)
 
 
 async def _reachable(env: Env) -> None:
@@ -386,7 +401,8 @@ def os_rolling_upgrade(request: Request, name: str) -> JSONResponse:
         rolling.raise_if_faulted(upgrade, console=env.console_tails)
         return upgrade
 
-    return _start(request, name, "osRollingUpgrade", start, render.rolling_json)
+    return _start(request, name, "osRollingUpgrade", start, render.rolling_json,
+                  check=lambda env: rolling.check_mode(env, name))
 
 
 @router.post("/v1/scaleSets/{name}/rollingUpgrades/cancel", tags=["rollingUpgrades"])

@@ -9,7 +9,7 @@ Owned here: ``run_pass`` and the order of those checks, ``commit_healthy``, and 
 for instances a killed command booted. Every action goes through the same use cases as
 the commands, in one session per set and pass.
 
-Called by: api.serve, cli.controller
+Called by: api.routes, api.serve, cli.controller
 """
 
 from __future__ import annotations
@@ -32,6 +32,9 @@ from orchestrator.usecases import (
 from orchestrator.usecases.recovery import PassReport
 from orchestrator.usecases.session import Env, Session, open_session
 
+# what a pass's session names itself in the journal and in each set's lock file
+PURPOSE = "resume"
+
 
 async def run_pass(env: Env) -> PassReport:
     report = PassReport()
@@ -44,7 +47,7 @@ async def run_pass(env: Env) -> PassReport:
     for rec in known:
         try:
             with logs.scope(rec.name):
-                async with open_session(env, rec.name, "resume") as session:
+                async with open_session(env, rec.name, PURPOSE) as session:
                     await _reconcile_set(session, report)
         except Conflict as exc:
             report.problems.append(f"{rec.name}: skipped: {exc.message}")

@@ -71,12 +71,17 @@ def raise_if_faulted(upgrade: RollingUpgrade, *, prefix: str = "rolling upgrade"
 
 
 # --- start ---------------------------------------------------------------------------------
-async def start(env: Env, set_name: str, *, allow_surge_fallback: bool = False) -> RollingUpgrade:
-    """`rolling-upgrade start`: roll the latest model out, waiting until it ends."""
+def check_mode(env: Env, set_name: str) -> None:
+    """InvalidInput unless the set's upgrade policy is Rolling (what `start` needs)."""
     spec = env.spec_of(set_name)
     if policy.rollout_of(spec.upgrade_policy.mode) != "rolling":
         raise InvalidInput(f"scale set {set_name} has upgrade policy {spec.upgrade_policy.mode}; "
                            "rolling upgrades need mode Rolling")
+
+
+async def start(env: Env, set_name: str, *, allow_surge_fallback: bool = False) -> RollingUpgrade:
+    """`rolling-upgrade start`: roll the latest model out, waiting until it ends."""
+    check_mode(env, set_name)
     async with command(env, set_name, "rolling-upgrade") as session:
         return await start_in(session, allow_surge_fallback=allow_surge_fallback)
 

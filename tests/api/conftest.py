@@ -135,10 +135,10 @@ def api(world: World) -> Iterator[Api]:
 
 @pytest.fixture(scope="module")
 def web(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """The app on a world with the set web of two instances, and an image big:1 that needs
+    """The app on a world with the Rolling set web of two instances, and an image big:1 that needs
     more memory than the set's model gives: one for a module whose requests are refused (each
     test checks that its request changed nothing)."""
     with serving(make_world(tmp_path_factory.mktemp("web"))) as served:
-        served.create("web", count=2)
+        served.create("web", count=2, upgradePolicy={"mode": "Rolling"})
         served.world.register_image("big", "1", minMemoryMiB=512)
         yield served

@@ -31,4 +31,4 @@ ROUTES = (
 
 PUBLIC = {("GET", "/healthz")}
 # the portal's page and files: public, not API routes, not in the OpenAPI document
-PORTAL = ("/", "/portal.js", "/portal.css")
+PORTAL = ("/", "/portal.js", "/portal.css", "/favicon.svg")

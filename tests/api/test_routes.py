@@ -33,7 +33,7 @@ def test_healthz_answers_without_a_token(api: Api) -> None:
 
 @pytest.mark.parametrize(("path", "name", "media"), [
     ("/", "index.html", "text/html"), ("/portal.js", "portal.js", "text/javascript"),
-    ("/portal.css", "portal.css", "text/css")])
+    ("/portal.css", "portal.css", "text/css"), ("/favicon.svg", "favicon.svg", "image/svg+xml")])
 def test_the_portal_files_need_no_token(api: Api, path: str, name: str, media: str) -> None:
     answer = api.anonymous.get(path)
     assert answer.status_code == 200

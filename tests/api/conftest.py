@@ -10,7 +10,6 @@ import json
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import httpx
@@ -21,7 +20,7 @@ from orchestrator import ssh
 from orchestrator.api.app import Backend, create_app
 from orchestrator.api.operations import Operations
 from orchestrator.errors import Unreachable
-from tests.unit.fakecli import FakeCli, install
+from tests.unit.fakecli import FakeCli
 from tests.world import World, make_world, snapshot
 
 TOKEN = "test-token-0123456789"
@@ -101,18 +100,6 @@ def no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
         raise Unreachable(f"ssh {endpoint.host}: the API tests reach no guest")
 
     monkeypatch.setattr(ssh, "run_command", unreachable)
-
-
-@pytest.fixture
-def world(tmp_path: Path) -> World:
-    return make_world(tmp_path)
-
-
-@pytest.fixture
-def cli(world: World, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> FakeCli:
-    """`orch` run in-process against ``world``, the world ``api`` serves."""
-    return install(world, monkeypatch, capsys)
 
 
 @contextlib.contextmanager

@@ -17,9 +17,8 @@ from orchestrator.hypervisor.fake import FakeHypervisor
 from orchestrator.model import ScaleSetSpec, validate
 from orchestrator.store import ImageRecord
 from orchestrator.usecases import images as images_usecase
-from tests.world import run
+from tests.world import World, run
 
-from .conftest import World
 from .fakecli import FakeCli
 
 

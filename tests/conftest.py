@@ -1,5 +1,5 @@
-"""Fixtures for unit tests: the shared fake world (``tests.world``) and the CLI run
-against it (``fakecli``)."""
+"""Fixtures of every test layer on the fake world: the shared fake world (``tests.world``)
+and the CLI run against it (``tests.unit.fakecli``; tests/api serves the same world)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.unit.fakecli import FakeCli, install
 from tests.world import World, make_world
-
-from .fakecli import FakeCli, install
 
 
 @pytest.fixture

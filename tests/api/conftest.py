@@ -91,6 +91,16 @@ def cli_json(cli: FakeCli, *args: str) -> Any:
     return json.loads(out)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def no_lab_defaults() -> Iterator[None]:
+    """The lab's defaults (`orch lab exec` sets them, and `make test` runs inside it) are
+    not the fake world's: a PUT without a network would land on the lab's."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("ORCH_NETWORK", "ORCH_POOL"):
+            patch.delenv(name, raising=False)
+        yield
+
+
 @pytest.fixture(autouse=True)
 def no_ssh(monkeypatch: pytest.MonkeyPatch) -> None:
     """No test reaches a real guest over SSH: a test that runs a command stands in for

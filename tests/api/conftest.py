@@ -91,10 +91,11 @@ def cli_json(cli: FakeCli, *args: str) -> Any:
     return json.loads(out)
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="module", autouse=True)
 def no_lab_defaults() -> Iterator[None]:
     """The lab's defaults (`orch lab exec` sets them, and `make test` runs inside it) are
-    not the fake world's: a PUT without a network would land on the lab's."""
+    not the fake world's: a PUT without a network would land on the lab's. Per module, so
+    that they are back for the tests after these (the real-VM tests need them)."""
     with pytest.MonkeyPatch.context() as patch:
         for name in ("ORCH_NETWORK", "ORCH_POOL"):
             patch.delenv(name, raising=False)

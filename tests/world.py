@@ -232,19 +232,24 @@ class World:
         assert len(found) <= 1, f"{domain} is defined on {found}"
         return found[0].removeprefix("qemu+tcp://").removesuffix("/system") if found else None
 
+    def env_on(self, store: Store, *, progress: Callable[[str], None]) -> Env:
+        """This world's collaborators on another connection to its store, as a command of
+        another process (the in-process CLI, a call of `orch serve`) has them."""
+        pool = self.env.engine.settings.pool
+        engine = Engine(hv=self.hv, store=store, registry=Registry(store, self.state_dir),
+                        clock=self.clock, settings=self.env.engine.settings,
+                        log=progress, offload=inline,
+                        fleet=Fleet(store, local=self.hv, local_uri=self.hv.uri,
+                                    local_pool=pool, connect=self.connect))
+        return Env(engine=engine, prober=self.prober, progress=progress)
+
     @contextlib.contextmanager
     def opened(self, progress: Callable[[str], None]) -> Iterator[Env]:
         """Collaborators for one call of `orch serve` (``api.operations.Opener``): a store
         connection of its own (calls run on threads of their own), this world's hosts."""
         store = Store(self.store.path)
-        pool = self.env.engine.settings.pool
         try:
-            engine = Engine(hv=self.hv, store=store, registry=Registry(store, self.state_dir),
-                            clock=self.clock, settings=self.env.engine.settings,
-                            log=progress, offload=inline,
-                            fleet=Fleet(store, local=self.hv, local_uri=self.hv.uri,
-                                        local_pool=pool, connect=self.connect))
-            yield Env(engine=engine, prober=self.prober, progress=progress)
+            yield self.env_on(store, progress=progress)
         finally:
             store.close()
 

@@ -11,8 +11,6 @@ import pytest
 
 from orchestrator.cli import main
 from orchestrator.cli.app import AppContext
-from orchestrator.engine.context import Engine, Settings, inline
-from orchestrator.engine.hosts import Fleet
 from orchestrator.usecases.session import Env
 from tests.world import World
 
@@ -45,16 +43,9 @@ def install(world: World, monkeypatch: pytest.MonkeyPatch,
     for name in ("ORCH_METRICS_FILE", "ORCH_LOG_FORMAT", "ORCH_NETWORK", "ORCH_POOL"):
         monkeypatch.delenv(name, raising=False)
 
-    pool = world.env.engine.settings.pool  # the world's, as ORCH_POOL would configure it
-
     def env(app: AppContext) -> Env:
-        engine = Engine(hv=world.hv, store=app.store, registry=app.registry, clock=world.clock,
-                        settings=Settings(state_dir=world.state_dir, pool=pool,
-                                          domain_type="qemu"),
-                        log=app.progress, offload=inline,
-                        fleet=Fleet(app.store, local=world.hv, local_uri=world.hv.uri,
-                                    local_pool=pool, connect=world.connect))
-        return Env(engine=engine, prober=world.prober, progress=app.progress)
+        # the CLI's own store connection; the world's pool, as ORCH_POOL would configure it
+        return world.env_on(app.store, progress=app.progress)
 
     monkeypatch.setattr(AppContext, "env", env)
     return FakeCli(world, capsys)

@@ -1,8 +1,9 @@
 """The injectable clock: the only place real time is read or waited on.
 
 Owned here: ``Clock`` (the protocol), ``RealClock`` and ``FakeClock``.
-Called by: cli.app, cli.images, cli.labcmds, dryrun.simworld, engine.context, engine.health,
-engine.simulate, hypervisor.fake, hypervisor.retry, ssh, usecases.session, usecases.watch
+Called by: api.operations, api.serve, cli.app, cli.images, cli.labcmds, cli.render,
+dryrun.simworld, engine.context, engine.health, engine.simulate, hypervisor.fake,
+hypervisor.retry, ssh, usecases.session, usecases.watch
 Its users wait through it for health grace periods, probe intervals, timeouts and time stamps. Tests and dry
 runs inject ``FakeClock`` so minutes-long timeouts pass in milliseconds.
 

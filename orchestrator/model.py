@@ -5,7 +5,7 @@ Owned here: the pydantic models (``ScaleSetSpec``, ``Model``, ``UpgradePolicy``,
 (docs/semantics.md#scale-sets), the declarative-file schema (docs/semantics.md#declarative-file,
 ``ScaleSetDocument``) and the translation of pydantic's
 errors into ``errors.InvalidInput`` (one line naming the field).
-Called by: api.routes, cli.images, cli.vmss, dryrun.simworld, engine.addresses,
+Called by: api.app, api.routes, cli.images, cli.vmss, dryrun.simworld, engine.addresses,
 engine.policy, engine.steps, images, usecases.hosts, usecases.osupgrades,
 usecases.placement, usecases.rolling, usecases.session, usecases.sets, usecases.updates,
 usecases.views, usecases.watch
@@ -48,6 +48,9 @@ SSH_PUBLIC_KEY_RE = re.compile(
     r"[A-Za-z0-9+/]+={0,3}( [^\n\r]*)?$"
 )
 MAX_CAPACITY = 1000
+MAX_INSTANCE_ID = 999_999_999  # nine digits, on the command line and in the API
+# a declarative file, custom data or a key file of the CLI; a request body of the API
+MAX_INPUT_BYTES = 65536
 _DURATION = TypeAdapter(_dt.timedelta)
 _V = TypeVar("_V")
 # Lax pydantic takes `capacity: true` as 1 and `maxSurge: 1` as true: a YAML slip would
@@ -423,14 +426,25 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return merged
 
 
+def instance_id_of(text: str) -> int | None:
+    """The instance id ``text`` spells (0 to ``MAX_INSTANCE_ID``, digits only), else None."""
+    return int(text) if text.isdigit() and len(text) <= len(str(MAX_INSTANCE_ID)) else None
+
+
+def with_default_network(doc: Any, network: str | None) -> Any:
+    """A declarative document that names no network gets ``network`` (the lab's, from
+    ORCH_NETWORK); anything else is left as it is, for validation to judge."""
+    if network and isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
+        doc["spec"].setdefault("network", network)
+    return doc
+
+
 def specs_from_documents(docs: list[Any], *, where: str,
                          default_network: str | None) -> list[ScaleSetSpec]:
-    """The specs the §6 documents ``docs`` declare (``vmss apply -f``, ``PUT`` of the API);
-    a document that names no network gets ``default_network`` (the lab's), and a set named
-    twice is refused."""
+    """The specs the declarative documents ``docs`` declare (``vmss apply -f``), each
+    ``with_default_network``; a set named twice is refused."""
     for doc in docs:
-        if default_network and isinstance(doc, dict) and isinstance(doc.get("spec"), dict):
-            doc["spec"].setdefault("network", default_network)
+        with_default_network(doc, default_network)
     specs = [validate(ScaleSetDocument, d, where=f"{where}[{n}]").to_spec()
              for n, d in enumerate(docs)]
     names = [s.name for s in specs]

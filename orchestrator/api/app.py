@@ -34,9 +34,14 @@ from orchestrator.api.operations import (
     error_json,
 )
 from orchestrator.errors import Conflict, InvalidInput, NotFound, OrchError
+from orchestrator.model import MAX_INPUT_BYTES
 
-MAX_BODY_BYTES = 65536  # as the CLI's -f and --custom-data files
-PUBLIC_PATHS = frozenset({"/healthz", "/", "/portal.js", "/portal.css", "/favicon.svg"})
+MAX_BODY_BYTES = MAX_INPUT_BYTES  # as the CLI's -f and --custom-data files
+# the portal's files by path: (file in api/portal, media type); served without the token
+PORTAL_FILES = {"/": ("index.html", "text/html"), "/portal.js": ("portal.js", "text/javascript"),
+                "/portal.css": ("portal.css", "text/css"),
+                "/favicon.svg": ("favicon.svg", "image/svg+xml")}
+PUBLIC_PATHS = frozenset({"/healthz", *PORTAL_FILES})
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -234,9 +239,8 @@ def create_app(backend: Backend) -> FastAPI:
             app.openapi_schema = openapi_document(app)
         return app.openapi_schema
 
-    for name, media in (("index.html", "text/html"), ("portal.js", "text/javascript"),
-                        ("portal.css", "text/css"), ("favicon.svg", "image/svg+xml")):
-        _static(app, name, media)
+    for path, (name, media) in PORTAL_FILES.items():
+        _static(app, path, name, media)
     app.add_middleware(BodyLimit)
     # the outermost: a request without the token is refused before its body is read
     app.add_middleware(BearerToken, token=backend.token)
@@ -310,9 +314,7 @@ def _allowed_methods(routes: list[BaseRoute], scope: Scope) -> str:
     return ", ".join(sorted(methods))
 
 
-def _static(app: FastAPI, name: str, media: str) -> None:
-    path = "/" if name == "index.html" else f"/{name}"
-
+def _static(app: FastAPI, path: str, name: str, media: str) -> None:
     @app.get(path, include_in_schema=False)
     def page() -> Response:
         text = resources.files("orchestrator.api").joinpath("portal", name).read_bytes()

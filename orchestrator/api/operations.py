@@ -29,6 +29,7 @@ from datetime import UTC, datetime
 from typing import Any, Protocol, TypeVar
 
 from orchestrator import logs
+from orchestrator.clock import iso
 from orchestrator.errors import NotFound, OrchError
 from orchestrator.usecases.session import Env, Progress
 
@@ -53,10 +54,6 @@ def call(opener: Opener, work: Callable[[Env], Coroutine[Any, Any, T]], *,
             return asyncio.run(work(env))
         with logs.scope(scope):
             return asyncio.run(work(env))
-
-
-def _now() -> str:
-    return datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def error_json(exc: BaseException) -> dict[str, str]:
@@ -130,7 +127,7 @@ class Operations:
         """Start ``work`` on a thread of its own; ``result`` turns what it returns into the
         operation's JSON result."""
         op = Operation(id=secrets.token_hex(OPERATION_ID_LENGTH // 2), kind=kind,
-                       scale_set=scale_set, started_at=_now())
+                       scale_set=scale_set, started_at=iso(datetime.now(UTC)))
 
         def progress(line: str) -> None:
             op.progress.append(line)
@@ -147,7 +144,7 @@ class Operations:
                 logs.warning(f"operation {op.id} ({kind} {scale_set}) failed: "
                              f"{op.error['message']}")
             finally:
-                op.ended_at = _now()
+                op.ended_at = iso(datetime.now(UTC))
                 op.done.set()
                 with self._lock:
                     self._threads.pop(op.id, None)

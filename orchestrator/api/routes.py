@@ -33,11 +33,14 @@ from orchestrator.cli import render
 from orchestrator.errors import Conflict, InvalidInput, NotFound
 from orchestrator.model import (
     MAX_CAPACITY,
+    MAX_INSTANCE_ID,
     ScaleSetDocument,
     ScaleSetSpec,
     check_set_name,
+    instance_id_of,
     merge_patch,
     validate,
+    with_default_network,
 )
 from orchestrator.usecases import controller as controller_mod
 from orchestrator.usecases import hosts, placement, rolling, sets, updates, views
@@ -47,7 +50,6 @@ T = TypeVar("T")
 router = APIRouter()
 OWN_PASS_WAIT = 30.0  # seconds a write waits for this server's controller pass on its set
 
-MAX_INSTANCE_ID = 999_999_999
 InstanceId = Annotated[int, Field(ge=0, le=MAX_INSTANCE_ID, strict=True)]
 # `{id}` in the paths, as the API names them; a string here, checked as the CLI checks an id
 InstanceIdParam = Annotated[str, Path(alias="id", description="An instance id: 0 to 999999999.")]
@@ -120,9 +122,10 @@ def _name(name: str) -> str:
 
 
 def _instance_id(value: str) -> int:
-    if not value.isdigit() or len(value) > 9:
+    iid = instance_id_of(value)
+    if iid is None:
         raise InvalidInput(f"invalid instance id {value!r}: expected a non-negative integer")
-    return int(value)
+    return iid
 
 
 def _accepted(op: Operation) -> JSONResponse:
@@ -132,9 +135,11 @@ def _accepted(op: Operation) -> JSONResponse:
 
 def _start(request: Request, name: str, kind: str,
            work: Callable[[Env], Coroutine[Any, Any, T]], result: Callable[[T], Any], *,
-           check: Callable[[Env], None] | None = None, must_exist: bool = True) -> JSONResponse:
-    """Check what can be checked now (the set exists, ``check``, its lock is free), then
-    start ``work`` as an operation and answer 202."""
+           check: Callable[[Env], None] | None = None, must_exist: bool = True,
+           locked: bool = True) -> JSONResponse:
+    """Check what can be checked now (the set exists, ``check``, its lock is free unless
+    the work does not take it: ``locked``), then start ``work`` as an operation and answer
+    202."""
     backend = backend_of(request)
 
     async def precheck(env: Env) -> None:
@@ -142,7 +147,8 @@ def _start(request: Request, name: str, kind: str,
             env.store.get_set(name)  # NotFound: 404
         if check is not None:
             check(env)
-        await _lock_free_soon(env, name)
+        if locked:
+            await _lock_free_soon(env, name)
         await _reachable(env)
 
     call(backend.opener, precheck, scope=name)
@@ -274,9 +280,8 @@ def put_set(request: Request, name: str,
     """`vmss apply` of one document whose metadata.name is {name}: creates the set, or
     brings it to the document (capacity by scaling, the model by its upgrade policy)."""
     name = _name(name)
-    network = os.environ.get("ORCH_NETWORK")  # the lab's, as `vmss apply -f` takes it
-    if network and isinstance(document.get("spec"), dict):
-        document["spec"].setdefault("network", network)
+    # the lab's network, as `vmss apply -f` takes it
+    with_default_network(document, os.environ.get("ORCH_NETWORK"))
     spec = validate(ScaleSetDocument, document, where="body").to_spec()
     if spec.name != name:
         raise InvalidInput(f"body.metadata.name: {spec.name} is not the name in the path, "
@@ -363,21 +368,11 @@ def run_command(request: Request, name: str, instance_id: InstanceIdParam,
     def check(env: Env) -> None:
         env.instances(name, [iid])
 
-    backend = backend_of(request)
-    call(backend.opener, _checked(name, check), scope=name)
     # runs beside whatever holds the set's lock, as `run-command invoke` does
-    return _accepted(backend.operations.start(
-        kind="runCommand", scale_set=name,
-        work=lambda env: views.run_command(env, name, iid, body.script, timeout=body.timeout),
-        result=render.command_json))
-
-
-def _checked(name: str, check: Callable[[Env], None]) -> Callable[[Env], Coroutine[Any, Any, None]]:
-    async def run(env: Env) -> None:
-        env.store.get_set(name)
-        check(env)
-        await _reachable(env)
-    return run
+    return _start(request, name, "runCommand",
+                  lambda env: views.run_command(env, name, iid, body.script,
+                                                timeout=body.timeout),
+                  render.command_json, check=check, locked=False)
 
 
 @router.post("/v1/scaleSets/{name}/scale", tags=["scaleSets"], status_code=202,

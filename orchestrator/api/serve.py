@@ -26,6 +26,7 @@ import uvicorn
 from orchestrator import logs
 from orchestrator.api.app import Backend, ControllerState, create_app
 from orchestrator.api.operations import Opener, Operations, call
+from orchestrator.clock import iso
 from orchestrator.errors import OrchError
 from orchestrator.usecases import controller as controller_mod
 
@@ -70,7 +71,7 @@ class ControllerLoop:
                 for line in problems:
                     logs.warning(f"controller: problem: {line}")
                 self._state.passes += 1
-                self._state.last_pass_at = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+                self._state.last_pass_at = iso(datetime.now(UTC))
                 self._state.last_problems = problems
                 self._after_pass()
                 self._stop.wait(self._interval)
@@ -103,10 +104,10 @@ def _server(config: uvicorn.Config) -> uvicorn.Server:
     return Server(config)
 
 
-def portal_link(config: ServeConfig) -> str:
+def base_url(config: ServeConfig) -> str:
     scheme = "https" if config.tls_cert else "http"
     host = f"[{config.host}]" if ":" in config.host else config.host
-    return f"{scheme}://{host}:{config.port}/#token={config.token}"
+    return f"{scheme}://{host}:{config.port}"
 
 
 def serve(config: ServeConfig, opener: Opener, *,
@@ -124,9 +125,8 @@ def serve(config: ServeConfig, opener: Opener, *,
         timeout_graceful_shutdown=5, server_header=False))
     if config.controller:
         loop.start()
-    logs.progress(f"orch serve: API on {portal_link(config).split('/#')[0]}/v1, token in "
-                  f"{config.token_file}")
-    logs.progress(f"orch serve: portal {portal_link(config)}")
+    logs.progress(f"orch serve: API on {base_url(config)}/v1, token in {config.token_file}")
+    logs.progress(f"orch serve: portal {base_url(config)}/#token={config.token}")
     try:
         asyncio.run(server.serve())
     finally:

@@ -13,6 +13,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
+from orchestrator.clock import iso
 from orchestrator.engine.upgrade_state import BatchRecord, RollingUpgrade
 from orchestrator.images import Image
 from orchestrator.records import OsUpgradeRecord
@@ -79,7 +80,7 @@ def instance_detail_json(view: InstanceView) -> dict[str, Any]:
 def _iso(ts: float | None) -> str | None:
     if ts is None:
         return None
-    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    return iso(datetime.fromtimestamp(ts, tz=UTC))
 
 
 def _batch_json(batch: BatchRecord) -> dict[str, Any]:

@@ -71,9 +71,7 @@ def opener_of(app: AppContext) -> Opener:
 
     @contextlib.contextmanager
     def opened(progress: Progress) -> Iterator[Env]:
-        own = dataclasses.replace(app, _store=None)
-        own.progress = progress
-        env = own.env()
+        env = dataclasses.replace(app, _store=None, progress=progress).env()
         try:
             yield env
         finally:

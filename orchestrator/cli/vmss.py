@@ -30,9 +30,11 @@ from orchestrator.cli.app import (
 )
 from orchestrator.errors import InvalidInput
 from orchestrator.model import (
+    MAX_INPUT_BYTES,
     SET_NAME_RE,
     ScaleSetSpec,
     check_set_name,
+    instance_id_of,
     parse_yaml_documents,
     specs_from_documents,
     validate,
@@ -61,10 +63,11 @@ def _parse_ids(first: str, more: Sequence[str], *, allow_all: bool = False) -> l
     ids: list[int] = []
     for value in values:
         for part in value.replace(",", " ").split():
-            if not part.isdigit() or len(part) > 9:
+            iid = instance_id_of(part)
+            if iid is None:
                 raise InvalidInput(f"invalid instance id {part!r}: expected a non-negative integer"
                                    + (" or '*'" if allow_all else ""))
-            ids.append(int(part))
+            ids.append(iid)
     if not ids:
         raise InvalidInput("no instance ids given")
     return ids
@@ -75,9 +78,6 @@ def instance_ids_option(fn: F) -> F:
     fn = click.argument("more_ids", nargs=-1, metavar="[ID...]")(fn)
     return click.option("--instance-ids", "instance_ids", required=True,
                         help="Instance ids, space or comma separated.")(fn)
-
-
-MAX_INPUT_BYTES = 65536
 
 
 def _read_text_file(path: Path, what: str) -> str:

@@ -427,8 +427,11 @@ def merge_patch(target: Any, patch: Any) -> Any:
 
 
 def instance_id_of(text: str) -> int | None:
-    """The instance id ``text`` spells (0 to ``MAX_INSTANCE_ID``, digits only), else None."""
-    return int(text) if text.isdigit() and len(text) <= len(str(MAX_INSTANCE_ID)) else None
+    """The instance id ``text`` spells (0 to ``MAX_INSTANCE_ID``, ASCII digits only), else
+    None. ``str.isdigit`` alone also takes digits ``int`` refuses (``²``) or reads (``٣``)."""
+    if not (text.isascii() and text.isdigit()) or len(text) > len(str(MAX_INSTANCE_ID)):
+        return None
+    return int(text)
 
 
 def with_default_network(doc: Any, network: str | None) -> Any:

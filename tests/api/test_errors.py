@@ -50,6 +50,7 @@ BAD_INPUT = [
     ("PUT", "/v1/scaleSets/WEB", {"json": DOC}, "invalid scale set name 'WEB'"),
     ("GET", "/v1/scaleSets/web/virtualMachines/x", {}, "invalid instance id 'x'"),
     ("GET", "/v1/scaleSets/web/virtualMachines/-1", {}, "invalid instance id '-1'"),
+    ("GET", "/v1/scaleSets/web/virtualMachines/\u00b2", {}, "invalid instance id '\u00b2'"),
     ("GET", "/v1/scaleSets/web/virtualMachines/1234567890", {},
      "invalid instance id '1234567890'"),
     ("GET", "/v1/scaleSets/web/virtualMachines/1.0", {}, "invalid instance id '1.0'"),

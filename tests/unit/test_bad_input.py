@@ -400,6 +400,11 @@ FLAG_CASES: dict[str, Case] = {
                         problem="invalid instance id '1.5'"),
     "ids/12-digits": cli("vmss", "deallocate", *W, "--instance-ids", "123456789012",
                          problem="invalid instance id"),
+    # digits to str.isdigit, not to int(): the check once let them through to a crash
+    "ids/superscript": cli("vmss", "stop", *W, "--instance-ids", "\u00b2",
+                           problem="invalid instance id '\u00b2'"),
+    "ids/arabic-indic": cli("vmss", "stop", *W, "--instance-ids", "\u0663",
+                            problem="invalid instance id '\u0663'"),
     "ids/second-bad": cli("vmss", "start", *W, "--instance-ids", "1", "2x",
                           problem="invalid instance id '2x'"),
     "ids/empty": cli("vmss", "stop", *W, "--instance-ids", " , ", problem="no instance ids"),
